@@ -1,0 +1,94 @@
+// bgrs(options): resolves the options once and wires the middleware, the job routes and the runner together.
+import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
+import { Replayer } from './capture.js';
+import type { Handler } from './compose.js';
+import { runHandlers } from './compose.js';
+import type { Runtime } from './detach.js';
+import { decide, detach, isReplay, passThrough, throughApp, throughHandlers } from './detach.js';
+import type { Options } from './options.js';
+import { parseOptions } from './options.js';
+import { sendProblem } from './problem.js';
+import { createRoutes } from './routes.js';
+import type { Store } from './stores/store.js';
+
+export interface CloseOptions {
+  /** How long running jobs may go on before they are aborted and recorded `failed: shutdown`, in ms. Defaults to `0`. */
+  grace?: number;
+}
+
+/** The middleware `bgrs()` returns, with its extras. */
+export interface BgrsMiddleware extends RequestHandler {
+  /** The job routes alone (`<basePath>/:id`, …), for mounting behind other middleware. */
+  readonly router: RequestHandler;
+  /** Makes one route detachable without `app.use(bgrs())`: `app.get('/export', background.detachable(handler))`. */
+  detachable(...handlers: Array<RequestHandler | ErrorRequestHandler>): RequestHandler;
+  /** The store this instance keeps its jobs in. */
+  readonly store: Store;
+  /** Stops accepting detaches (503), lets running jobs finish within `grace`, then aborts the rest. */
+  close(options?: CloseOptions): Promise<void>;
+}
+
+/** Creates the bgrs middleware. `app.use(bgrs())` makes every later route detachable and serves the job routes. */
+export function bgrs(options?: Partial<Options>): BgrsMiddleware {
+  const config = parseOptions(options);
+  const rt: Runtime = { config, replayer: new Replayer(), running: new Map(), closing: false, warned: new Set() };
+  const routes = createRoutes(rt);
+
+  const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
+    if (isReplay(req)) return next();
+    const decision = decide(config, req);
+    if (decision.invalid) {
+      return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+    }
+    if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
+      passThrough(req);
+      return routes(req, res, next);
+    }
+    void detach(rt, req, res, next, decision, throughApp);
+  } as BgrsMiddleware;
+
+  function detachable(...handlers: Array<RequestHandler | ErrorRequestHandler>): RequestHandler {
+    const list = handlers.flat(Infinity as 1) as Handler[];
+    for (const handler of list) {
+      if (typeof handler !== 'function') throw new TypeError(`detachable(): every handler must be a function, received \`${String(handler)}\`.`);
+    }
+    const factory = throughHandlers(list);
+    return function bgrsDetachable(req: Request, res: Response, next: NextFunction): void {
+      if (isReplay(req)) return runHandlers(list, req, res, next);
+      const decision = decide(config, req);
+      if (decision.invalid) {
+        return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+      }
+      if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
+        passThrough(req);
+        return runHandlers(list, req, res, next);
+      }
+      void detach(rt, req, res, next, decision, factory);
+    };
+  }
+
+  async function close(closeOptions: CloseOptions = {}): Promise<void> {
+    rt.closing = true;
+    const grace = closeOptions.grace ?? 0;
+    const pending = [...rt.running.values()].map((job) => job.done);
+    if (grace > 0 && pending.length) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(pending), new Promise((resolve) => (timer = setTimeout(resolve, grace)))]);
+      clearTimeout(timer);
+    }
+    const reason = Object.assign(new Error('the server is shutting down'), { name: 'AbortError' });
+    await Promise.all(
+      [...rt.running.values()].map((job) =>
+        job.stop('failed', { type: 'shutdown', message: 'the server shut down before the job finished' }, reason),
+      ),
+    );
+  }
+
+  Object.defineProperties(middleware, {
+    router: { value: routes, enumerable: true },
+    store: { value: config.store, enumerable: true },
+    detachable: { value: detachable, enumerable: true },
+    close: { value: close, enumerable: true },
+  });
+  return middleware;
+}

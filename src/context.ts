@@ -1,0 +1,107 @@
+// req.bgrs: the handler's view of its job (progress, log lines, signal); no-ops on requests that were not detached.
+import { debuglog } from 'node:util';
+import type { JobProgressUpdate, LogLevel } from './job.js';
+import type { Store } from './stores/store.js';
+
+const debug = debuglog('bgrs');
+
+/** What every request past bgrs carries as `req.bgrs`. */
+export interface BgrsContext {
+  /** The job id, or `null` when the request was not detached. */
+  readonly id: string | null;
+  /** Whether this request runs as a background job. */
+  readonly detached: boolean;
+  /** Aborts on cancel, timeout, result overflow and shutdown; never aborts on a request that was not detached. */
+  readonly signal: AbortSignal;
+  /** Reports progress: clamped to 0–100, never moves backwards. */
+  progress(percent: number, message?: string): void;
+  /** Adds a log line; `warning` and `error` lines are counted on the job. Defaults to `info`. */
+  log(message: string, level?: LogLevel): void;
+  /** Reports how many results the job has produced so far. */
+  resultCount(count: number): void;
+}
+
+const LEVELS: ReadonlySet<string> = new Set(['info', 'warning', 'error']);
+
+/** One shared, frozen context for every request that was not detached: calls cost nothing. */
+export const DETACHED_NOT: BgrsContext = Object.freeze({
+  id: null,
+  detached: false,
+  signal: new AbortController().signal,
+  progress() {},
+  log() {},
+  resultCount() {},
+});
+
+/**
+ * The context of a running job. Store writes never block the handler: progress updates coalesce
+ * (at most one write in flight, the newest values win) and log lines are written in order.
+ * A failing store is logged through `NODE_DEBUG=bgrs` and never reaches the handler.
+ */
+export class JobContext implements BgrsContext {
+  readonly detached = true;
+  #percent = 0;
+  #pending: JobProgressUpdate | null = null;
+  #writing: Promise<void> | null = null;
+  #logs: Promise<unknown> = Promise.resolve();
+  #ended = false;
+
+  constructor(
+    readonly id: string,
+    readonly signal: AbortSignal,
+    private readonly store: Store,
+  ) {}
+
+  progress(percent: number, message?: string): void {
+    if (this.#ended || typeof percent !== 'number' || Number.isNaN(percent)) return;
+    this.#percent = Math.max(this.#percent, Math.min(100, Math.max(0, percent)));
+    const update: JobProgressUpdate = { progress: this.#percent };
+    if (message !== undefined) update.message = String(message);
+    this.#queue(update);
+  }
+
+  resultCount(count: number): void {
+    if (this.#ended || !Number.isFinite(count) || count < 0) return;
+    this.#queue({ resultCount: Math.floor(count) });
+  }
+
+  log(message: string, level: LogLevel = 'info'): void {
+    if (this.#ended) return;
+    const line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: String(message) };
+    this.#logs = this.#logs.then(() => this.store.appendLog(this.id, line)).catch((err: unknown) => debug('job %s: log write failed: %o', this.id, err));
+  }
+
+  /** Stops accepting calls and resolves once every write already started has landed. */
+  async end(): Promise<void> {
+    this.#ended = true;
+    await Promise.all([this.#logs, this.#writing]);
+  }
+
+  #queue(update: JobProgressUpdate): void {
+    this.#pending = { ...this.#pending, ...update };
+    this.#writing ??= this.#drain();
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#pending) {
+      const update = this.#pending;
+      this.#pending = null;
+      try {
+        await this.store.updateProgress(this.id, update);
+      } catch (err) {
+        debug('job %s: progress write failed: %o', this.id, err);
+      }
+    }
+    this.#writing = null;
+  }
+}
+
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Express {
+    interface Request {
+      /** The background-request context bgrs gives every request that passed it. */
+      bgrs: BgrsContext;
+    }
+  }
+}

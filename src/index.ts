@@ -1,0 +1,12 @@
+// Public exports of express-bgrs.
+export { bgrs } from './bgrs.js';
+export type { BgrsMiddleware, CloseOptions } from './bgrs.js';
+export type { BgrsContext } from './context.js';
+export { isReplay } from './detach.js';
+export type { Job, JobDocument, JobError, JobFinish, JobProgressUpdate, JobResponse, JobStatus, LogLevel, LogLine } from './job.js';
+export type { JobAction, Logger, Options } from './options.js';
+export { PROBLEM_TYPE_PREFIX, problems } from './problem.js';
+export type { ProblemCode, ProblemDocument } from './problem.js';
+export { MemoryStore } from './stores/memory.js';
+export type { MemoryStoreOptions } from './stores/memory.js';
+export type { Store } from './stores/store.js';

@@ -1,0 +1,141 @@
+// The Job record, its status vocabulary and transitions, and the job document clients see.
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+export type LogLevel = 'info' | 'warning' | 'error';
+
+export const FINAL_STATUSES: ReadonlySet<JobStatus> = new Set(['completed', 'failed', 'cancelled']);
+
+export function isFinal(status: JobStatus): boolean {
+  return FINAL_STATUSES.has(status);
+}
+
+/** The captured response of a finished job: enough to replay it byte for byte. */
+export interface JobResponse {
+  status: number;
+  contentType: string | null;
+  /** Body size in bytes, as stored. */
+  size: number;
+  /** Header name/value pairs in the order the handler sent them (raw case, duplicates kept). */
+  headers: Array<[string, string]>;
+}
+
+/** Why a job failed: `type` is stable (`timeout`, `result_too_large`, `server_error`, `connection_lost`, …). */
+export interface JobError {
+  type: string;
+  message: string;
+}
+
+/** The internal job record every store keeps. Dates are ISO 8601 strings so records serialize as they are. */
+export interface Job {
+  id: string;
+  name: string;
+  method: string;
+  url: string;
+  owner: string | null;
+  status: JobStatus;
+  progress: number;
+  message: string | null;
+  resultCount: number;
+  warnings: number;
+  errors: number;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  /** When a finished job and its result will be forgotten; null while it runs. */
+  expiresAt: string | null;
+  response: JobResponse | null;
+  error: JobError | null;
+}
+
+/** One log line of a job, numbered by the store from 1 upwards. */
+export interface LogLine {
+  seq: number;
+  at: string;
+  level: LogLevel;
+  message: string;
+}
+
+/** The fields a running job may change; the store applies them only while the job is not final. */
+export interface JobProgressUpdate {
+  progress?: number;
+  message?: string | null;
+  resultCount?: number;
+}
+
+/** The final transition of a job: applied once, only from a non-final status. */
+export interface JobFinish {
+  status: 'completed' | 'failed' | 'cancelled';
+  finishedAt: string;
+  expiresAt: string;
+  response: JobResponse | null;
+  error: JobError | null;
+}
+
+/** What clients see: the job without its owner and raw headers, plus links. */
+export interface JobDocument {
+  id: string;
+  name: string;
+  method: string;
+  url: string;
+  status: JobStatus;
+  progress: number;
+  message: string | null;
+  resultCount: number;
+  warnings: number;
+  errors: number;
+  createdAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+  expiresAt: string | null;
+  response: { status: number; contentType: string | null; size: number } | null;
+  error: JobError | null;
+  links: { self: string; details: string; result: string };
+}
+
+export function jobDocument(job: Job, base: string): JobDocument {
+  const self = `${base}/${job.id}`;
+  return {
+    id: job.id,
+    name: job.name,
+    method: job.method,
+    url: job.url,
+    status: job.status,
+    progress: job.progress,
+    message: job.message,
+    resultCount: job.resultCount,
+    warnings: job.warnings,
+    errors: job.errors,
+    createdAt: job.createdAt,
+    startedAt: job.startedAt,
+    finishedAt: job.finishedAt,
+    expiresAt: job.expiresAt,
+    response: job.response
+      ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size }
+      : null,
+    error: job.error,
+    links: { self, details: `${self}/details`, result: `${self}/result` },
+  };
+}
+
+export function newJob(fields: { id: string; method: string; url: string; owner: string | null; status: JobStatus }): Job {
+  const now = new Date().toISOString();
+  return {
+    id: fields.id,
+    name: `${fields.method} ${fields.url}`,
+    method: fields.method,
+    url: fields.url,
+    owner: fields.owner,
+    status: fields.status,
+    progress: 0,
+    message: null,
+    resultCount: 0,
+    warnings: 0,
+    errors: 0,
+    createdAt: now,
+    startedAt: fields.status === 'running' ? now : null,
+    finishedAt: null,
+    expiresAt: null,
+    response: null,
+    error: null,
+  };
+}

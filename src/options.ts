@@ -1,0 +1,165 @@
+// The public Options type and parseOptions(): validates once at setup into a fully-defaulted Configuration.
+import type { Request } from 'express';
+import type { Job } from './job.js';
+import { MemoryStore } from './stores/memory.js';
+import type { Store } from './stores/store.js';
+
+/** What a caller wants to do with a job; `authorize` receives it. */
+export type JobAction = 'read' | 'details' | 'result' | 'cancel' | 'delete' | 'events' | 'list-all';
+
+/** Where warnings go. `console` fits; so does a pino or winston logger. */
+export interface Logger {
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+export interface Options {
+  /** Where jobs, log lines and results are kept. Defaults to `new MemoryStore()`. */
+  store: Store;
+  /** Where the job routes live, relative to where bgrs is mounted. Defaults to `'/bgrs'`. */
+  basePath: string;
+  /**
+   * Who owns the job a request starts; only that owner may see it. `null` means anonymous: such
+   * jobs are reachable by anyone who holds their (unguessable) id. Defaults to `() => null`.
+   */
+  owner: (req: Request) => string | null | Promise<string | null>;
+  /**
+   * Decides instead of the default rule (the caller's owner equals `job.owner`). A refusal answers
+   * exactly like a missing job (404). `job` is `null` for `list-all`. Defaults to the owner rule.
+   */
+  authorize: ((req: Request, job: Job | null, action: JobAction) => boolean | Promise<boolean>) | undefined;
+  /**
+   * Whether a request asks to be detached. Defaults to `?bgrs=yes|1|true` (any case) or
+   * `Prefer: respond-async`; any other `bgrs` value is a 400.
+   */
+  trigger: ((req: Request) => boolean) | undefined;
+  /** Seconds suggested in `Retry-After` while a job runs. Defaults to `2`. */
+  retryAfter: number;
+  /** How long a finished job and its result are kept, in ms. Defaults to 24 hours. */
+  ttl: number;
+  /** How long a job may run before it fails with `timeout` and its signal aborts, in ms; `0` for never. Defaults to 1 hour. */
+  timeout: number;
+  /** The largest result body kept, in bytes; a larger one fails the job with `result_too_large`. Defaults to 100 MiB. */
+  maxResultBytes: number;
+  /** The largest request body bgrs spools for a detached request it received unparsed, in bytes; larger is a 413. Defaults to 16 MiB. */
+  maxBodyBytes: number;
+  /** Whether `/result` replays the handler's `Set-Cookie` headers. Defaults to `false`. */
+  replayCookies: boolean;
+  /** Where configuration warnings go. Defaults to `console`. */
+  logger: Logger;
+  /** Set to `false` to silence the configuration warnings (codes are listed in the README). Defaults to `true`. */
+  validations: boolean;
+}
+
+/** The internal, fully-defaulted form of `Options`. */
+export interface Configuration extends Options {
+  /** `basePath` without a trailing slash. */
+  basePath: string;
+}
+
+const HOUR = 3_600_000;
+
+function defaults(): Options {
+  return {
+    store: new MemoryStore(),
+    basePath: '/bgrs',
+    owner: () => null,
+    authorize: undefined,
+    trigger: undefined,
+    retryAfter: 2,
+    ttl: 24 * HOUR,
+    timeout: HOUR,
+    maxResultBytes: 100 * 2 ** 20,
+    maxBodyBytes: 16 * 2 ** 20,
+    replayCookies: false,
+    logger: console,
+    validations: true,
+  };
+}
+
+const KNOWN = Object.keys(defaults()) as Array<keyof Options>;
+
+function closest(name: string): string | undefined {
+  const lower = name.toLowerCase();
+  return KNOWN.find((known) => known.toLowerCase() === lower || distance(known.toLowerCase(), lower) <= 2);
+}
+
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let previous = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const current = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
+      previous = current;
+    }
+  }
+  return row[b.length]!;
+}
+
+function fail(option: string, value: unknown, expected: string): never {
+  let shown: string;
+  try {
+    shown = typeof value === 'function' ? 'a function' : JSON.stringify(value) ?? String(value);
+  } catch {
+    shown = String(value);
+  }
+  throw new TypeError(`bgrs(): \`${option}\` must be ${expected}, received \`${shown}\`.`);
+}
+
+function positive(option: string, value: unknown, allowZero = false): void {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0 || (!allowZero && value === 0)) {
+    fail(option, value, allowZero ? 'a number ≥ 0' : 'a positive number');
+  }
+}
+
+/** Resolves user options once, at setup, and fails loudly on anything misconfigured. */
+export function parseOptions(input: Partial<Options> | undefined): Configuration {
+  if (input !== undefined && (input === null || typeof input !== 'object' || Array.isArray(input))) {
+    // `app.use(bgrs)` hands us Express's req here; say what happened.
+    const looksLikeReq = input !== null && typeof input === 'object' && 'method' in input && 'url' in input;
+    throw new TypeError(
+      looksLikeReq
+        ? 'bgrs() was used as middleware without being called: write `app.use(bgrs())`, not `app.use(bgrs)`.'
+        : `bgrs(): options must be an object, received \`${String(input)}\`.`,
+    );
+  }
+  const options = input ?? {};
+  for (const name of Object.keys(options)) {
+    if (!(KNOWN as string[]).includes(name)) {
+      const hint = closest(name);
+      throw new TypeError(`bgrs(): unknown option \`${name}\`${hint ? `, did you mean \`${hint}\`?` : '.'}`);
+    }
+  }
+  const config = defaults();
+  for (const name of KNOWN) {
+    // `{ ttl: undefined }` means "not set", as in express-rate-limit.
+    if (options[name] !== undefined) (config as unknown as Record<string, unknown>)[name] = options[name];
+  }
+
+  const store = config.store as Partial<Store> | null;
+  for (const method of ['createJob', 'getJob', 'updateProgress', 'finishJob', 'appendLog', 'readLogs', 'appendResult', 'readResult', 'deleteJob'] as const) {
+    if (!store || typeof store[method] !== 'function') fail('store', config.store, `a Store (missing method \`${method}\`)`);
+  }
+  if (typeof config.basePath !== 'string' || !config.basePath.startsWith('/') || /[?#\s]/.test(config.basePath)) {
+    fail('basePath', config.basePath, "a path that starts with '/', such as '/bgrs'");
+  }
+  config.basePath = config.basePath.replace(/\/+$/, '');
+  if (config.basePath === '') fail('basePath', '/', "a path below the root, such as '/bgrs'");
+  if (typeof config.owner !== 'function') fail('owner', config.owner, 'a function (req) => string | null');
+  if (config.authorize !== undefined && typeof config.authorize !== 'function') fail('authorize', config.authorize, 'a function (req, job, action) => boolean');
+  if (config.trigger !== undefined && typeof config.trigger !== 'function') fail('trigger', config.trigger, 'a function (req) => boolean');
+  positive('retryAfter', config.retryAfter, true);
+  config.retryAfter = Math.ceil(config.retryAfter);
+  positive('ttl', config.ttl);
+  positive('timeout', config.timeout, true);
+  positive('maxResultBytes', config.maxResultBytes);
+  positive('maxBodyBytes', config.maxBodyBytes);
+  if (typeof config.replayCookies !== 'boolean') fail('replayCookies', config.replayCookies, 'a boolean');
+  if (typeof config.validations !== 'boolean') fail('validations', config.validations, 'a boolean');
+  if (!config.logger || typeof config.logger.warn !== 'function' || typeof config.logger.error !== 'function') {
+    fail('logger', config.logger, 'an object with warn() and error(), such as console');
+  }
+  return config;
+}

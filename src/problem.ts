@@ -1,0 +1,75 @@
+// problem+json (RFC 9457) errors: one stable `type` per cause, sent the same way everywhere.
+import type { ServerResponse } from 'node:http';
+
+/** Every cause of an error the library produces, with its status and title. The README lists them. */
+export const problems = {
+  'not-found': { status: 404, title: 'Not Found' },
+  'invalid-bgrs-value': { status: 400, title: 'Invalid bgrs value' },
+  'invalid-parameter': { status: 400, title: 'Invalid parameter' },
+  'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
+  'body-too-large': { status: 413, title: 'Request body too large' },
+  'no-result': { status: 409, title: 'The job ended without a response' },
+  'result-expired': { status: 410, title: 'The result has expired' },
+  'already-final': { status: 409, title: 'The job has already ended' },
+  'store-unavailable': { status: 503, title: 'Job store unavailable' },
+  'shutting-down': { status: 503, title: 'Shutting down' },
+  'queue-full': { status: 429, title: 'Too many background requests' },
+  'idempotency-key-missing': { status: 400, title: 'Idempotency-Key header missing' },
+  'idempotency-key-invalid': { status: 400, title: 'Idempotency-Key header invalid' },
+  'idempotency-key-in-use': { status: 409, title: 'A request with this Idempotency-Key is in progress' },
+  'idempotency-key-reused': { status: 422, title: 'Idempotency-Key reused with another request' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ProblemCode = keyof typeof problems;
+
+/** The base of every problem `type` URI: `urn:express-bgrs:problem:<code>`. */
+export const PROBLEM_TYPE_PREFIX = 'urn:express-bgrs:problem:';
+
+export interface ProblemDocument {
+  type: string;
+  title: string;
+  status: number;
+  detail?: string;
+  /** Mirrors `title` for clients that read `error` (Mastodon-style). */
+  error: string;
+  [extension: string]: unknown;
+}
+
+export function problemDocument(code: ProblemCode, detail?: string, extra?: Record<string, unknown>): ProblemDocument {
+  const { status, title } = problems[code];
+  const doc: ProblemDocument = { type: PROBLEM_TYPE_PREFIX + code, title, status, error: title };
+  if (detail !== undefined) doc.detail = detail;
+  return extra ? { ...doc, ...extra } : doc;
+}
+
+/** Precomputed once: every unknown, malformed, expired or foreign id gets exactly these bytes. */
+const notFoundBody = JSON.stringify(problemDocument('not-found', 'No such job.'));
+
+/**
+ * Sends a problem on a plain Node response, so it works the same on Express 4, 5 and the raw router.
+ * `retryAfter` (seconds) is added for 429/503 and whenever given.
+ */
+export function sendProblem(
+  res: ServerResponse,
+  code: ProblemCode,
+  detail?: string,
+  options: { retryAfter?: number; extra?: Record<string, unknown> } = {},
+): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const doc = code === 'not-found' && detail === undefined && !options.extra ? null : problemDocument(code, detail, options.extra);
+  const body = doc ? JSON.stringify(doc) : notFoundBody;
+  res.statusCode = problems[code].status;
+  res.setHeader('Content-Type', 'application/problem+json; charset=utf-8');
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  if (options.retryAfter !== undefined) res.setHeader('Retry-After', String(options.retryAfter));
+  res.end(body);
+}
+
+/** The 404 every job route answers for any id it will not reveal. */
+export function sendNotFound(res: ServerResponse): void {
+  sendProblem(res, 'not-found');
+}

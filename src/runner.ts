@@ -1,0 +1,141 @@
+// Runs one detached job: replays its envelope, pipes the response into the store, records the final status.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { debuglog } from 'node:util';
+import type { Envelope, Replayer } from './capture.js';
+import { HOP_BY_HOP } from './capture.js';
+import { JobContext } from './context.js';
+import type { JobError, JobFinish, JobResponse } from './job.js';
+import type { Configuration } from './options.js';
+
+const debug = debuglog('bgrs');
+
+/** Puts the replayed request on its way: through the root app, or through one route's handlers. */
+export type Dispatch = (req: IncomingMessage, res: ServerResponse, ctx: JobContext) => void;
+
+class JobFailure extends Error {
+  constructor(readonly type: string, message: string) {
+    super(message);
+  }
+}
+
+/** Appends the response body to the store; each chunk is awaited, which is the backpressure. */
+class ResultWriter extends Writable {
+  size = 0;
+
+  constructor(
+    private readonly config: Configuration,
+    private readonly id: string,
+  ) {
+    super({ highWaterMark: 64 * 1024 });
+  }
+
+  override _writev(chunks: Array<{ chunk: Buffer }>, callback: (error?: Error | null) => void): void {
+    const buffers = chunks.map(({ chunk }) => chunk);
+    this.#append(buffers.length === 1 ? buffers[0]! : Buffer.concat(buffers), callback);
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.#append(chunk, callback);
+  }
+
+  #append(chunk: Buffer, callback: (error?: Error | null) => void): void {
+    this.size += chunk.length;
+    if (this.size > this.config.maxResultBytes) {
+      callback(new JobFailure('result_too_large', `the result is larger than maxResultBytes (${this.config.maxResultBytes} bytes)`));
+      return;
+    }
+    this.config.store.appendResult(this.id, chunk).then(() => callback(), callback);
+  }
+}
+
+/** The response head as it will be replayed: raw pairs, minus what belongs to the private connection. */
+function capturedHead(res: IncomingMessage, size: number): JobResponse {
+  const headers: Array<[string, string]> = [];
+  const raw = res.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (!HOP_BY_HOP.has(name.toLowerCase())) headers.push([name, raw[i + 1]!]);
+  }
+  return { status: res.statusCode ?? 500, contentType: res.headers['content-type'] ?? null, size, headers };
+}
+
+export interface RunningJob {
+  /** Ends the job now with this status (cancel, shutdown); the handler's signal aborts with `reason`. */
+  stop(status: 'failed' | 'cancelled', error: JobError | null, reason: Error): Promise<void>;
+  /** Resolves when the final state is in the store. */
+  readonly done: Promise<void>;
+}
+
+export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch): RunningJob {
+  const controller = new AbortController();
+  const ctx = new JobContext(id, controller.signal, config.store);
+  const replay = replayer.replay(envelope, (req, res) => dispatch(req, res, ctx));
+  let ended = false;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((resolve) => (resolveDone = resolve));
+
+  const finish = async (status: JobFinish['status'], response: JobResponse | null, error: JobError | null): Promise<void> => {
+    if (ended) return;
+    ended = true;
+    if (timer) clearTimeout(timer);
+    await ctx.end();
+    const finishedAt = new Date();
+    try {
+      await config.store.finishJob(id, {
+        status,
+        finishedAt: finishedAt.toISOString(),
+        expiresAt: new Date(finishedAt.getTime() + config.ttl).toISOString(),
+        response,
+        error,
+      });
+    } catch (err) {
+      config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
+    } finally {
+      resolveDone();
+    }
+  };
+
+  const stop = async (status: 'failed' | 'cancelled', error: JobError | null, reason: Error): Promise<void> => {
+    if (ended) return done;
+    // The handler hears it first (signal), then as a live client would (the connection goes away).
+    controller.abort(reason);
+    replay.abort();
+    await finish(status, null, error);
+  };
+
+  const timer =
+    config.timeout > 0
+      ? setTimeout(() => {
+          const message = `the job did not finish within ${config.timeout} ms`;
+          void stop('failed', { type: 'timeout', message }, Object.assign(new Error(message), { name: 'TimeoutError' }));
+        }, config.timeout)
+      : undefined;
+  timer?.unref();
+
+  replay.response
+    .then(async (res) => {
+      const writer = new ResultWriter(config, id);
+      await pipeline(res, writer);
+      const head = capturedHead(res, writer.size);
+      const failed = head.status >= 500;
+      await finish(
+        failed ? 'failed' : 'completed',
+        head,
+        failed ? { type: 'server_error', message: `the handler answered ${head.status}` } : null,
+      );
+    })
+    .catch(async (err: unknown) => {
+      if (ended) return;
+      if (err instanceof JobFailure) {
+        await stop('failed', { type: err.type, message: err.message }, Object.assign(new Error(err.message), { name: 'RangeError' }));
+        return;
+      }
+      debug('job %s: replay failed: %o', id, err);
+      const message = (err as Error)?.message ?? String(err);
+      await stop('failed', { type: 'connection_lost', message: `the response was cut off: ${message}` }, new Error(message));
+    });
+
+  return { stop, done };
+}

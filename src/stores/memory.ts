@@ -1,0 +1,136 @@
+// MemoryStore: the embedded default store, on lru-cache. One process only; behaves like a remote store.
+import { LRUCache } from 'lru-cache';
+import type { Job, JobFinish, JobProgressUpdate, LogLevel, LogLine } from '../job.js';
+import { isFinal } from '../job.js';
+import type { Store } from './store.js';
+
+export interface MemoryStoreOptions {
+  /** How many finished jobs are kept at most; the least recently used go first. Defaults to `10000`. */
+  max?: number;
+  /** How many bytes of finished results are kept at most, all jobs together. Defaults to 512 MiB. */
+  maxBytes?: number;
+  /** An upper bound on how long a finished job is kept (ms), on top of the expiry bgrs sets. Defaults to none. */
+  ttl?: number;
+}
+
+interface Entry {
+  job: Job;
+  logs: LogLine[];
+  chunks: Buffer[];
+  size: number;
+}
+
+/** Fixed per-entry weight so that jobs without results still count against `maxBytes`. */
+const ENTRY_OVERHEAD = 1024;
+
+/**
+ * Keeps jobs in this process. Running jobs sit in a plain Map and are never evicted (evicting one
+ * would lose work in progress); finished ones move into an LRU bounded by count and bytes, and
+ * expire at their `expiresAt`.
+ */
+export class MemoryStore implements Store {
+  readonly #active = new Map<string, Entry>();
+  readonly #finished: LRUCache<string, Entry>;
+  readonly #ttlCap: number | undefined;
+
+  constructor(options: MemoryStoreOptions = {}) {
+    const max = options.max ?? 10_000;
+    const maxBytes = options.maxBytes ?? 512 * 2 ** 20;
+    for (const [name, value] of [['max', max], ['maxBytes', maxBytes]] as const) {
+      if (!Number.isInteger(value) || value < 1) {
+        throw new TypeError(`MemoryStore: \`${name}\` must be a positive integer, received \`${String(value)}\`.`);
+      }
+    }
+    if (options.ttl !== undefined && !(Number.isFinite(options.ttl) && options.ttl > 0)) {
+      throw new TypeError(`MemoryStore: \`ttl\` must be a positive number of milliseconds, received \`${String(options.ttl)}\`.`);
+    }
+    this.#ttlCap = options.ttl;
+    this.#finished = new LRUCache<string, Entry>({
+      max,
+      maxSize: maxBytes,
+      sizeCalculation: (entry) => entry.size + ENTRY_OVERHEAD,
+      ttlAutopurge: false,
+      // lru-cache's own timers would keep the process alive; expiry is checked on read instead.
+      allowStale: false,
+      ttlResolution: 1000,
+    });
+  }
+
+  #entry(id: string): Entry | undefined {
+    return this.#active.get(id) ?? this.#finished.get(id);
+  }
+
+  async createJob(job: Job): Promise<void> {
+    if (this.#entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
+    this.#active.set(job.id, { job: structuredClone(job), logs: [], chunks: [], size: 0 });
+  }
+
+  async getJob(id: string): Promise<Job | null> {
+    const entry = this.#entry(id);
+    return entry ? structuredClone(entry.job) : null;
+  }
+
+  async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
+    const entry = this.#active.get(id);
+    if (!entry || isFinal(entry.job.status)) return false;
+    if (update.progress !== undefined) entry.job.progress = update.progress;
+    if (update.message !== undefined) entry.job.message = update.message;
+    if (update.resultCount !== undefined) entry.job.resultCount = update.resultCount;
+    return true;
+  }
+
+  async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
+    const entry = this.#active.get(id);
+    if (!entry || isFinal(entry.job.status)) return null;
+    Object.assign(entry.job, structuredClone(finish));
+    if (finish.status === 'completed') entry.job.progress = 100;
+    this.#active.delete(id);
+    let ttl = Math.max(1, Date.parse(finish.expiresAt) - Date.now());
+    if (this.#ttlCap !== undefined) ttl = Math.min(ttl, this.#ttlCap);
+    this.#finished.set(id, entry, { ttl });
+    return structuredClone(entry.job);
+  }
+
+  async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {
+    const entry = this.#active.get(id);
+    if (!entry || isFinal(entry.job.status)) return null;
+    const seq = entry.logs.length + 1;
+    entry.logs.push({ seq, at: line.at, level: line.level, message: line.message });
+    if (line.level === 'warning') entry.job.warnings += 1;
+    else if (line.level === 'error') entry.job.errors += 1;
+    return seq;
+  }
+
+  async readLogs(id: string, after: number, limit: number): Promise<LogLine[]> {
+    const entry = this.#entry(id);
+    if (!entry) return [];
+    // seq n sits at index n - 1, so the page starts right after `after`.
+    return entry.logs.slice(Math.max(0, after), Math.max(0, after) + limit).map((line) => ({ ...line }));
+  }
+
+  async appendResult(id: string, chunk: Uint8Array): Promise<void> {
+    const entry = this.#active.get(id);
+    if (!entry) throw new Error(`MemoryStore: job ${id} is not running`);
+    entry.chunks.push(Buffer.from(chunk));
+    entry.size += chunk.byteLength;
+  }
+
+  async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {
+    const entry = this.#entry(id);
+    if (!entry) return null;
+    const chunks = entry.chunks.slice();
+    return (async function* copies() {
+      for (const chunk of chunks) yield Buffer.from(chunk);
+    })();
+  }
+
+  async deleteJob(id: string): Promise<boolean> {
+    const active = this.#active.delete(id);
+    return this.#finished.delete(id) || active;
+  }
+
+  async close(): Promise<void> {
+    this.#active.clear();
+    this.#finished.clear();
+  }
+}

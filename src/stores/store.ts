@@ -1,0 +1,60 @@
+// The Store interface: the only way the core reaches state. Every backend keeps this contract.
+import type { Job, JobFinish, JobProgressUpdate, LogLevel, LogLine } from '../job.js';
+
+/**
+ * A job store. Every method returns a Promise and must never share mutable objects with the caller:
+ * a value passed in may be changed by the caller afterwards, a value handed out may be changed by
+ * the caller, and neither may affect the store's copy.
+ *
+ * Jobs move `queued → running → completed | failed | cancelled`; once final, nothing about a job
+ * changes again except its deletion or expiry. Stores enforce that themselves (atomically in shared
+ * stores) so two processes racing to update one job can never undo a final status.
+ */
+export interface Store {
+  /** Required. Saves a new job. Rejects when a job with that id exists. */
+  createJob(job: Job): Promise<void>;
+
+  /** Required. The job, or `null` when it is unknown or expired. */
+  getJob(id: string): Promise<Job | null>;
+
+  /**
+   * Required. Applies progress fields to a job that is not final. Resolves `false` (and changes
+   * nothing) when the job is unknown or already final.
+   */
+  updateProgress(id: string, update: JobProgressUpdate): Promise<boolean>;
+
+  /**
+   * Required. The one final transition. Applies `finish` only if the job exists and is not final,
+   * and resolves the updated job; otherwise resolves `null` and changes nothing. From then on the
+   * job and its result expire at `finish.expiresAt`.
+   */
+  finishJob(id: string, finish: JobFinish): Promise<Job | null>;
+
+  /**
+   * Required. Appends a log line and resolves its sequence number (1, 2, 3… per job). A `warning`
+   * line increments the job's `warnings`, an `error` line its `errors`, in the same atomic step.
+   * Resolves `null` when the job is unknown or final.
+   */
+  appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null>;
+
+  /** Required. Up to `limit` log lines with `seq > after`, oldest first. Unknown job: `[]`. */
+  readLogs(id: string, after: number, limit: number): Promise<LogLine[]>;
+
+  /**
+   * Required. Appends one chunk to the job's result body. Chunks are appended in call order; the
+   * core awaits each call before sending the next, which is how backpressure reaches the handler.
+   */
+  appendResult(id: string, chunk: Uint8Array): Promise<void>;
+
+  /**
+   * Required. The result body, chunk by chunk, in order. Only called for finished jobs.
+   * Resolves `null` when the body is gone (expired or deleted).
+   */
+  readResult(id: string): Promise<AsyncIterable<Uint8Array> | null>;
+
+  /** Required. Forgets a job, its log and its result. Resolves whether it existed. */
+  deleteJob(id: string): Promise<boolean>;
+
+  /** Optional. Releases timers and resources the store created (never a client it was given). */
+  close?(): Promise<void>;
+}
