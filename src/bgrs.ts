@@ -3,12 +3,13 @@ import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Respon
 import { Replayer } from './capture.js';
 import type { Handler } from './compose.js';
 import { runHandlers } from './compose.js';
+import { DETACHED_NOT } from './context.js';
 import type { Runtime } from './detach.js';
 import { decide, detach, isReplay, passThrough, throughApp, throughHandlers } from './detach.js';
 import type { Options } from './options.js';
 import { parseOptions } from './options.js';
 import { sendProblem } from './problem.js';
-import { createRoutes } from './routes.js';
+import { createRoutes, underBasePath } from './routes.js';
 import type { Store } from './stores/store.js';
 
 export interface CloseOptions {
@@ -21,6 +22,8 @@ export interface BgrsMiddleware extends RequestHandler {
   /** The job routes alone (`<basePath>/:id`, …), for mounting behind other middleware. */
   readonly router: RequestHandler;
   /** Makes one route detachable without `app.use(bgrs())`: `app.get('/export', background.detachable(handler))`. */
+  detachable(...handlers: RequestHandler[]): RequestHandler;
+  /** The same, with error handlers (four parameters) among the handlers. */
   detachable(...handlers: Array<RequestHandler | ErrorRequestHandler>): RequestHandler;
   /** The store this instance keeps its jobs in. */
   readonly store: Store;
@@ -36,13 +39,17 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
     if (isReplay(req)) return next();
+    if (underBasePath(config.basePath, req.originalUrl ?? req.url)) {
+      req.bgrs = DETACHED_NOT;
+      return routes(req, res, next);
+    }
     const decision = decide(config, req);
     if (decision.invalid) {
       return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
     }
     if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
       passThrough(req);
-      return routes(req, res, next);
+      return next();
     }
     void detach(rt, req, res, next, decision, throughApp);
   } as BgrsMiddleware;

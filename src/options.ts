@@ -116,14 +116,12 @@ function positive(option: string, value: unknown, allowZero = false): void {
 
 /** Resolves user options once, at setup, and fails loudly on anything misconfigured. */
 export function parseOptions(input: Partial<Options> | undefined): Configuration {
+  // `app.use(bgrs)` makes Express call bgrs(req, res, next): say what happened.
+  if (input !== null && typeof input === 'object' && 'method' in input && 'url' in input && 'headers' in input) {
+    throw new TypeError('bgrs() was used as middleware without being called: write `app.use(bgrs())`, not `app.use(bgrs)`.');
+  }
   if (input !== undefined && (input === null || typeof input !== 'object' || Array.isArray(input))) {
-    // `app.use(bgrs)` hands us Express's req here; say what happened.
-    const looksLikeReq = input !== null && typeof input === 'object' && 'method' in input && 'url' in input;
-    throw new TypeError(
-      looksLikeReq
-        ? 'bgrs() was used as middleware without being called: write `app.use(bgrs())`, not `app.use(bgrs)`.'
-        : `bgrs(): options must be an object, received \`${String(input)}\`.`,
-    );
+    throw new TypeError(`bgrs(): options must be an object, received \`${String(input)}\`.`);
   }
   const options = input ?? {};
   for (const name of Object.keys(options)) {

@@ -13,6 +13,15 @@ const SUBROUTES = new Set(['', 'details', 'result']);
 export const DETAILS_DEFAULT_LIMIT = 100;
 export const DETAILS_MAX_LIMIT = 1000;
 
+/** A store call that failed: answered as 503, unlike a failure in user code (owner, authorize), which goes to next(err). */
+class StoreUnavailable extends Error {}
+
+function fromStore<T>(promise: Promise<T>): Promise<T> {
+  return promise.catch((err: unknown) => {
+    throw new StoreUnavailable((err as Error)?.message ?? String(err));
+  });
+}
+
 function sendJson(res: ServerResponse, status: number, value: unknown, retryAfter?: number): void {
   const body = JSON.stringify(value);
   res.statusCode = status;
@@ -31,6 +40,14 @@ function integerParam(params: URLSearchParams, name: string): number | undefined
   return Number(values[0]);
 }
 
+/** Whether a URL falls under the job routes' base path (which is never detached). */
+export function underBasePath(base: string, url: string): boolean {
+  if (!url.startsWith(base)) return false;
+  const next = url.charCodeAt(base.length);
+  // end of string, '/', '?'
+  return Number.isNaN(next) || next === 47 || next === 63;
+}
+
 export function createRoutes(rt: Runtime): (req: Request, res: Response, next: NextFunction) => void {
   const { config } = rt;
   const base = config.basePath;
@@ -43,13 +60,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
   async function serve(req: Request, res: Response, id: string, sub: string, query: string): Promise<void> {
     if (!UUID_V4.test(id)) return sendNotFound(res);
     const action: JobAction = sub === '' ? 'read' : (sub as JobAction);
-    let job: Job | null;
-    try {
-      job = await config.store.getJob(id);
-    } catch (err) {
-      config.logger.error(`express-bgrs: store read failed: ${(err as Error).message}`);
-      return sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
-    }
+    const job = await fromStore(config.store.getJob(id));
     if (!job || !(await allowed(req, job, action))) return sendNotFound(res);
     const retryAfter = isFinal(job.status) ? undefined : config.retryAfter;
 
@@ -64,7 +75,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
         return sendProblem(res, 'invalid-parameter', `\`limit\` must be an integer from 1 to ${DETAILS_MAX_LIMIT}.`);
       }
       const pageSize = limit ?? DETAILS_DEFAULT_LIMIT;
-      const items = await config.store.readLogs(id, after ?? 0, pageSize);
+      const items = await fromStore(config.store.readLogs(id, after ?? 0, pageSize));
       const last = items.at(-1)?.seq ?? after ?? 0;
       const next = items.length === pageSize ? `${base}/${id}/details?after=${last}&limit=${pageSize}` : null;
       return sendJson(res, 200, { items, next }, retryAfter);
@@ -77,17 +88,16 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
         extra: { job: jobDocument(job, base) },
       });
     }
-    const body = await config.store.readResult(id);
+    const body = await fromStore(config.store.readResult(id));
     if (!body) return sendProblem(res, 'result-expired', 'The result of this job is no longer kept.');
     await replayResult(res, job as Job & { response: JobResponse }, body, config.replayCookies);
   }
 
   return function bgrsRoutes(req: Request, res: Response, next: NextFunction): void {
     const full = req.originalUrl ?? req.url;
-    if (!full.startsWith(base)) return next();
+    if (!underBasePath(base, full)) return next();
     const q = full.indexOf('?');
     const path = q === -1 ? full : full.slice(0, q);
-    if (path.length > base.length && path[base.length] !== '/') return next();
     const [id = '', sub = '', ...extra] = path.slice(base.length + 1).split('/');
     if (id === '' || extra.length > 0 || !SUBROUTES.has(sub)) return next();
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -95,7 +105,8 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       return sendProblem(res, 'method-not-allowed', `${req.method} is not allowed on this job route.`);
     }
     serve(req, res, decodeURIComponentSafe(id), sub, q === -1 ? '' : full.slice(q + 1)).catch((err: unknown) => {
-      config.logger.error(`express-bgrs: job route failed: ${(err as Error)?.message ?? String(err)}`);
+      if (!(err instanceof StoreUnavailable)) return next(err);
+      config.logger.error(`express-bgrs: job store failed: ${err.message}`);
       sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
     });
   };

@@ -23,7 +23,7 @@ forEachExpress((express) => {
     assert.equal(job.status, 'completed');
     assert.equal(result.status, 200);
     assert.deepEqual(await result.json(), { hello: 'world' });
-    const details = await (await fetch(`${server.url}${location}/details`)).json();
-    assert.deepEqual(details.items.map((line: { message: string }) => line.message), ['said hello']);
+    const details = (await (await fetch(`${server.url}${location}/details`)).json()) as { items: Array<{ message: string }> };
+    assert.deepEqual(details.items.map((line) => line.message), ['said hello']);
   });
 });

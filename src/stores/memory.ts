@@ -29,9 +29,9 @@ const ENTRY_OVERHEAD = 1024;
  * expire at their `expiresAt`.
  */
 export class MemoryStore implements Store {
-  readonly #active = new Map<string, Entry>();
-  readonly #finished: LRUCache<string, Entry>;
-  readonly #ttlCap: number | undefined;
+  private readonly active = new Map<string, Entry>();
+  private readonly finished: LRUCache<string, Entry>;
+  private readonly ttlCap: number | undefined;
 
   constructor(options: MemoryStoreOptions = {}) {
     const max = options.max ?? 10_000;
@@ -44,8 +44,8 @@ export class MemoryStore implements Store {
     if (options.ttl !== undefined && !(Number.isFinite(options.ttl) && options.ttl > 0)) {
       throw new TypeError(`MemoryStore: \`ttl\` must be a positive number of milliseconds, received \`${String(options.ttl)}\`.`);
     }
-    this.#ttlCap = options.ttl;
-    this.#finished = new LRUCache<string, Entry>({
+    this.ttlCap = options.ttl;
+    this.finished = new LRUCache<string, Entry>({
       max,
       maxSize: maxBytes,
       sizeCalculation: (entry) => entry.size + ENTRY_OVERHEAD,
@@ -56,22 +56,22 @@ export class MemoryStore implements Store {
     });
   }
 
-  #entry(id: string): Entry | undefined {
-    return this.#active.get(id) ?? this.#finished.get(id);
+  private entry(id: string): Entry | undefined {
+    return this.active.get(id) ?? this.finished.get(id);
   }
 
   async createJob(job: Job): Promise<void> {
-    if (this.#entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
-    this.#active.set(job.id, { job: structuredClone(job), logs: [], chunks: [], size: 0 });
+    if (this.entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
+    this.active.set(job.id, { job: structuredClone(job), logs: [], chunks: [], size: 0 });
   }
 
   async getJob(id: string): Promise<Job | null> {
-    const entry = this.#entry(id);
+    const entry = this.entry(id);
     return entry ? structuredClone(entry.job) : null;
   }
 
   async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
-    const entry = this.#active.get(id);
+    const entry = this.active.get(id);
     if (!entry || isFinal(entry.job.status)) return false;
     if (update.progress !== undefined) entry.job.progress = update.progress;
     if (update.message !== undefined) entry.job.message = update.message;
@@ -80,19 +80,19 @@ export class MemoryStore implements Store {
   }
 
   async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
-    const entry = this.#active.get(id);
+    const entry = this.active.get(id);
     if (!entry || isFinal(entry.job.status)) return null;
     Object.assign(entry.job, structuredClone(finish));
     if (finish.status === 'completed') entry.job.progress = 100;
-    this.#active.delete(id);
+    this.active.delete(id);
     let ttl = Math.max(1, Date.parse(finish.expiresAt) - Date.now());
-    if (this.#ttlCap !== undefined) ttl = Math.min(ttl, this.#ttlCap);
-    this.#finished.set(id, entry, { ttl });
+    if (this.ttlCap !== undefined) ttl = Math.min(ttl, this.ttlCap);
+    this.finished.set(id, entry, { ttl });
     return structuredClone(entry.job);
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {
-    const entry = this.#active.get(id);
+    const entry = this.active.get(id);
     if (!entry || isFinal(entry.job.status)) return null;
     const seq = entry.logs.length + 1;
     entry.logs.push({ seq, at: line.at, level: line.level, message: line.message });
@@ -102,21 +102,21 @@ export class MemoryStore implements Store {
   }
 
   async readLogs(id: string, after: number, limit: number): Promise<LogLine[]> {
-    const entry = this.#entry(id);
+    const entry = this.entry(id);
     if (!entry) return [];
     // seq n sits at index n - 1, so the page starts right after `after`.
     return entry.logs.slice(Math.max(0, after), Math.max(0, after) + limit).map((line) => ({ ...line }));
   }
 
   async appendResult(id: string, chunk: Uint8Array): Promise<void> {
-    const entry = this.#active.get(id);
+    const entry = this.active.get(id);
     if (!entry) throw new Error(`MemoryStore: job ${id} is not running`);
     entry.chunks.push(Buffer.from(chunk));
     entry.size += chunk.byteLength;
   }
 
   async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {
-    const entry = this.#entry(id);
+    const entry = this.entry(id);
     if (!entry) return null;
     const chunks = entry.chunks.slice();
     return (async function* copies() {
@@ -125,12 +125,12 @@ export class MemoryStore implements Store {
   }
 
   async deleteJob(id: string): Promise<boolean> {
-    const active = this.#active.delete(id);
-    return this.#finished.delete(id) || active;
+    const active = this.active.delete(id);
+    return this.finished.delete(id) || active;
   }
 
   async close(): Promise<void> {
-    this.#active.clear();
-    this.#finished.clear();
+    this.active.clear();
+    this.finished.clear();
   }
 }

@@ -1,0 +1,50 @@
+// The built package: require() and import of dist, and its .d.ts compile in ESM and CommonJS projects.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+const root = new URL('..', import.meta.url).pathname;
+const node = (args: string[]): string => execFileSync(process.execPath, args, { cwd: root, encoding: 'utf8' });
+
+describe('the published package', () => {
+  it('loads with require()', () => {
+    const out = node(['-e', "const m = require('express-bgrs'); console.log(typeof m.bgrs, typeof m.MemoryStore, typeof m.bgrs().detachable)"]);
+    assert.equal(out.trim(), 'function function function');
+  });
+
+  it('loads with import', () => {
+    const out = node(['--input-type=module', '-e', "import { bgrs, MemoryStore, isReplay } from 'express-bgrs'; console.log(typeof bgrs, typeof MemoryStore, typeof isReplay)"]);
+    assert.equal(out.trim(), 'function function function');
+  });
+
+  for (const [label, module, moduleResolution] of [
+    ['an ESM (NodeNext) project', 'NodeNext', 'NodeNext'],
+    ['a CommonJS project', 'CommonJS', 'Node10'],
+  ] as const) {
+    it(`type-checks in ${label}`, () => {
+      // A user's project: the package and express under node_modules, the usage file beside them.
+      const dir = mkdtempSync(join(tmpdir(), 'bgrs-types-'));
+      mkdirSync(join(dir, 'node_modules'));
+      symlinkSync(root, join(dir, 'node_modules/express-bgrs'));
+      symlinkSync(join(root, 'node_modules/express'), join(dir, 'node_modules/express'));
+      symlinkSync(join(root, 'node_modules/@types'), join(dir, 'node_modules/@types'));
+      copyFileSync(join(root, 'test/fixtures/types/usage.ts'), join(dir, 'usage.ts'));
+      const config = join(dir, 'tsconfig.json');
+      writeFileSync(
+        config,
+        JSON.stringify({
+          compilerOptions: { strict: true, noEmit: true, module, moduleResolution, esModuleInterop: true, skipLibCheck: false, types: ['node'] },
+          files: [join(dir, 'usage.ts')],
+        }),
+      );
+      try {
+        execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', config], { cwd: dir, encoding: 'utf8' });
+      } catch (err) {
+        assert.fail(`tsc failed:\n${(err as { stdout?: string }).stdout ?? String(err)}`);
+      }
+    });
+  }
+});
