@@ -10,6 +10,7 @@ import type { Options } from './options.js';
 import { parseOptions } from './options.js';
 import { sendProblem } from './problem.js';
 import { createRoutes, underBasePath } from './routes.js';
+import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
 
 export interface CloseOptions {
@@ -36,6 +37,11 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   const config = parseOptions(options);
   const rt: Runtime = { config, replayer: new Replayer(), running: new Map(), closing: false, warned: new Set() };
   const routes = createRoutes(rt);
+  if (config.validations && config.store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
+    config.logger.warn(
+      'express-bgrs [BGRS_MEMORY_STORE_PRODUCTION]: the MemoryStore keeps jobs in this process only; they are lost on restart and invisible to other instances. Use a shared store in production, or set validations: false.',
+    );
+  }
 
   const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
     if (isReplay(req)) return next();

@@ -66,4 +66,21 @@ describe('bgrs() options', () => {
       await server.close();
     }
   });
+
+  it('warns once about the MemoryStore in production, unless validations are off', () => {
+    const warnings: string[] = [];
+    const logger = { warn: (message: string) => warnings.push(message), error: () => undefined };
+    const previous = process.env.NODE_ENV;
+    process.env.NODE_ENV = 'production';
+    try {
+      bgrs({ logger });
+      bgrs({ logger, validations: false });
+    } finally {
+      process.env.NODE_ENV = previous;
+    }
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0]!, /\[BGRS_MEMORY_STORE_PRODUCTION\]/);
+    bgrs({ logger });
+    assert.equal(warnings.length, 1, 'no warning outside production');
+  });
 });
