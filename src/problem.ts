@@ -10,6 +10,7 @@ export const problems = {
   'body-too-large': { status: 413, title: 'Request body too large' },
   'no-result': { status: 409, title: 'The job ended without a response' },
   'result-expired': { status: 410, title: 'The result has expired' },
+  'result-too-large': { status: 507, title: 'The result was too large to keep' },
   'already-final': { status: 409, title: 'The job has already ended' },
   'store-unavailable': { status: 503, title: 'Job store unavailable' },
   'shutting-down': { status: 503, title: 'Shutting down' },

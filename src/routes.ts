@@ -83,6 +83,9 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
 
     // sub === 'result'
     if (!isFinal(job.status)) return sendJson(res, 202, jobDocument(job, base), config.retryAfter);
+    if (!job.response && job.error?.type === 'result_too_large') {
+      return sendProblem(res, 'result-too-large', job.error.message, { extra: { job: jobDocument(job, base) } });
+    }
     if (!job.response) {
       return sendProblem(res, 'no-result', `The job ended ${job.status} before its handler answered.`, {
         extra: { job: jobDocument(job, base) },

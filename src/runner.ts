@@ -27,6 +27,7 @@ class ResultWriter extends Writable {
   constructor(
     private readonly config: Configuration,
     private readonly id: string,
+    private readonly onOverflow: (failure: JobFailure) => void,
   ) {
     super({ highWaterMark: 64 * 1024 });
   }
@@ -43,7 +44,10 @@ class ResultWriter extends Writable {
   #append(chunk: Buffer, callback: (error?: Error | null) => void): void {
     this.size += chunk.length;
     if (this.size > this.config.maxResultBytes) {
-      callback(new JobFailure('result_too_large', `the result is larger than maxResultBytes (${this.config.maxResultBytes} bytes)`));
+      const failure = new JobFailure('result_too_large', `the result is larger than maxResultBytes (${this.config.maxResultBytes} bytes)`);
+      // The handler must hear the signal before its connection goes away (which failing the write causes).
+      this.onOverflow(failure);
+      callback(failure);
       return;
     }
     this.config.store.appendResult(this.id, chunk).then(() => callback(), callback);
@@ -116,7 +120,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
 
   replay.response
     .then(async (res) => {
-      const writer = new ResultWriter(config, id);
+      const writer = new ResultWriter(config, id, (failure) => controller.abort(Object.assign(new Error(failure.message), { name: 'RangeError' })));
       await pipeline(res, writer);
       const head = capturedHead(res, writer.size);
       const failed = head.status >= 500;
