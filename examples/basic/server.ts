@@ -1,0 +1,26 @@
+// Runs the example app (`npm start`) and prints curl commands to try background requests by hand.
+import { createApp, curlExamples } from './app.js';
+
+const port = Number(process.env.PORT || 3000);
+const app = createApp();
+
+const server = app.listen(port, (error?: Error) => {
+  // Express 5 passes listen errors (EADDRINUSE, …) to this callback instead of throwing them.
+  if (error) {
+    console.error(`Could not listen on port ${port}: ${error.message}`);
+    process.exit(1);
+  }
+  const base = `http://localhost:${port}`;
+  console.log(`express-bgrs example listening on ${base}\n`);
+  console.log('Try these (the export takes about 3 s; /result answers 202 until then):');
+  for (const line of curlExamples(base)) console.log(line.startsWith('#') ? `\n${line}` : line);
+  console.log('');
+});
+
+// Ctrl-C and `kill` both end the server cleanly, so the port is free for the next run at once.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    server.closeAllConnections();
+    server.close(() => process.exit(0));
+  });
+}
