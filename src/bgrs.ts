@@ -5,7 +5,10 @@ import type { Handler } from './compose.js';
 import { runHandlers } from './compose.js';
 import { DETACHED_NOT } from './context.js';
 import type { Runtime } from './detach.js';
-import { decide, detach, isReplay, passThrough, throughApp, throughHandlers } from './detach.js';
+import { decide, detach, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './detach.js';
+import type { DispatchFactory } from './detach.js';
+import { createGuard, parseIdempotencyOptions } from './idempotency.js';
+import type { Guard, IdempotencyOptions } from './idempotency.js';
 import type { Options } from './options.js';
 import { parseOptions } from './options.js';
 import { sendProblem } from './problem.js';
@@ -26,6 +29,8 @@ export interface BgrsMiddleware extends RequestHandler {
   detachable(...handlers: RequestHandler[]): RequestHandler;
   /** The same, with error handlers (four parameters) among the handlers. */
   detachable(...handlers: Array<RequestHandler | ErrorRequestHandler>): RequestHandler;
+  /** The Idempotency-Key guard as route middleware: `app.post('/orders', background.idempotency({ required: true }), handler)`. */
+  idempotency(options?: Partial<IdempotencyOptions>): RequestHandler;
   /** The store this instance keeps its jobs in. */
   readonly store: Store;
   /** Stops accepting detaches (503), lets running jobs finish within `grace`, then aborts the rest. */
@@ -43,6 +48,17 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     );
   }
 
+  const globalGuard = config.idempotency ? createGuard(rt, parseIdempotencyOptions(config.idempotency, 'bgrs({ idempotency })')) : null;
+  // A detached request with a key claims it before its 202, so a retry gets the same job.
+  const detachGuard = globalGuard ?? createGuard(rt, parseIdempotencyOptions(undefined, 'bgrs()'));
+
+  /** The guard that takes this request, if any: the global one, or the keyed-detach one. */
+  function guardFor(req: Request, detaching: boolean): Guard | null {
+    const guard = globalGuard ?? (detaching ? detachGuard : null);
+    if (!guard?.applies(req)) return null;
+    return req.headers['idempotency-key'] !== undefined || (guard === globalGuard && config.idempotency?.required) ? guard : null;
+  }
+
   const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
     if (isReplay(req)) return next();
     if (underBasePath(config.basePath, req.originalUrl ?? req.url)) {
@@ -53,6 +69,8 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     if (decision.invalid) {
       return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
     }
+    const guard = guardFor(req, decision.detach);
+    if (guard) return guard.handle(req, res, next, throughApp);
     if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
       passThrough(req);
       return next();
@@ -65,9 +83,14 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     for (const handler of list) {
       if (typeof handler !== 'function') throw new TypeError(`detachable(): every handler must be a function, received \`${String(handler)}\`.`);
     }
-    const factory = throughHandlers(list);
+    const route = {};
+    const factory: DispatchFactory = throughHandlers(list, route);
     return function bgrsDetachable(req: Request, res: Response, next: NextFunction): void {
-      if (isReplay(req)) return runHandlers(list, req, res, next);
+      if (isReplay(req)) {
+        const resume = takeResume(req, route);
+        if (resume) return next(resume.err as Error | undefined);
+        return runHandlers(list, req, res, next);
+      }
       const decision = decide(config, req);
       if (decision.invalid) {
         return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
@@ -76,8 +99,14 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
         passThrough(req);
         return runHandlers(list, req, res, next);
       }
+      const guard = req.headers['idempotency-key'] !== undefined && detachGuard.applies(req) ? detachGuard : null;
+      if (guard) return guard.handle(req, res, next, factory);
       void detach(rt, req, res, next, decision, factory);
     };
+  }
+
+  function idempotency(guardOptions?: Partial<IdempotencyOptions>): RequestHandler {
+    return createGuard(rt, parseIdempotencyOptions(guardOptions, 'idempotency()')).middleware;
   }
 
   async function close(closeOptions: CloseOptions = {}): Promise<void> {
@@ -101,6 +130,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     router: { value: routes, enumerable: true },
     store: { value: config.store, enumerable: true },
     detachable: { value: detachable, enumerable: true },
+    idempotency: { value: idempotency, enumerable: true },
     close: { value: close, enumerable: true },
   });
   return middleware;

@@ -2,22 +2,25 @@
 import type { NextFunction, Request, Response } from 'express';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { v4 as uuidv4 } from 'uuid';
-import type { Replayer } from './capture.js';
+import type { Envelope, Replayer } from './capture.js';
 import type { Handler } from './compose.js';
 import { finalResponder, runHandlers } from './compose.js';
 import { DETACHED_NOT } from './context.js';
 import type { JobContext } from './context.js';
 import { BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from './envelope.js';
 import { jobDocument, newJob } from './job.js';
+import type { Job } from './job.js';
 import type { Configuration } from './options.js';
 import { sendProblem } from './problem.js';
-import type { Dispatch, RunningJob } from './runner.js';
+import type { Dispatch, RunOptions, RunningJob } from './runner.js';
 import { runJob } from './runner.js';
 import { bgrsValues, defaultDecision, stripParam } from './trigger.js';
 import type { TriggerDecision } from './trigger.js';
 
 /** Marks a replayed request so that bgrs lets it through instead of detaching it again. */
 const kReplay = Symbol.for('express-bgrs.replay');
+/** Marks a per-route replay whose handlers passed the request on: the route resumes it with next(err). */
+const kResume = Symbol('express-bgrs.resume');
 
 /** Shared by every part of one bgrs() instance. */
 export interface Runtime {
@@ -28,7 +31,7 @@ export interface Runtime {
   warned: Set<string>;
 }
 
-type AnyRequest = Request & { [kReplay]?: true; _body?: boolean };
+type AnyRequest = Request & { [kReplay]?: true; [kResume]?: { route: object; err: unknown }; _body?: boolean };
 
 /** Whether a request is a background replay made by bgrs. Loggers and rate limiters may skip those. */
 export function isReplay(req: IncomingMessage): boolean {
@@ -69,11 +72,23 @@ function warnOnce(rt: Runtime, code: string, message: string): void {
 export type DispatchFactory = (req: Request, res: Response, preParsed: boolean) => Dispatch;
 
 /** `app.use(bgrs())`: the replay goes through the root app again, from its first middleware. */
-export const throughApp: DispatchFactory = (req, _res, preParsed) => {
+function rootApp(req: Request): (req: IncomingMessage, res: ServerResponse) => void {
   let app = req.app as (Request['app'] & { parent?: Request['app'] }) | undefined;
   while (app?.parent) app = app.parent;
-  if (typeof app !== 'function') throw new TypeError('express-bgrs: bgrs() must be mounted in an Express app (req.app is missing).');
-  const root = app as unknown as (req: IncomingMessage, res: ServerResponse) => void;
+  if (typeof app !== 'function') throw new TypeError('express-bgrs: bgrs must be used in an Express app (req.app is missing).');
+  return app as unknown as (req: IncomingMessage, res: ServerResponse) => void;
+}
+
+/** The error (or plain `next()`) a per-route replay passed on, when `req` is that replay resumed at `route`. */
+export function takeResume(req: Request, route: object): { err: unknown } | undefined {
+  const resume = (req as AnyRequest)[kResume];
+  if (!resume || resume.route !== route) return undefined;
+  delete (req as AnyRequest)[kResume];
+  return resume;
+}
+
+export const throughApp: DispatchFactory = (req, _res, preParsed) => {
+  const root = rootApp(req);
   const parsed: unknown = req.body;
   return (rreq, rres, ctx) => {
     const replayed = rreq as AnyRequest;
@@ -90,9 +105,15 @@ export const throughApp: DispatchFactory = (req, _res, preParsed) => {
 /** Own properties of the original request that must not be carried to the replay. */
 const NOT_COPIED = new Set<PropertyKey>(['res', 'next', 'bgrs', 'route', 'url', 'originalUrl', '_parsedUrl', '_parsedOriginalUrl', '__onFinished']);
 
-/** `detachable(...handlers)`: the replay runs only these handlers, on a copy of the original request. */
-export function throughHandlers(handlers: readonly Handler[]): DispatchFactory {
+/**
+ * `detachable(...handlers)`: the replay runs only these handlers, on a copy of the original request.
+ * If they pass it on (`next(err)` or `next()`), it continues in the app as the live request would:
+ * dispatched through the root app again, and resumed at this route (`route`) to reach the app's
+ * later routes and error handlers.
+ */
+export function throughHandlers(handlers: readonly Handler[], route: object): DispatchFactory {
   return (req, res) => {
+    const root = rootApp(req);
     const reqProto = Object.getPrototypeOf(req) as object;
     const resProto = Object.getPrototypeOf(res) as object;
     const props = Reflect.ownKeys(req)
@@ -119,22 +140,106 @@ export function throughHandlers(handlers: readonly Handler[]): DispatchFactory {
       (rres as Response).locals = { ...(locals as object) } as Response['locals'];
       replayed[kReplay] = true;
       replayed.bgrs = ctx;
-      runHandlers(handlers, rreq, rres, finalResponder(rreq, rres));
+      runHandlers(handlers, rreq, rres, (err) => {
+        if (rres.headersSent) return finalResponder(rreq, rres)(err);
+        // The root app sees the full URL; the copied mount baseUrl would confuse its router.
+        replayed.url = originalUrl;
+        delete (replayed as { baseUrl?: string }).baseUrl;
+        replayed[kResume] = { route, err };
+        root(rreq, rres);
+      });
     };
   };
 }
 
 /** Answers the client at once: 202, Location, Retry-After, the job document. */
-function acknowledge(config: Configuration, res: Response, body: string, id: string, byPrefer: boolean): void {
+export function acknowledge(config: Configuration, res: ServerResponse, job: Job, byPrefer: boolean, extra?: Record<string, string>): void {
+  const body = JSON.stringify(jobDocument(job, config.basePath));
   res.statusCode = 202;
-  res.setHeader('Location', `${config.basePath}/${id}`);
+  res.setHeader('Location', `${config.basePath}/${job.id}`);
   res.setHeader('Retry-After', String(config.retryAfter));
   res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Vary', 'Prefer');
   if (byPrefer) res.setHeader('Preference-Applied', 'respond-async');
+  if (extra) for (const [name, value] of Object.entries(extra)) res.setHeader(name, value);
   res.setHeader('Content-Type', 'application/json; charset=utf-8');
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.end(body);
+}
+
+/** A request made ready to run in the background: who owns it, what to replay, how to dispatch it. */
+export interface Prepared {
+  owner: string | null;
+  preParsed: boolean;
+  /** The raw body when bgrs read it; `null` when a parser had read it first (see `parsedBody`) or there was none. */
+  body: Buffer | null;
+  parsedBody: unknown;
+  clientUrl: string;
+  envelope: Envelope;
+  dispatch: Dispatch;
+}
+
+/**
+ * Takes everything the background run needs from the original request, before it is acked:
+ * the body above all (after the ack it would be gone). Sends the problem itself and resolves
+ * `null` when the request cannot be taken; user-code errors go to `next`.
+ */
+export async function prepare(rt: Runtime, req: Request, res: Response, next: NextFunction, factory: DispatchFactory): Promise<Prepared | null> {
+  const { config } = rt;
+  if (rt.closing) {
+    sendProblem(res, 'shutting-down', 'The server is shutting down and accepts no new background requests.', { retryAfter: config.retryAfter });
+    return null;
+  }
+  if (req.baseUrl && !config.basePath.startsWith(req.baseUrl)) {
+    warnOnce(rt, 'BGRS_BASEPATH_MOUNT', `bgrs is mounted under "${req.baseUrl}" but basePath is "${config.basePath}"; job links will not reach the job routes. Set basePath to "${req.baseUrl}/bgrs".`);
+  }
+  // A parser mounted before bgrs already read the body: carry the parsed value, send no bytes.
+  const preParsed = bodyConsumed(req) && hasBody(req);
+  try {
+    const owner = (await config.owner(req)) ?? null;
+    const body = !preParsed && hasBody(req) ? await readBody(req, config.maxBodyBytes) : null;
+    const dispatch = factory(req, res, preParsed);
+    const clientUrl = req.originalUrl ?? req.url;
+    const envelope = buildEnvelope(req, stripParam(clientUrl), body, preParsed);
+    return { owner, preParsed, body, parsedBody: preParsed ? req.body : undefined, clientUrl, envelope, dispatch };
+  } catch (err) {
+    if (err instanceof BodyTooLargeError) {
+      sendProblem(res, 'body-too-large', `A detached request body may be at most ${err.limit} bytes (option maxBodyBytes).`);
+      return null;
+    }
+    next(err);
+    return null;
+  }
+}
+
+/**
+ * Records the job and starts it. With `ack`, answers 202 first; with `run.live`, the response is
+ * streamed to that client as it is captured. Resolves `false` (after answering 503) when the store
+ * refused the job.
+ */
+export async function launch(
+  rt: Runtime,
+  res: Response,
+  prepared: Prepared,
+  id: string,
+  method: string,
+  ack: { byPrefer: boolean } | null,
+  run: RunOptions = {},
+): Promise<boolean> {
+  const { config } = rt;
+  const job = newJob({ id, method, url: prepared.clientUrl, owner: prepared.owner, status: 'running' });
+  try {
+    await config.store.createJob(job);
+  } catch (err) {
+    config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
+    sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
+    return false;
+  }
+  if (ack) acknowledge(config, res, job, ack.byPrefer);
+  const running = runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, run);
+  rt.running.set(id, running);
+  void running.done.then(() => rt.running.delete(id));
+  return true;
 }
 
 /** Detaches one request. Never throws: every failure becomes a problem response or `next(err)`. */
@@ -146,44 +251,6 @@ export async function detach(
   decision: TriggerDecision,
   factory: DispatchFactory,
 ): Promise<void> {
-  const { config } = rt;
-  if (rt.closing) {
-    sendProblem(res, 'shutting-down', 'The server is shutting down and accepts no new background requests.', { retryAfter: config.retryAfter });
-    return;
-  }
-  if (req.baseUrl && !config.basePath.startsWith(req.baseUrl)) {
-    warnOnce(rt, 'BGRS_BASEPATH_MOUNT', `bgrs is mounted under "${req.baseUrl}" but basePath is "${config.basePath}"; job links will not reach the job routes. Set basePath to "${req.baseUrl}/bgrs".`);
-  }
-  let owner: string | null;
-  let body: Buffer | null = null;
-  let dispatch: Dispatch;
-  // A parser mounted before bgrs already read the body: carry the parsed value, send no bytes.
-  const preParsed = bodyConsumed(req) && hasBody(req);
-  try {
-    owner = await config.owner(req);
-    if (!preParsed && hasBody(req)) body = await readBody(req, config.maxBodyBytes);
-    dispatch = factory(req, res, preParsed);
-  } catch (err) {
-    if (err instanceof BodyTooLargeError) {
-      sendProblem(res, 'body-too-large', `A detached request body may be at most ${err.limit} bytes (option maxBodyBytes).`);
-      return;
-    }
-    next(err);
-    return;
-  }
-  const clientUrl = req.originalUrl ?? req.url;
-  const envelope = buildEnvelope(req, stripParam(clientUrl), body, preParsed);
-  const id = uuidv4();
-  const job = newJob({ id, method: req.method, url: clientUrl, owner: owner ?? null, status: 'running' });
-  try {
-    await config.store.createJob(job);
-  } catch (err) {
-    config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
-    sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
-    return;
-  }
-  acknowledge(config, res, JSON.stringify(jobDocument(job, config.basePath)), id, decision.byPrefer);
-  const running = runJob(config, rt.replayer, id, envelope, dispatch);
-  rt.running.set(id, running);
-  void running.done.then(() => rt.running.delete(id));
+  const prepared = await prepare(rt, req, res, next, factory);
+  if (prepared) await launch(rt, res, prepared, uuidv4(), req.method, { byPrefer: decision.byPrefer });
 }

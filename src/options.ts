@@ -1,5 +1,6 @@
 // The public Options type and parseOptions(): validates once at setup into a fully-defaulted Configuration.
 import type { Request } from 'express';
+import type { IdempotencyOptions } from './idempotency.js';
 import type { Job } from './job.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
@@ -45,6 +46,12 @@ export interface Options {
   maxBodyBytes: number;
   /** Whether `/result` replays the handler's `Set-Cookie` headers. Defaults to `false`. */
   replayCookies: boolean;
+  /**
+   * Guards every route past `app.use(bgrs())` with the Idempotency-Key guard, with these options.
+   * Without it, only routes with `background.idempotency()` are guarded, and detached requests that
+   * carry a key (with the guard's default options). Defaults to `undefined`.
+   */
+  idempotency: Partial<IdempotencyOptions> | undefined;
   /** Where configuration warnings go. Defaults to `console`. */
   logger: Logger;
   /** Set to `false` to silence the configuration warnings (codes are listed in the README). Defaults to `true`. */
@@ -72,6 +79,7 @@ function defaults(): Options {
     maxResultBytes: 100 * 2 ** 20,
     maxBodyBytes: 16 * 2 ** 20,
     replayCookies: false,
+    idempotency: undefined,
     logger: console,
     validations: true,
   };
@@ -137,7 +145,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   }
 
   const store = config.store as Partial<Store> | null;
-  for (const method of ['createJob', 'getJob', 'updateProgress', 'finishJob', 'appendLog', 'readLogs', 'appendResult', 'readResult', 'deleteJob'] as const) {
+  for (const method of ['createJob', 'getJob', 'updateProgress', 'finishJob', 'appendLog', 'readLogs', 'appendResult', 'readResult', 'deleteJob', 'claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const) {
     if (!store || typeof store[method] !== 'function') fail('store', config.store, `a Store (missing method \`${method}\`)`);
   }
   if (typeof config.basePath !== 'string' || !config.basePath.startsWith('/') || /[?#\s]/.test(config.basePath)) {

@@ -8,17 +8,26 @@ import type { Job, JobResponse } from './job.js';
 /** Never replayed: connection headers, a stale Date, and a length that the store states itself. */
 const NOT_SERVED = new Set([...HOP_BY_HOP, 'date', 'content-length']);
 
-/** Groups the raw pairs by name so multi-value headers (Set-Cookie, Link) are set as arrays. */
-function groupHeaders(response: JobResponse, replayCookies: boolean): Map<string, { name: string; values: string[] }> {
+/**
+ * Sets captured headers on `res`, grouped by name so multi-value headers (Set-Cookie, Link) are
+ * set as arrays: `writeHead` with a raw array would keep only the last Set-Cookie on an Express res.
+ * Returns the lower-case names it set.
+ */
+export function applyHead(
+  res: ServerResponse,
+  pairs: ReadonlyArray<readonly [string, string]>,
+  options: { replayCookies: boolean; keepLength?: boolean },
+): Set<string> {
   const groups = new Map<string, { name: string; values: string[] }>();
-  for (const [name, value] of response.headers) {
+  for (const [name, value] of pairs) {
     const lower = name.toLowerCase();
-    if (NOT_SERVED.has(lower) || (lower === 'set-cookie' && !replayCookies)) continue;
+    if ((NOT_SERVED.has(lower) && !(options.keepLength && lower === 'content-length')) || (lower === 'set-cookie' && !options.replayCookies)) continue;
     const group = groups.get(lower);
     if (group) group.values.push(value);
     else groups.set(lower, { name, values: [value] });
   }
-  return groups;
+  for (const { name, values } of groups.values()) res.setHeader(name, values.length === 1 ? values[0]! : values);
+  return new Set(groups.keys());
 }
 
 function bodyless(status: number): boolean {
@@ -31,11 +40,12 @@ export async function replayResult(
   job: Job & { response: JobResponse },
   body: AsyncIterable<Uint8Array>,
   replayCookies: boolean,
+  extra?: Record<string, string>,
 ): Promise<void> {
   const { response } = job;
   res.statusCode = response.status;
-  const groups = groupHeaders(response, replayCookies);
-  for (const { name, values } of groups.values()) res.setHeader(name, values.length === 1 ? values[0]! : values);
+  const groups = applyHead(res, response.headers, { replayCookies });
+  if (extra) for (const [name, value] of Object.entries(extra)) res.setHeader(name, value);
   if (!bodyless(response.status)) res.setHeader('Content-Length', String(response.size));
   if (job.expiresAt) res.setHeader('Expires', new Date(job.expiresAt).toUTCString());
   if (!groups.has('cache-control')) res.setHeader('Cache-Control', 'no-store');

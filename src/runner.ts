@@ -6,7 +6,9 @@ import { debuglog } from 'node:util';
 import type { Envelope, Replayer } from './capture.js';
 import { HOP_BY_HOP } from './capture.js';
 import { JobContext } from './context.js';
-import type { JobError, JobFinish, JobResponse } from './job.js';
+import type { Job, JobError, JobFinish, JobResponse } from './job.js';
+import { sendProblem } from './problem.js';
+import { applyHead } from './result.js';
 import type { Configuration } from './options.js';
 
 const debug = debuglog('bgrs');
@@ -28,6 +30,7 @@ class ResultWriter extends Writable {
     private readonly config: Configuration,
     private readonly id: string,
     private readonly onOverflow: (failure: JobFailure) => void,
+    private readonly live: ServerResponse | undefined,
   ) {
     super({ highWaterMark: 64 * 1024 });
   }
@@ -41,6 +44,11 @@ class ResultWriter extends Writable {
     this.#append(chunk, callback);
   }
 
+  override _final(callback: (error?: Error | null) => void): void {
+    if (this.live && !this.live.destroyed) this.live.end();
+    callback();
+  }
+
   #append(chunk: Buffer, callback: (error?: Error | null) => void): void {
     this.size += chunk.length;
     if (this.size > this.config.maxResultBytes) {
@@ -50,7 +58,22 @@ class ResultWriter extends Writable {
       callback(failure);
       return;
     }
-    this.config.store.appendResult(this.id, chunk).then(() => callback(), callback);
+    Promise.all([this.config.store.appendResult(this.id, chunk), this.#toLive(chunk)]).then(() => callback(), callback);
+  }
+
+  /** Mirrors a chunk to a waiting client, honouring its backpressure; a client that left is ignored. */
+  #toLive(chunk: Buffer): Promise<void> | undefined {
+    const live = this.live;
+    if (!live || live.destroyed || live.writableEnded || live.write(chunk)) return undefined;
+    return new Promise((resolve) => {
+      const settle = (): void => {
+        live.off('drain', settle);
+        live.off('close', settle);
+        resolve();
+      };
+      live.on('drain', settle);
+      live.on('close', settle);
+    });
   }
 }
 
@@ -65,6 +88,15 @@ function capturedHead(res: IncomingMessage, size: number): JobResponse {
   return { status: res.statusCode ?? 500, contentType: res.headers['content-type'] ?? null, size, headers };
 }
 
+/** Starts the waiting client's response with the handler's status and headers, cookies included. */
+function writeLiveHead(live: ServerResponse, res: IncomingMessage): void {
+  if (live.headersSent || live.destroyed) return;
+  live.statusCode = res.statusCode ?? 500;
+  const pairs: Array<[string, string]> = [];
+  for (let i = 0; i < res.rawHeaders.length; i += 2) pairs.push([res.rawHeaders[i]!, res.rawHeaders[i + 1]!]);
+  applyHead(live, pairs, { replayCookies: true, keepLength: true });
+}
+
 export interface RunningJob {
   /** Ends the job now with this status (cancel, shutdown); the handler's signal aborts with `reason`. */
   stop(status: 'failed' | 'cancelled', error: JobError | null, reason: Error): Promise<void>;
@@ -72,7 +104,17 @@ export interface RunningJob {
   readonly done: Promise<void>;
 }
 
-export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch): RunningJob {
+export interface RunOptions {
+  /** A client waiting for this response: it is streamed to it as it is captured (the Idempotency-Key guard). */
+  live?: ServerResponse;
+  /** How long the finished job is kept, in ms, when it must outlive the `ttl` option. */
+  ttl?: number;
+  /** Called with the final job (null when the store did not record it) before `done` resolves. */
+  onEnd?: (job: Job | null) => Promise<void>;
+}
+
+export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch, options: RunOptions = {}): RunningJob {
+  const { live } = options;
   const controller = new AbortController();
   const ctx = new JobContext(id, controller.signal, config.store);
   const replay = replayer.replay(envelope, (req, res) => dispatch(req, res, ctx));
@@ -86,16 +128,26 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     if (timer) clearTimeout(timer);
     await ctx.end();
     const finishedAt = new Date();
+    let recorded: Job | null = null;
     try {
-      await config.store.finishJob(id, {
+      recorded = await config.store.finishJob(id, {
         status,
         finishedAt: finishedAt.toISOString(),
-        expiresAt: new Date(finishedAt.getTime() + config.ttl).toISOString(),
+        expiresAt: new Date(finishedAt.getTime() + (options.ttl ?? config.ttl)).toISOString(),
         response,
         error,
       });
     } catch (err) {
       config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
+    }
+    // A waiting client that never got a head gets a problem instead of a hung request.
+    if (live && !live.headersSent && !live.destroyed) {
+      sendProblem(live, 'job-failed', error?.message ?? `the job ended ${status}`, { extra: { job: { id, status, error } } });
+    }
+    try {
+      await options.onEnd?.(recorded);
+    } catch (err) {
+      config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error).message}`);
     } finally {
       resolveDone();
     }
@@ -120,7 +172,8 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
 
   replay.response
     .then(async (res) => {
-      const writer = new ResultWriter(config, id, (failure) => controller.abort(Object.assign(new Error(failure.message), { name: 'RangeError' })));
+      const writer = new ResultWriter(config, id, (failure) => controller.abort(Object.assign(new Error(failure.message), { name: 'RangeError' })), live);
+      if (live) writeLiveHead(live, res);
       await pipeline(res, writer);
       const head = capturedHead(res, writer.size);
       const failed = head.status >= 500;

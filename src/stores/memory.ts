@@ -2,7 +2,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Job, JobFinish, JobProgressUpdate, LogLevel, LogLine } from '../job.js';
 import { isFinal } from '../job.js';
-import type { Store } from './store.js';
+import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 
 export interface MemoryStoreOptions {
   /** How many finished jobs are kept at most; the least recently used go first. Defaults to `10000`. */
@@ -32,6 +32,8 @@ export class MemoryStore implements Store {
   private readonly active = new Map<string, Entry>();
   private readonly finished: LRUCache<string, Entry>;
   private readonly ttlCap: number | undefined;
+  private readonly keys = new Map<string, IdempotencyRecord>();
+  private claimsSincePurge = 0;
 
   constructor(options: MemoryStoreOptions = {}) {
     const max = options.max ?? 10_000;
@@ -129,8 +131,54 @@ export class MemoryStore implements Store {
     return this.finished.delete(id) || active;
   }
 
+  /** A record that still counts, or undefined (expired ones are dropped as they are met). */
+  private liveKey(key: string, now: number): IdempotencyRecord | undefined {
+    const record = this.keys.get(key);
+    if (record && record.expiresAt <= now) {
+      this.keys.delete(key);
+      return undefined;
+    }
+    return record;
+  }
+
+  async claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult> {
+    const now = Date.now();
+    // Expired records are dropped on touch; an occasional sweep bounds the rest without a timer.
+    if (++this.claimsSincePurge >= 1000) {
+      this.claimsSincePurge = 0;
+      for (const [name, held] of this.keys) if (held.expiresAt <= now) this.keys.delete(name);
+    }
+    const current = this.liveKey(key, now);
+    if (current && !(current.state === 'running' && current.leaseUntil <= now)) return { won: false, record: { ...current } };
+    this.keys.set(key, { ...record, state: 'running' });
+    return { won: true };
+  }
+
+  async renewIdempotencyKey(key: string, jobId: string, leaseUntil: number): Promise<boolean> {
+    const current = this.liveKey(key, Date.now());
+    if (!current || current.jobId !== jobId || current.state !== 'running') return false;
+    current.leaseUntil = leaseUntil;
+    return true;
+  }
+
+  async completeIdempotencyKey(key: string, jobId: string, expiresAt: number): Promise<boolean> {
+    const current = this.liveKey(key, Date.now());
+    if (!current || current.jobId !== jobId) return false;
+    current.state = 'done';
+    current.expiresAt = expiresAt;
+    return true;
+  }
+
+  async releaseIdempotencyKey(key: string, jobId: string): Promise<boolean> {
+    const current = this.keys.get(key);
+    if (!current || current.jobId !== jobId) return false;
+    this.keys.delete(key);
+    return true;
+  }
+
   async close(): Promise<void> {
     this.active.clear();
     this.finished.clear();
+    this.keys.clear();
   }
 }

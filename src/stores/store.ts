@@ -1,6 +1,22 @@
 // The Store interface: the only way the core reaches state. Every backend keeps this contract.
 import type { Job, JobFinish, JobProgressUpdate, LogLevel, LogLine } from '../job.js';
 
+/** What an Idempotency-Key claim records: which execution (job) owns the key, and for how long. */
+export interface IdempotencyRecord {
+  /** Digest of the request (method, path, query, body) that first used the key. */
+  fingerprint: string;
+  /** The job that runs, or ran, the one execution. */
+  jobId: string;
+  /** `running` while the execution holds the key; `done` once its response is stored. */
+  state: 'running' | 'done';
+  /** Epoch ms: a `running` claim not renewed by then is abandoned (its process died) and may be taken over. */
+  leaseUntil: number;
+  /** Epoch ms: after this the record is gone and the key is new again. */
+  expiresAt: number;
+}
+
+export type IdempotencyClaimResult = { won: true } | { won: false; record: IdempotencyRecord };
+
 /**
  * A job store. Every method returns a Promise and must never share mutable objects with the caller:
  * a value passed in may be changed by the caller afterwards, a value handed out may be changed by
@@ -54,6 +70,23 @@ export interface Store {
 
   /** Required. Forgets a job, its log and its result. Resolves whether it existed. */
   deleteJob(id: string): Promise<boolean>;
+
+  /**
+   * Required for the Idempotency-Key guard. Claims `key` atomically: of any number of concurrent
+   * claims, across processes, exactly one wins. A claim wins when there is no record, or the record
+   * has expired, or it is `running` with an expired lease; the winner's `record` (state `running`)
+   * replaces it. Otherwise resolves the current record.
+   */
+  claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult>;
+
+  /** Required for the guard. Extends a `running` claim held by `jobId`; `false` when it is no longer held. */
+  renewIdempotencyKey(key: string, jobId: string, leaseUntil: number): Promise<boolean>;
+
+  /** Required for the guard. Marks the claim held by `jobId` `done`, kept until `expiresAt`; `false` when not held. */
+  completeIdempotencyKey(key: string, jobId: string, expiresAt: number): Promise<boolean>;
+
+  /** Required for the guard. Deletes the record if `jobId` holds it, so the key is new again. */
+  releaseIdempotencyKey(key: string, jobId: string): Promise<boolean>;
 
   /** Optional. Releases timers and resources the store created (never a client it was given). */
   close?(): Promise<void>;

@@ -1,0 +1,85 @@
+// Idempotency-Key syntax (IETF draft-07 sf-string, or a Stripe-style bare token) and the request fingerprint.
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { PARAM } from './trigger.js';
+
+const MAX_KEY = 255;
+
+/**
+ * The key in an `Idempotency-Key` header, or `null` when it is malformed. Accepted: an sf-string
+ * (`"abc"`, RFC 8941, with `\"` and `\\` escapes) or a bare value; either way 1–255 visible ASCII
+ * characters. A bare value may not contain `"` or `,` (a comma reads as a list, which is how Node
+ * joins two headers).
+ */
+export function parseIdempotencyKey(header: string | string[] | undefined): string | null {
+  if (typeof header !== 'string') return null;
+  const value = header.trim();
+  if (value.startsWith('"')) {
+    let key = '';
+    for (let i = 1; i < value.length; i++) {
+      const c = value.charCodeAt(i);
+      if (c === 0x22) return i === value.length - 1 && key.length >= 1 && key.length <= MAX_KEY ? key : null;
+      if (c === 0x5c) {
+        const escaped = value[++i];
+        if (escaped !== '"' && escaped !== '\\') return null;
+        key += escaped;
+      } else if (c < 0x21 || c > 0x7e) {
+        return null;
+      } else {
+        key += value[i];
+      }
+    }
+    return null;
+  }
+  if (value.length < 1 || value.length > MAX_KEY) return null;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x21 || c > 0x7e || c === 0x22 || c === 0x2c) return null;
+  }
+  return value;
+}
+
+/** JSON with object keys sorted at every depth, so `{a,b}` and `{b,a}` fingerprint alike. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value && typeof value === 'object' && !(value instanceof Date) && !Buffer.isBuffer(value)) {
+    const entries = Object.keys(value as object)
+      .sort()
+      .map((key) => `${JSON.stringify(key)}:${canonicalJson((value as Record<string, unknown>)[key])}`);
+    return `{${entries.join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/** The query string with `bgrs` removed and the pairs sorted: `?b=2&a=1` and `?a=1&b=2&bgrs=yes` are the same request. */
+function canonicalQuery(url: string): string {
+  const q = url.indexOf('?');
+  if (q === -1) return '';
+  const params = new URLSearchParams(url.slice(q + 1));
+  params.delete(PARAM);
+  params.sort();
+  return params.toString();
+}
+
+/**
+ * The default fingerprint: method, path, canonical query and a body digest (canonical JSON for a
+ * parsed body, the raw bytes otherwise). The `bgrs` parameter and the `Prefer` header are not part
+ * of it: detaching is how the client wants the answer delivered, not a different request.
+ */
+export function defaultFingerprint(req: IncomingMessage & { originalUrl?: string }, raw: Buffer | null, parsed: unknown, preParsed: boolean): string {
+  const url = req.originalUrl ?? req.url ?? '/';
+  const q = url.indexOf('?');
+  const hash = createHash('sha256');
+  hash.update(`${req.method}\n${q === -1 ? url : url.slice(0, q)}\n${canonicalQuery(url)}\n`);
+  if (preParsed) hash.update(`json:${canonicalJson(parsed)}`);
+  else if (raw) hash.update(raw);
+  return hash.digest('base64url');
+}
+
+/** The store key of a record: scope, method, path and key, hashed to a fixed length. */
+export function recordKey(scope: string | null, method: string, url: string, key: string): string {
+  const q = url.indexOf('?');
+  return createHash('sha256')
+    .update(JSON.stringify([scope, method, q === -1 ? url : url.slice(0, q), key]))
+    .digest('base64url');
+}

@@ -1,0 +1,206 @@
+// The Idempotency-Key guard: one key, one execution; retries replay the stored response or re-attach to the job.
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { v4 as uuidv4 } from 'uuid';
+import type { DispatchFactory, Prepared, Runtime } from './detach.js';
+import { acknowledge, decide, isReplay, launch, prepare, throughApp } from './detach.js';
+import { defaultFingerprint, parseIdempotencyKey, recordKey } from './idempotency-key.js';
+import { isFinal, jobDocument } from './job.js';
+import type { Job, JobResponse } from './job.js';
+import { sendProblem } from './problem.js';
+import { replayResult } from './result.js';
+
+export interface IdempotencyOptions {
+  /** Whether a request without an `Idempotency-Key` is refused with 400 `idempotency-key-missing`. Defaults to `false`. */
+  required: boolean;
+  /** The methods the guard applies to; others pass untouched. Defaults to `['POST', 'PATCH']`. */
+  methods: string[];
+  /** How long a key and its stored response are kept, in ms; then the key is new again. Defaults to 24 hours. */
+  ttl: number;
+  /** How long a claim survives without renewal, in ms (renewed every third of it while the request runs), so a crashed process frees its keys. Defaults to `30000`. */
+  lease: number;
+  /** Which responses are stored and replayed; an excluded status frees the key instead. Defaults to every status. */
+  storeResponse: (status: number) => boolean;
+  /** Replaces the default fingerprint (method, path, canonical query, body digest). Defaults to none. */
+  fingerprint: ((req: Request) => string | Promise<string>) | undefined;
+  /** Who a key belongs to: two scopes never share a record. Defaults to the bgrs `owner`. */
+  scope: ((req: Request) => string | null | Promise<string | null>) | undefined;
+}
+
+export interface GuardConfig extends Omit<IdempotencyOptions, 'methods'> {
+  methods: ReadonlySet<string>;
+}
+
+const KNOWN: ReadonlyArray<keyof IdempotencyOptions> = ['required', 'methods', 'ttl', 'lease', 'storeResponse', 'fingerprint', 'scope'];
+
+export function parseIdempotencyOptions(input: Partial<IdempotencyOptions> | undefined, where: string): GuardConfig {
+  const options = input ?? {};
+  if (typeof options !== 'object' || options === null) throw new TypeError(`${where}: options must be an object.`);
+  for (const name of Object.keys(options)) {
+    if (!(KNOWN as string[]).includes(name)) throw new TypeError(`${where}: unknown option \`${name}\` (known: ${KNOWN.join(', ')}).`);
+  }
+  const methods = options.methods ?? ['POST', 'PATCH'];
+  if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string')) throw new TypeError(`${where}: \`methods\` must be an array of method names.`);
+  const config: GuardConfig = {
+    required: options.required ?? false,
+    methods: new Set(methods.map((m) => m.toUpperCase())),
+    ttl: options.ttl ?? 24 * 3_600_000,
+    lease: options.lease ?? 30_000,
+    storeResponse: options.storeResponse ?? (() => true),
+    fingerprint: options.fingerprint,
+    scope: options.scope,
+  };
+  if (typeof config.required !== 'boolean') throw new TypeError(`${where}: \`required\` must be a boolean.`);
+  for (const name of ['ttl', 'lease'] as const) {
+    if (typeof config[name] !== 'number' || !(config[name] > 0) || !Number.isFinite(config[name])) {
+      throw new TypeError(`${where}: \`${name}\` must be a positive number of milliseconds, received \`${String(config[name])}\`.`);
+    }
+  }
+  for (const name of ['storeResponse', 'fingerprint', 'scope'] as const) {
+    if (config[name] !== undefined && typeof config[name] !== 'function') throw new TypeError(`${where}: \`${name}\` must be a function.`);
+  }
+  return config;
+}
+
+const REPLAYED = { 'Idempotent-Replayed': 'true' };
+
+export interface Guard {
+  /** Route middleware: guards requests with a key, synchronous or detached. */
+  middleware: RequestHandler;
+  /** Whether this guard takes the request (its method is guarded). */
+  applies(req: Request): boolean;
+  /** Runs the guard for a request bgrs is about to detach (so the key is claimed before any 202). */
+  handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void;
+}
+
+export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
+  const { config } = rt;
+  const store = config.store;
+  const unavailable = (res: Response): void =>
+    sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
+
+  /** The first request with this key: it runs, as a job, and its response is stored with the key. */
+  async function execute(res: Response, prepared: Prepared, method: string, id: string, name: string, ack: { byPrefer: boolean } | null): Promise<void> {
+    const renew = setInterval(() => {
+      store.renewIdempotencyKey(name, id, Date.now() + guard.lease).catch(() => false);
+    }, guard.lease / 3);
+    renew.unref();
+    const started = await launch(rt, res, prepared, id, method, ack, {
+      live: ack ? undefined : res,
+      // The stored response must outlive the key that replays it.
+      ttl: Math.max(config.ttl, guard.ttl),
+      onEnd: async (job: Job | null) => {
+        clearInterval(renew);
+        if (job?.response && guard.storeResponse(job.response.status)) await store.completeIdempotencyKey(name, id, Date.now() + guard.ttl);
+        else await store.releaseIdempotencyKey(name, id);
+      },
+    });
+    if (!started) {
+      clearInterval(renew);
+      await store.releaseIdempotencyKey(name, id).catch(() => false);
+    }
+  }
+
+  async function keyed(req: Request, res: Response, next: NextFunction, key: string, factory: DispatchFactory): Promise<void> {
+    const decision = decide(config, req);
+    const ack = decision.detach ? { byPrefer: decision.byPrefer } : null;
+    const prepared = await prepare(rt, req, res, next, factory);
+    if (!prepared) return;
+    let fingerprint: string;
+    let scope: string | null;
+    try {
+      fingerprint = guard.fingerprint
+        ? String(await guard.fingerprint(req))
+        : defaultFingerprint(req, prepared.body, prepared.parsedBody, prepared.preParsed);
+      scope = guard.scope ? await guard.scope(req) : prepared.owner;
+    } catch (err) {
+      next(err);
+      return;
+    }
+    const name = recordKey(scope ?? null, req.method, prepared.clientUrl, key);
+    // A record whose execution vanished (job expired or ended without a response) is freed and claimed again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const id = uuidv4();
+      const now = Date.now();
+      let claim;
+      try {
+        claim = await store.claimIdempotencyKey(name, { fingerprint, jobId: id, state: 'running', leaseUntil: now + guard.lease, expiresAt: now + guard.ttl });
+      } catch (err) {
+        config.logger.error(`express-bgrs: idempotency claim failed: ${(err as Error).message}`);
+        return unavailable(res);
+      }
+      if (claim.won) return execute(res, prepared, req.method, id, name, ack);
+      const { record } = claim;
+      if (record.fingerprint !== fingerprint) {
+        return sendProblem(res, 'idempotency-key-reused', 'This Idempotency-Key was used with a different request (method, path, query or body).');
+      }
+      let job: Job | null;
+      let body: AsyncIterable<Uint8Array> | null = null;
+      try {
+        job = await store.getJob(record.jobId);
+        if (job && isFinal(job.status) && job.response && !ack) body = await store.readResult(job.id);
+      } catch {
+        return unavailable(res);
+      }
+      const vanished = !job || (isFinal(job.status) && (!job.response || (!ack && !body)));
+      if (vanished) {
+        await store.releaseIdempotencyKey(name, record.jobId).catch(() => false);
+        continue;
+      }
+      const current = job!;
+      if (!isFinal(current.status)) {
+        // Re-attach: a client whose first call was cut off gets the job that tracks that execution.
+        if (ack) return acknowledge(config, res, current, ack.byPrefer);
+        return sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+      }
+      if (ack) return sendJobDocument(res, current);
+      return replayResult(res, current as Job & { response: JobResponse }, body!, config.replayCookies, REPLAYED);
+    }
+    sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+  }
+
+  /** A finished job, retried with a detach: its document, as the replayed answer. */
+  function sendJobDocument(res: Response, job: Job): void {
+    const body = JSON.stringify(jobDocument(job, config.basePath));
+    res.statusCode = 200;
+    res.setHeader('Location', `${config.basePath}/${job.id}`);
+    res.setHeader('Idempotent-Replayed', 'true');
+    res.setHeader('Cache-Control', 'no-store');
+    res.setHeader('Content-Type', 'application/json; charset=utf-8');
+    res.setHeader('Content-Length', Buffer.byteLength(body));
+    res.end(body);
+  }
+
+  function handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void {
+    const header = req.headers['idempotency-key'];
+    if (header === undefined) {
+      if (guard.required) return sendProblem(res, 'idempotency-key-missing', `${req.method} requests here need an Idempotency-Key header.`);
+      return next();
+    }
+    const key = parseIdempotencyKey(header);
+    if (key === null) {
+      return sendProblem(res, 'idempotency-key-invalid', 'An Idempotency-Key is 1–255 visible ASCII characters, bare (no quotes or commas) or as a quoted string.');
+    }
+    if (decide(config, req).invalid) {
+      return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+    }
+    void keyed(req, res, next, key, factory).catch(next);
+  }
+
+  const applies = (req: Request): boolean => guard.methods.has(req.method);
+
+  return {
+    applies,
+    handle,
+    middleware: function idempotencyGuard(req: Request, res: Response, next: NextFunction): void {
+      if (!applies(req)) return next();
+      if (isReplay(req)) {
+        // A request detached before it reached this route skipped the check: its job answers the 400.
+        if (guard.required && req.headers['idempotency-key'] === undefined) {
+          return sendProblem(res, 'idempotency-key-missing', `${req.method} requests here need an Idempotency-Key header.`);
+        }
+        return next();
+      }
+      handle(req, res, next, throughApp);
+    },
+  };
+}
