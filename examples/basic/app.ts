@@ -40,6 +40,8 @@ export function curlExamples(base: string): string[] {
     `curl -i -H 'Prefer: respond-async' '${base}/reports/2025'`,
     '# POST bodies are kept for the background run too',
     `curl -i -X POST -H 'Content-Type: application/json' -d '{"item":"book","quantity":2}' '${base}/orders?bgrs=yes'`,
+    '# A retry with the same Idempotency-Key replays the first answer (Idempotent-Replayed: true)',
+    `curl -i -X POST -H 'Idempotency-Key: order-7f3a' -H 'Content-Type: application/json' -d '{"item":"book","quantity":2}' '${base}/orders'`,
     '# Without ?bgrs=yes every route answers as usual',
     `curl '${base}/exports/orders.csv?rows=5&delayMs=0'`,
   ];
@@ -52,7 +54,8 @@ export function createApp(): Express {
   const app = express();
   app.use(express.json());
   // Everything registered after this line can be detached; the /bgrs/:id routes come with it.
-  app.use(bgrs());
+  const background = bgrs();
+  app.use(background);
 
   app.get('/', (req, res) => {
     const base = `${req.protocol}://${req.get('host') ?? 'localhost'}`;
@@ -140,7 +143,8 @@ export function createApp(): Express {
   });
 
   // A POST: with ?bgrs=yes the parsed body is carried over to the background run.
-  app.post('/orders', (req: Request, res: Response) => {
+  // Retries with the same Idempotency-Key get the stored answer instead of a second order.
+  app.post('/orders', background.idempotency(), (req: Request, res: Response) => {
     if (typeof req.body !== 'object' || req.body === null || Array.isArray(req.body)) {
       res.status(400).json({ error: 'send a JSON object, e.g. {"item":"book","quantity":2}' });
       return;
