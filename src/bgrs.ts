@@ -3,9 +3,8 @@ import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Respon
 import { Replayer } from './capture.js';
 import type { Handler } from './compose.js';
 import { runHandlers } from './compose.js';
-import { DETACHED_NOT } from './context.js';
 import type { Runtime } from './detach.js';
-import { decide, detach, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './detach.js';
+import { decide, detach, ensureDefaultContext, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './detach.js';
 import type { DispatchFactory } from './detach.js';
 import { createGuard, parseIdempotencyOptions } from './idempotency.js';
 import type { Guard, IdempotencyOptions } from './idempotency.js';
@@ -13,6 +12,7 @@ import type { Options } from './options.js';
 import { parseOptions } from './options.js';
 import { sendProblem } from './problem.js';
 import { createRoutes, underBasePath } from './routes.js';
+import { PARAM } from './trigger.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
 
@@ -60,11 +60,13 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   }
 
   const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
-    if (isReplay(req)) return next();
-    if (underBasePath(config.basePath, req.originalUrl ?? req.url)) {
-      req.bgrs = DETACHED_NOT;
-      return routes(req, res, next);
+    ensureDefaultContext(req);
+    // The common request asks for nothing: no parameter, no Prefer header, no guard to apply.
+    if (globalGuard === null && req.url.indexOf(PARAM) === -1 && req.headers.prefer === undefined) {
+      return underBasePath(config.basePath, req.originalUrl ?? req.url) ? routes(req, res, next) : next();
     }
+    if (isReplay(req)) return next();
+    if (underBasePath(config.basePath, req.originalUrl ?? req.url)) return routes(req, res, next);
     const decision = decide(config, req);
     if (decision.invalid) {
       return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');

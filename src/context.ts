@@ -45,12 +45,22 @@ export class JobContext implements BgrsContext {
   #writing: Promise<void> | null = null;
   #logs: Promise<unknown> = Promise.resolve();
   #ended = false;
+  #controller: AbortController | undefined;
 
   constructor(
     readonly id: string,
-    readonly signal: AbortSignal,
     private readonly store: Store,
   ) {}
+
+  /** Created on first use: most handlers never look, and an AbortController per job is measurable. */
+  get signal(): AbortSignal {
+    return (this.#controller ??= new AbortController()).signal;
+  }
+
+  /** Aborts the signal, whether or not the handler has looked at it yet. */
+  abort(reason: Error): void {
+    (this.#controller ??= new AbortController()).abort(reason);
+  }
 
   progress(percent: number, message?: string): void {
     if (this.#ended || typeof percent !== 'number' || Number.isNaN(percent)) return;

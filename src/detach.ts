@@ -1,6 +1,7 @@
 // Decides whether a request is detached, takes its body, acks with 202 and starts the background run.
 import type { NextFunction, Request, Response } from 'express';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { IncomingMessage } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import { v4 as uuidv4 } from 'uuid';
 import type { Envelope, Replayer } from './capture.js';
 import type { Handler } from './compose.js';
@@ -56,10 +57,30 @@ export function stripInPlace(req: Request): void {
   }
 }
 
-/** Passes a request through without detaching it: strip the parameter, give it the no-op context. */
+/**
+ * Gives every request the no-op `req.bgrs` without adding a property to each one: installed once
+ * on Express's base `request` object, the prototype every app's (and sub-app's) request prototype
+ * inherits from. Requests that are not Express's (a bare `http` server) get their own property.
+ */
+export function ensureDefaultContext(req: Request): void {
+  if (req.bgrs !== undefined) return;
+  let proto = Object.getPrototypeOf(req) as object | null;
+  while (proto) {
+    const parent = Object.getPrototypeOf(proto) as object | null;
+    if (parent === IncomingMessage.prototype || parent === null) break;
+    proto = parent;
+  }
+  if (proto && proto !== IncomingMessage.prototype && Object.isExtensible(proto)) {
+    Object.defineProperty(proto, 'bgrs', { value: DETACHED_NOT, writable: true, configurable: true, enumerable: false });
+  } else {
+    req.bgrs = DETACHED_NOT;
+  }
+}
+
+/** Passes a request through without detaching it: the handler sees no `bgrs` parameter. */
 export function passThrough(req: Request): void {
   stripInPlace(req);
-  req.bgrs = DETACHED_NOT;
+  ensureDefaultContext(req);
 }
 
 function warnOnce(rt: Runtime, code: string, message: string): void {

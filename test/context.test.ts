@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import { bgrs } from '../src/index.js';
-import { forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
+import { detachAndWait, forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
 
 forEachExpress((express) => {
   let server: Running;
@@ -24,6 +24,9 @@ forEachExpress((express) => {
       req.bgrs.log('odd level', 'fatal' as 'error');
       res.json({ id: req.bgrs.id, detached: req.bgrs.detached });
     });
+    const sub = express();
+    sub.get('/inner', (req, res) => res.json({ detached: req.bgrs.detached, id: req.bgrs.id }));
+    app.use('/sub', sub);
     app.get('/plain', (req, res) => {
       req.bgrs.progress(50);
       req.bgrs.log('ignored');
@@ -64,6 +67,10 @@ forEachExpress((express) => {
     const no = await fetch(`${server.url}/plain?bgrs=no&bgrs=0`);
     assert.equal(no.status, 200);
     assert.deepEqual(await no.json(), { id: null, detached: false, aborted: false });
+    const inner = await fetch(`${server.url}/sub/inner`);
+    assert.deepEqual(await inner.json(), { detached: false, id: null }, 'sub-apps see req.bgrs too');
+    const { result } = await detachAndWait(server.url, '/sub/inner?bgrs=yes');
+    assert.equal(((await result.json()) as { detached: boolean }).detached, true);
     const mixed = await fetch(`${server.url}/plain?bgrs=no&bgrs=yes`);
     assert.equal(mixed.status, 400, 'contradicting bgrs values are refused');
   });
