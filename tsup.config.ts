@@ -2,13 +2,16 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: { index: 'src/index.ts' },
+  entry: { index: 'src/index.ts', testing: 'src/testing/index.ts' },
   format: ['esm', 'cjs'],
   dts: true,
   target: 'node20',
   platform: 'node',
+  // node:test exists only under its node: name.
+  removeNodeProtocol: false,
   sourcemap: true,
   clean: true,
-  splitting: false,
+  // Shared code goes into chunks, so that instanceof and the Store types agree across entry points.
+  splitting: true,
   outDir: 'dist',
 });

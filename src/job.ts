@@ -43,6 +43,11 @@ export interface Job {
   finishedAt: string | null;
   /** When a finished job and its result will be forgotten; null while it runs. */
   expiresAt: string | null;
+  /**
+   * While queued or running: until when the process that holds the job has promised to renew it.
+   * A job whose lease has passed belongs to a dead process and is recorded `failed: interrupted`.
+   */
+  leaseUntil: string | null;
   response: JobResponse | null;
   error: JobError | null;
 }
@@ -65,6 +70,11 @@ export interface JobProgressUpdate {
 /** The final transition of a job: applied once, only from a non-final status. */
 export interface JobFinish {
   status: 'completed' | 'failed' | 'cancelled';
+  /**
+   * Apply only if the job's lease has passed by this instant (ISO): how a process records
+   * `interrupted` for a dead process's job without racing a live one that just renewed.
+   */
+  ifLeaseExpiredBy?: string;
   finishedAt: string;
   expiresAt: string;
   response: JobResponse | null;
@@ -117,7 +127,7 @@ export function jobDocument(job: Job, base: string): JobDocument {
   };
 }
 
-export function newJob(fields: { id: string; method: string; url: string; owner: string | null; status: JobStatus }): Job {
+export function newJob(fields: { id: string; method: string; url: string; owner: string | null; status: JobStatus; leaseUntil?: string | null }): Job {
   const now = new Date().toISOString();
   return {
     id: fields.id,
@@ -135,7 +145,26 @@ export function newJob(fields: { id: string; method: string; url: string; owner:
     startedAt: fields.status === 'running' ? now : null,
     finishedAt: null,
     expiresAt: null,
+    leaseUntil: fields.leaseUntil ?? null,
     response: null,
     error: null,
   };
+}
+
+/** A page of jobs, newest first; `next` is an opaque cursor for the following page, or null. */
+export interface JobPage {
+  jobs: Job[];
+  next: string | null;
+}
+
+/** Which jobs `listJobs` returns. */
+export interface JobQuery {
+  /** Only this owner's jobs (`null`: anonymous jobs); `undefined`: everyone's. */
+  owner?: string | null;
+  /** Only jobs in these statuses; `undefined` or empty: all. */
+  statuses?: JobStatus[];
+  /** At most this many (1–1000). */
+  limit: number;
+  /** A `next` value from a previous page. */
+  cursor?: string | null;
 }

@@ -15,6 +15,11 @@ describe('the published package', () => {
     assert.equal(out.trim(), 'function function function');
   });
 
+  it('loads express-bgrs/testing with require() and import', () => {
+    assert.equal(node(['-e', "console.log(typeof require('express-bgrs/testing').storeConformanceSuite)"]).trim(), 'function');
+    assert.equal(node(['--input-type=module', '-e', "import { storeConformanceSuite } from 'express-bgrs/testing'; console.log(typeof storeConformanceSuite)"]).trim(), 'function');
+  });
+
   it('loads with import', () => {
     const out = node(['--input-type=module', '-e', "import { bgrs, MemoryStore, isReplay } from 'express-bgrs'; console.log(typeof bgrs, typeof MemoryStore, typeof isReplay)"]);
     assert.equal(out.trim(), 'function function function');

@@ -1,7 +1,8 @@
 // MemoryStore: the embedded default store, on lru-cache. One process only; behaves like a remote store.
 import { LRUCache } from 'lru-cache';
-import type { Job, JobFinish, JobProgressUpdate, LogLevel, LogLine } from '../job.js';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
 import { isFinal } from '../job.js';
+import { InvalidCursorError } from './store.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 
 export interface MemoryStoreOptions {
@@ -20,6 +21,25 @@ function copyJob(job: Job): Job {
     response: job.response && { ...job.response, headers: job.response.headers.map(([name, value]) => [name, value] as [string, string]) },
     error: job.error && { ...job.error },
   };
+}
+
+/** The listing order, newest first: negative when `a` comes before `b` (newer; on a tie, the greater id). */
+function compareNewestFirst(a: { createdAt: string; id: string }, b: { createdAt: string; id: string }): number {
+  if (a.createdAt !== b.createdAt) return a.createdAt < b.createdAt ? 1 : -1;
+  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
+}
+
+function encodeCursor(job: Job): string {
+  return Buffer.from(JSON.stringify([job.createdAt, job.id])).toString('base64url');
+}
+
+function decodeCursor(cursor: string): { createdAt: string; id: string } | null {
+  try {
+    const [createdAt, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as [unknown, unknown];
+    return typeof createdAt === 'string' && typeof id === 'string' ? { createdAt, id } : null;
+  } catch {
+    return null;
+  }
 }
 
 interface Entry {
@@ -68,7 +88,15 @@ export class MemoryStore implements Store {
   }
 
   private entry(id: string): Entry | undefined {
-    return this.active.get(id) ?? this.finished.get(id);
+    const active = this.active.get(id);
+    if (active) return active;
+    const finished = this.finished.get(id);
+    // lru-cache's clock is coarse (ttlResolution); expiry is exact to the millisecond here.
+    if (finished && finished.job.expiresAt !== null && Date.parse(finished.job.expiresAt) <= Date.now()) {
+      this.finished.delete(id);
+      return undefined;
+    }
+    return finished;
   }
 
   async createJob(job: Job): Promise<void> {
@@ -90,10 +118,54 @@ export class MemoryStore implements Store {
     return true;
   }
 
+  async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {
+    const entry = this.active.get(id);
+    if (!entry || entry.job.status !== 'queued') return false;
+    entry.job.status = 'running';
+    entry.job.startedAt = start.startedAt;
+    entry.job.leaseUntil = start.leaseUntil;
+    return true;
+  }
+
+  async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
+    const gone: string[] = [];
+    for (const id of ids) {
+      const entry = this.active.get(id);
+      if (entry && !isFinal(entry.job.status)) entry.job.leaseUntil = leaseUntil;
+      else gone.push(id);
+    }
+    return gone;
+  }
+
+  async listJobs(query: JobQuery): Promise<JobPage> {
+    const statuses = query.statuses?.length ? new Set(query.statuses) : null;
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    if (query.cursor && !after) throw new InvalidCursorError();
+    const all: Job[] = [];
+    const consider = (job: Job): void => {
+      if (query.owner !== undefined && job.owner !== query.owner) return;
+      if (statuses && !statuses.has(job.status)) return;
+      if (after && compareNewestFirst(job, after) <= 0) return;
+      all.push(job);
+    };
+    for (const entry of this.active.values()) consider(entry.job);
+    // forEach, not entries(): it does not touch the LRU order.
+    const now = Date.now();
+    this.finished.forEach((entry) => {
+      if (entry.job.expiresAt === null || Date.parse(entry.job.expiresAt) > now) consider(entry.job);
+    });
+    all.sort(compareNewestFirst);
+    const page = all.slice(0, query.limit);
+    const last = page.at(-1);
+    return { jobs: page.map(copyJob), next: all.length > query.limit && last ? encodeCursor(last) : null };
+  }
+
   async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
     const entry = this.active.get(id);
     if (!entry || isFinal(entry.job.status)) return null;
-    entry.job = copyJob({ ...entry.job, ...finish });
+    if (finish.ifLeaseExpiredBy !== undefined && !(entry.job.leaseUntil !== null && entry.job.leaseUntil <= finish.ifLeaseExpiredBy)) return null;
+    const { ifLeaseExpiredBy: _condition, ...fields } = finish;
+    entry.job = copyJob({ ...entry.job, ...fields, leaseUntil: null });
     if (finish.status === 'completed') entry.job.progress = 100;
     this.active.delete(id);
     let ttl = Math.max(1, Date.parse(finish.expiresAt) - Date.now());

@@ -1,5 +1,13 @@
 // The Store interface: the only way the core reaches state. Every backend keeps this contract.
-import type { Job, JobFinish, JobProgressUpdate, LogLevel, LogLine } from '../job.js';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
+
+/** What `listJobs` rejects with for a cursor it did not hand out; the job routes answer it with a 400. */
+export class InvalidCursorError extends TypeError {
+  readonly code = 'BGRS_INVALID_CURSOR';
+  constructor() {
+    super('invalid cursor');
+  }
+}
 
 /** What an Idempotency-Key claim records: which execution (job) owns the key, and for how long. */
 export interface IdempotencyRecord {
@@ -40,9 +48,31 @@ export interface Store {
   updateProgress(id: string, update: JobProgressUpdate): Promise<boolean>;
 
   /**
+   * Required. Moves a `queued` job to `running` with this start time and lease. Resolves `false`
+   * (changing nothing) when the job is not `queued` (cancelled meanwhile, or unknown).
+   */
+  startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean>;
+
+  /**
+   * Required. The heartbeat of one process: sets `leaseUntil` on each of these jobs that is still
+   * queued or running, in one round trip where the backend allows. Resolves the ids that are not
+   * (final, or unknown): their process must stop them (they were cancelled elsewhere).
+   */
+  renewLeases(ids: string[], leaseUntil: string): Promise<string[]>;
+
+  /**
+   * Required. Jobs newest first (by `createdAt`, then id), filtered by owner and status, one page
+   * at a time. `next` is an opaque cursor; a page never repeats or skips a job that existed when
+   * the first page was read. Rejects with `InvalidCursorError` for a cursor it did not hand out.
+   */
+  listJobs(query: JobQuery): Promise<JobPage>;
+
+  /**
    * Required. The one final transition. Applies `finish` only if the job exists and is not final,
-   * and resolves the updated job; otherwise resolves `null` and changes nothing. From then on the
-   * job and its result expire at `finish.expiresAt`.
+   * (and, with `finish.ifLeaseExpiredBy`, only if its `leaseUntil` is at or before that instant),
+   * and resolves the updated job; otherwise resolves `null` and changes nothing. `leaseUntil`
+   * becomes null and, for `completed`, `progress` 100. From then on the job and its result expire
+   * at `finish.expiresAt`.
    */
   finishJob(id: string, finish: JobFinish): Promise<Job | null>;
 

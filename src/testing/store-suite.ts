@@ -1,0 +1,357 @@
+// The Store conformance suite: every store (ours and third parties') must pass it. Runs under node:test.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import type { Job, JobFinish, JobStatus } from '../job.js';
+import { newJob } from '../job.js';
+import { InvalidCursorError } from '../stores/store.js';
+import type { IdempotencyRecord, Store } from '../stores/store.js';
+
+export interface StoreSuiteOptions {
+  /** Creates the store under test (once for the whole suite). */
+  create(): Store | Promise<Store>;
+  /** Releases it after the suite (close clients you created). */
+  destroy?(store: Store): void | Promise<void>;
+  /** How long the expiry tests wait past an `expiresAt`, in ms, for stores that expire lazily or by a sweep. Defaults to `1200`. */
+  expiryGraceMs?: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const inMs = (ms: number): string => new Date(Date.now() + ms).toISOString();
+
+/** Every test uses fresh random ids and owners, so one store (and one database) serves the whole suite. */
+function job(overrides: Partial<Job> = {}): Job {
+  return { ...newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running', leaseUntil: inMs(30_000) }), ...overrides };
+}
+
+function finish(status: JobFinish['status'], overrides: Partial<JobFinish> = {}): JobFinish {
+  return { status, finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null, ...overrides };
+}
+
+async function collect(body: AsyncIterable<Uint8Array> | null): Promise<Buffer | null> {
+  if (!body) return null;
+  const chunks: Buffer[] = [];
+  for await (const chunk of body) chunks.push(Buffer.from(chunk));
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Declares the conformance tests for a store. Call it at the top level of a test file:
+ *
+ * ```ts
+ * import { storeConformanceSuite } from 'express-bgrs/testing';
+ * storeConformanceSuite('MyStore', { create: () => new MyStore(...), destroy: (s) => s.close?.() });
+ * ```
+ */
+export function storeConformanceSuite(name: string, options: StoreSuiteOptions): void {
+  describe(`Store conformance: ${name}`, () => {
+    let store: Store;
+    const grace = options.expiryGraceMs ?? 1200;
+    before(async () => {
+      store = await options.create();
+    });
+    after(async () => {
+      await options.destroy?.(store);
+    });
+
+    describe('jobs', () => {
+      it('creates and reads a job; unknown ids are null; a duplicate id is refused', async () => {
+        const j = job({ owner: 'ann', name: 'GET /x?bgrs=yes' });
+        await store.createJob(j);
+        assert.deepEqual(await store.getJob(j.id), j);
+        assert.equal(await store.getJob(randomUUID()), null);
+        await assert.rejects(store.createJob(job({ id: j.id })));
+      });
+
+      it('shares no objects with its caller', async () => {
+        const j = job();
+        await store.createJob(j);
+        j.message = 'changed by the caller';
+        const read = (await store.getJob(j.id))!;
+        assert.equal(read.message, null);
+        read.status = 'failed';
+        assert.equal((await store.getJob(j.id))!.status, 'running');
+      });
+
+      it('applies progress to a running job, and nothing to an unknown one', async () => {
+        const j = job();
+        await store.createJob(j);
+        assert.equal(await store.updateProgress(j.id, { progress: 42, message: 'half', resultCount: 3 }), true);
+        const read = (await store.getJob(j.id))!;
+        assert.deepEqual([read.progress, read.message, read.resultCount], [42, 'half', 3]);
+        assert.equal(await store.updateProgress(j.id, { message: null }), true);
+        assert.equal((await store.getJob(j.id))!.progress, 42, 'fields not given are kept');
+        assert.equal(await store.updateProgress(randomUUID(), { progress: 1 }), false);
+      });
+
+      it('finishes a job exactly once, and nothing changes it afterwards', async () => {
+        const j = job({ progress: 10 });
+        await store.createJob(j);
+        const response = { status: 201, contentType: 'text/csv', size: 3, headers: [['Content-Type', 'text/csv'], ['Set-Cookie', 'a=1'], ['Set-Cookie', 'b=2']] as Array<[string, string]> };
+        const done = await store.finishJob(j.id, finish('completed', { response }));
+        assert.ok(done);
+        assert.equal(done.status, 'completed');
+        assert.equal(done.progress, 100);
+        assert.equal(done.leaseUntil, null);
+        assert.deepEqual(done.response, response);
+        assert.equal(await store.finishJob(j.id, finish('failed', { error: { type: 'timeout', message: 'late' } })), null);
+        assert.equal(await store.updateProgress(j.id, { progress: 5, message: 'late' }), false);
+        assert.equal(await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'late' }), null);
+        assert.equal(await store.startJob(j.id, { startedAt: new Date().toISOString(), leaseUntil: inMs(1000) }), false);
+        const read = (await store.getJob(j.id))!;
+        assert.deepEqual([read.status, read.progress, read.message, read.error], ['completed', 100, null, null]);
+        assert.equal(await store.finishJob(randomUUID(), finish('failed')), null);
+      });
+
+      it('loses no final status when progress and finish race', async () => {
+        for (let round = 0; round < 20; round++) {
+          const j = job();
+          await store.createJob(j);
+          const writes: Array<Promise<unknown>> = [];
+          for (let i = 0; i < 10; i++) writes.push(store.updateProgress(j.id, { progress: i * 10, message: `step ${i}` }));
+          writes.splice(5, 0, store.finishJob(j.id, finish('cancelled', { error: { type: 'cancelled', message: 'stop' } })));
+          await Promise.all(writes);
+          const read = (await store.getJob(j.id))!;
+          assert.equal(read.status, 'cancelled');
+          assert.deepEqual(read.error, { type: 'cancelled', message: 'stop' });
+        }
+      });
+
+      it('starts a queued job once', async () => {
+        const j = job({ status: 'queued', startedAt: null });
+        await store.createJob(j);
+        const startedAt = new Date().toISOString();
+        assert.equal(await store.startJob(j.id, { startedAt, leaseUntil: inMs(5000) }), true);
+        const read = (await store.getJob(j.id))!;
+        assert.equal(read.status, 'running');
+        assert.equal(read.startedAt, startedAt);
+        assert.equal(await store.startJob(j.id, { startedAt, leaseUntil: inMs(5000) }), false);
+        assert.equal(await store.startJob(randomUUID(), { startedAt, leaseUntil: inMs(5000) }), false);
+      });
+
+      it('renews leases and reports the jobs that are no longer held', async () => {
+        const running = job();
+        const queued = job({ status: 'queued' });
+        const done = job();
+        for (const j of [running, queued, done]) await store.createJob(j);
+        await store.finishJob(done.id, finish('cancelled'));
+        const unknown = randomUUID();
+        const until = inMs(90_000);
+        const gone = await store.renewLeases([running.id, queued.id, done.id, unknown], until);
+        assert.deepEqual([...gone].sort(), [done.id, unknown].sort());
+        assert.equal((await store.getJob(running.id))!.leaseUntil, until);
+        assert.equal((await store.getJob(queued.id))!.leaseUntil, until);
+        assert.deepEqual(await store.renewLeases([], until), []);
+      });
+
+      it('records interrupted only when the lease has really expired', async () => {
+        const j = job({ leaseUntil: inMs(60_000) });
+        await store.createJob(j);
+        const now = new Date().toISOString();
+        assert.equal(await store.finishJob(j.id, finish('failed', { ifLeaseExpiredBy: now })), null, 'a live lease wins');
+        await store.renewLeases([j.id], new Date(Date.now() - 1000).toISOString());
+        const interrupted = await store.finishJob(j.id, finish('failed', { ifLeaseExpiredBy: new Date().toISOString(), error: { type: 'interrupted', message: 'gone' } }));
+        assert.equal(interrupted?.error?.type, 'interrupted');
+      });
+
+      it('forgets a deleted job, its log and its result', async () => {
+        const j = job();
+        await store.createJob(j);
+        await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'x' });
+        await store.appendResult(j.id, Buffer.from('body'));
+        await store.finishJob(j.id, finish('completed'));
+        assert.equal(await store.deleteJob(j.id), true);
+        assert.equal(await store.getJob(j.id), null);
+        assert.deepEqual(await store.readLogs(j.id, 0, 10), []);
+        assert.equal(await collect(await store.readResult(j.id)), null);
+        assert.equal(await store.deleteJob(j.id), false);
+      });
+
+      it('expires a finished job and its result at expiresAt', async () => {
+        const j = job();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('soon gone'));
+        await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'x' });
+        await store.finishJob(j.id, finish('completed', { expiresAt: inMs(300) }));
+        assert.equal((await store.getJob(j.id))?.status, 'completed');
+        await sleep(300 + grace);
+        assert.equal(await store.getJob(j.id), null);
+        assert.equal(await collect(await store.readResult(j.id)), null);
+        assert.deepEqual(await store.readLogs(j.id, 0, 10), []);
+      });
+    });
+
+    describe('log lines', () => {
+      it('numbers lines from 1 in order, counts warnings and errors, and pages them', async () => {
+        const j = job();
+        await store.createJob(j);
+        const levels = ['info', 'warning', 'info', 'error', 'warning'] as const;
+        for (const [i, level] of levels.entries()) {
+          assert.equal(await store.appendLog(j.id, { at: new Date().toISOString(), level, message: `line ${i + 1}` }), i + 1);
+        }
+        const read = (await store.getJob(j.id))!;
+        assert.deepEqual([read.warnings, read.errors], [2, 1]);
+        const all = await store.readLogs(j.id, 0, 100);
+        assert.deepEqual(all.map((l) => [l.seq, l.level, l.message]), levels.map((level, i) => [i + 1, level, `line ${i + 1}`]));
+        assert.deepEqual((await store.readLogs(j.id, 2, 2)).map((l) => l.seq), [3, 4]);
+        assert.deepEqual(await store.readLogs(j.id, 5, 10), []);
+        assert.deepEqual(await store.readLogs(randomUUID(), 0, 10), []);
+        assert.equal(await store.appendLog(randomUUID(), { at: new Date().toISOString(), level: 'info', message: 'x' }), null);
+      });
+
+      it('gives concurrent appends distinct consecutive numbers', async () => {
+        const j = job();
+        await store.createJob(j);
+        const seqs = await Promise.all(Array.from({ length: 50 }, (_, i) => store.appendLog(j.id, { at: new Date().toISOString(), level: i % 5 === 0 ? 'warning' : 'info', message: `m${i}` })));
+        assert.deepEqual([...seqs].sort((a, b) => a! - b!), Array.from({ length: 50 }, (_, i) => i + 1));
+        assert.equal((await store.getJob(j.id))!.warnings, 10);
+        const lines = await store.readLogs(j.id, 0, 1000);
+        assert.deepEqual(lines.map((l) => l.seq), Array.from({ length: 50 }, (_, i) => i + 1));
+      });
+    });
+
+    describe('results', () => {
+      it('streams chunks back in order, byte for byte', async () => {
+        const j = job();
+        await store.createJob(j);
+        const hash = createHash('sha256');
+        let size = 0;
+        for (let i = 0; i < 80; i++) {
+          const chunk = randomBytes(i === 79 ? 1234 : 64 * 1024);
+          hash.update(chunk);
+          size += chunk.length;
+          await store.appendResult(j.id, chunk);
+        }
+        await store.finishJob(j.id, finish('completed'));
+        const body = (await collect(await store.readResult(j.id)))!;
+        assert.equal(body.length, size);
+        assert.equal(createHash('sha256').update(body).digest('hex'), hash.digest('hex'));
+      });
+
+      it('keeps an empty body, and has none for an unknown job', async () => {
+        const j = job();
+        await store.createJob(j);
+        await store.finishJob(j.id, finish('completed'));
+        assert.equal((await collect(await store.readResult(j.id)))?.length, 0);
+        assert.equal(await collect(await store.readResult(randomUUID())), null);
+      });
+
+      it('copies chunks in: a buffer reused by the caller does not change the stored body', async () => {
+        const j = job();
+        await store.createJob(j);
+        const buffer = Buffer.from('first');
+        await store.appendResult(j.id, buffer);
+        buffer.write('XXXXX');
+        await store.finishJob(j.id, finish('completed'));
+        assert.equal((await collect(await store.readResult(j.id)))!.toString(), 'first');
+      });
+    });
+
+    describe('listing', () => {
+      it('lists newest first, filtered by owner and status, page by page without gaps or repeats', async () => {
+        const owner = `owner-${randomUUID()}`;
+        const created: Job[] = [];
+        for (let i = 0; i < 12; i++) {
+          // Distinct, increasing creation times (two share one, to exercise the id tie-break).
+          const at = new Date(Date.UTC(2030, 0, 1, 0, 0, i === 5 ? 4 : i)).toISOString();
+          const j = job({ owner, createdAt: at, status: i % 3 === 0 ? 'queued' : 'running' });
+          await store.createJob(j);
+          created.push(j);
+        }
+        await store.finishJob(created[1]!.id, finish('failed'));
+        await store.finishJob(created[2]!.id, finish('completed'));
+        await store.createJob(job({ owner: `someone-else-${randomUUID()}` }));
+        const expected = [...created].sort((a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1)).map((j) => j.id);
+        const seen: string[] = [];
+        let cursor: string | null = null;
+        let pages = 0;
+        do {
+          const page = await store.listJobs({ owner, limit: 5, cursor });
+          assert.ok(page.jobs.length <= 5);
+          seen.push(...page.jobs.map((j) => j.id));
+          cursor = page.next;
+          pages++;
+        } while (cursor && pages < 10);
+        assert.deepEqual(seen, expected);
+        assert.equal(pages, 3);
+        const failedOrDone = await store.listJobs({ owner, statuses: ['failed', 'completed'], limit: 10 });
+        assert.deepEqual(failedOrDone.jobs.map((j) => j.id), [created[2]!.id, created[1]!.id]);
+        assert.equal(failedOrDone.next, null);
+        const queued = await store.listJobs({ owner, statuses: ['queued'] as JobStatus[], limit: 100 });
+        assert.equal(queued.jobs.length, 4);
+        const everyone = await store.listJobs({ limit: 1000 });
+        assert.ok(everyone.jobs.some((j) => j.owner !== owner), 'owner undefined lists every owner');
+        await assert.rejects(store.listJobs({ owner, limit: 5, cursor: 'not-a-cursor' }), InvalidCursorError);
+      });
+
+      it('lists anonymous jobs for owner null only', async () => {
+        const anonymous = job({ owner: null, createdAt: '2031-01-01T00:00:00.000Z' });
+        await store.createJob(anonymous);
+        const page = await store.listJobs({ owner: null, limit: 1 });
+        assert.equal(page.jobs[0]?.id, anonymous.id);
+        assert.equal(page.jobs[0]?.owner, null);
+      });
+    });
+
+    describe('idempotency keys', () => {
+      const record = (overrides: Partial<IdempotencyRecord> = {}): IdempotencyRecord => ({
+        fingerprint: 'fp',
+        jobId: randomUUID(),
+        state: 'running',
+        leaseUntil: Date.now() + 30_000,
+        expiresAt: Date.now() + 60_000,
+        ...overrides,
+      });
+
+      it('lets exactly one of many concurrent claims win', async () => {
+        const key = `key-${randomUUID()}`;
+        const claims = Array.from({ length: 50 }, (_, i) => record({ fingerprint: `fp-${i}` }));
+        const results = await Promise.all(claims.map((r) => store.claimIdempotencyKey(key, r)));
+        const winners = results.flatMap((r, i) => (r.won ? [i] : []));
+        assert.equal(winners.length, 1);
+        const winner = claims[winners[0]!]!;
+        for (const r of results) if (!r.won) assert.deepEqual([r.record.jobId, r.record.fingerprint, r.record.state], [winner.jobId, winner.fingerprint, 'running']);
+      });
+
+      it('renews, completes and releases only for the holder', async () => {
+        const key = `key-${randomUUID()}`;
+        const mine = record();
+        assert.equal((await store.claimIdempotencyKey(key, mine)).won, true);
+        assert.equal(await store.renewIdempotencyKey(key, randomUUID(), Date.now() + 60_000), false);
+        assert.equal(await store.renewIdempotencyKey(key, mine.jobId, Date.now() + 60_000), true);
+        assert.equal(await store.completeIdempotencyKey(key, randomUUID(), Date.now() + 60_000), false);
+        assert.equal(await store.completeIdempotencyKey(key, mine.jobId, Date.now() + 60_000), true);
+        const again = await store.claimIdempotencyKey(key, record());
+        assert.equal(again.won, false);
+        assert.equal(again.won === false && again.record.state, 'done');
+        assert.equal(await store.releaseIdempotencyKey(key, randomUUID()), false);
+        assert.equal(await store.releaseIdempotencyKey(key, mine.jobId), true);
+        assert.equal((await store.claimIdempotencyKey(key, record())).won, true, 'a released key is new again');
+      });
+
+      it('hands over a claim whose lease expired, but not a done one', async () => {
+        const key = `key-${randomUUID()}`;
+        const dead = record({ leaseUntil: Date.now() + 200 });
+        assert.equal((await store.claimIdempotencyKey(key, dead)).won, true);
+        assert.equal((await store.claimIdempotencyKey(key, record())).won, false);
+        await sleep(300);
+        const taker = record();
+        assert.equal((await store.claimIdempotencyKey(key, taker)).won, true);
+        assert.equal(await store.renewIdempotencyKey(key, dead.jobId, Date.now() + 60_000), false, 'the dead holder lost it');
+        await store.completeIdempotencyKey(key, taker.jobId, Date.now() + 60_000);
+        await sleep(300);
+        assert.equal((await store.claimIdempotencyKey(key, record({ leaseUntil: Date.now() }))).won, false);
+      });
+
+      it('forgets a record at expiresAt', async () => {
+        const key = `key-${randomUUID()}`;
+        const mine = record();
+        await store.claimIdempotencyKey(key, mine);
+        await store.completeIdempotencyKey(key, mine.jobId, Date.now() + 300);
+        assert.equal((await store.claimIdempotencyKey(key, record())).won, false);
+        await sleep(300 + grace);
+        assert.equal((await store.claimIdempotencyKey(key, record())).won, true);
+      });
+    });
+  });
+}
