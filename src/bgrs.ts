@@ -15,6 +15,13 @@ import { createRoutes, underBasePath } from './routes.js';
 import { PARAM } from './trigger.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
+import { JobAbortError, Scheduler } from './scheduler.js';
+
+/** Options of one detachable route. */
+export interface RouteOptions {
+  /** This route's job timeout in ms (`0`: never), instead of the `timeout` option. Defaults to the `timeout` option. */
+  timeout?: number;
+}
 
 export interface CloseOptions {
   /** How long running jobs may go on before they are aborted and recorded `failed: shutdown`, in ms. Defaults to `0`. */
@@ -27,8 +34,10 @@ export interface BgrsMiddleware extends RequestHandler {
   readonly router: RequestHandler;
   /** Makes one route detachable without `app.use(bgrs())`: `app.get('/export', background.detachable(handler))`. */
   detachable(...handlers: RequestHandler[]): RequestHandler;
+  /** The same, with options for this route: `background.detachable({ timeout: 600_000 }, handler)`. */
+  detachable(options: RouteOptions, ...handlers: RequestHandler[]): RequestHandler;
   /** The same, with error handlers (four parameters) among the handlers. */
-  detachable(...handlers: Array<RequestHandler | ErrorRequestHandler>): RequestHandler;
+  detachable(...handlers: Array<RouteOptions | RequestHandler | ErrorRequestHandler>): RequestHandler;
   /** The Idempotency-Key guard as route middleware: `app.post('/orders', background.idempotency({ required: true }), handler)`. */
   idempotency(options?: Partial<IdempotencyOptions>): RequestHandler;
   /** The store this instance keeps its jobs in. */
@@ -40,7 +49,7 @@ export interface BgrsMiddleware extends RequestHandler {
 /** Creates the bgrs middleware. `app.use(bgrs())` makes every later route detachable and serves the job routes. */
 export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   const config = parseOptions(options);
-  const rt: Runtime = { config, replayer: new Replayer(), running: new Map(), closing: false, warned: new Set() };
+  const rt: Runtime = { config, replayer: new Replayer(), scheduler: new Scheduler(config), closing: false, warned: new Set() };
   const routes = createRoutes(rt);
   if (config.validations && config.store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
     config.logger.warn(
@@ -80,8 +89,16 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     void detach(rt, req, res, next, decision, throughApp);
   } as BgrsMiddleware;
 
-  function detachable(...handlers: Array<RequestHandler | ErrorRequestHandler>): RequestHandler {
-    const list = handlers.flat(Infinity as 1) as Handler[];
+  function detachable(...args: Array<RouteOptions | RequestHandler | ErrorRequestHandler>): RequestHandler {
+    const routeOptions: RouteOptions = typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0]) ? (args.shift() as RouteOptions) : {};
+    for (const name of Object.keys(routeOptions)) {
+      if (name !== 'timeout') throw new TypeError(`detachable(): unknown option \`${name}\` (known: timeout).`);
+    }
+    if (routeOptions.timeout !== undefined && !(typeof routeOptions.timeout === 'number' && routeOptions.timeout >= 0 && Number.isFinite(routeOptions.timeout))) {
+      throw new TypeError(`detachable(): \`timeout\` must be a number of milliseconds ≥ 0, received \`${String(routeOptions.timeout)}\`.`);
+    }
+    const run = routeOptions.timeout === undefined ? {} : { timeout: routeOptions.timeout };
+    const list = args.flat(Infinity as 1) as Handler[];
     for (const handler of list) {
       if (typeof handler !== 'function') throw new TypeError(`detachable(): every handler must be a function, received \`${String(handler)}\`.`);
     }
@@ -103,7 +120,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       }
       const guard = req.headers['idempotency-key'] !== undefined && detachGuard.applies(req) ? detachGuard : null;
       if (guard) return guard.handle(req, res, next, factory);
-      void detach(rt, req, res, next, decision, factory);
+      void detach(rt, req, res, next, decision, factory, run);
     };
   }
 
@@ -114,18 +131,18 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   async function close(closeOptions: CloseOptions = {}): Promise<void> {
     rt.closing = true;
     const grace = closeOptions.grace ?? 0;
-    const pending = [...rt.running.values()].map((job) => job.done);
+    const pending = [...rt.scheduler.running.values()].map((job) => job.done);
     if (grace > 0 && pending.length) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([Promise.all(pending), new Promise((resolve) => (timer = setTimeout(resolve, grace)))]);
       clearTimeout(timer);
     }
-    const reason = Object.assign(new Error('the server is shutting down'), { name: 'AbortError' });
-    await Promise.all(
-      [...rt.running.values()].map((job) =>
-        job.stop('failed', { type: 'shutdown', message: 'the server shut down before the job finished' }, reason),
-      ),
+    await rt.scheduler.stopAll(
+      'failed',
+      { type: 'shutdown', message: 'the server shut down before the job finished' },
+      new JobAbortError('BGRS_SHUTDOWN', 'the server is shutting down'),
     );
+    rt.scheduler.dispose();
   }
 
   Object.defineProperties(middleware, {

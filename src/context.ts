@@ -50,6 +50,8 @@ export class JobContext implements BgrsContext {
   constructor(
     readonly id: string,
     private readonly store: Store,
+    /** Called after each write lands, so local watchers (SSE, wait) hear of it at once. */
+    private readonly onChange: () => void = () => undefined,
   ) {}
 
   /** Created on first use: most handlers never look, and an AbortController per job is measurable. */
@@ -78,7 +80,10 @@ export class JobContext implements BgrsContext {
   log(message: string, level: LogLevel = 'info'): void {
     if (this.#ended) return;
     const line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: String(message) };
-    this.#logs = this.#logs.then(() => this.store.appendLog(this.id, line)).catch((err: unknown) => debug('job %s: log write failed: %o', this.id, err));
+    this.#logs = this.#logs
+      .then(() => this.store.appendLog(this.id, line))
+      .then(() => this.onChange())
+      .catch((err: unknown) => debug('job %s: log write failed: %o', this.id, err));
   }
 
   /** Stops accepting calls and resolves once every write already started has landed. */
@@ -98,6 +103,7 @@ export class JobContext implements BgrsContext {
       this.#pending = null;
       try {
         await this.store.updateProgress(this.id, update);
+        this.onChange();
       } catch (err) {
         debug('job %s: progress write failed: %o', this.id, err);
       }

@@ -13,7 +13,12 @@ import { jobDocument, newJob } from './job.js';
 import type { Job } from './job.js';
 import type { Configuration } from './options.js';
 import { sendProblem } from './problem.js';
-import type { Dispatch, RunOptions, RunningJob } from './runner.js';
+import type { Dispatch, RunOptions } from './runner.js';
+import type { Scheduler } from './scheduler.js';
+import { waitForFinal } from './observe.js';
+import { replayResult } from './result.js';
+import { isFinal } from './job.js';
+import type { JobResponse } from './job.js';
 import { runJob } from './runner.js';
 import { bgrsValues, defaultDecision, stripParam } from './trigger.js';
 import type { TriggerDecision } from './trigger.js';
@@ -27,7 +32,7 @@ const kResume = Symbol('express-bgrs.resume');
 export interface Runtime {
   config: Configuration;
   replayer: Replayer;
-  running: Map<string, RunningJob>;
+  scheduler: Scheduler;
   closing: boolean;
   warned: Set<string>;
 }
@@ -174,8 +179,8 @@ export function throughHandlers(handlers: readonly Handler[], route: object): Di
 }
 
 /** Answers the client at once: 202, Location, Retry-After, the job document. */
-export function acknowledge(config: Configuration, res: ServerResponse, job: Job, byPrefer: boolean, extra?: Record<string, string>): void {
-  const body = JSON.stringify(jobDocument(job, config.basePath));
+export function acknowledge(config: Configuration, res: ServerResponse, job: Job, byPrefer: boolean, extra?: Record<string, string>, position?: number): void {
+  const body = JSON.stringify(jobDocument(job, config.basePath, position));
   res.statusCode = 202;
   res.setHeader('Location', `${config.basePath}/${job.id}`);
   res.setHeader('Retry-After', String(config.retryAfter));
@@ -233,10 +238,18 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
   }
 }
 
+/** How the client of a new job is answered: at once with 202, or after up to `wait` seconds with the real response. */
+export interface Acknowledgement {
+  byPrefer: boolean;
+  /** `Prefer: respond-async, wait=N`: the real response if the job ends within N seconds, else the 202. */
+  wait?: number;
+}
+
 /**
- * Records the job and starts it. With `ack`, answers 202 first; with `run.live`, the response is
- * streamed to that client as it is captured. Resolves `false` (after answering 503) when the store
- * refused the job.
+ * Records the job and starts it, or queues it when `concurrency` jobs already run here. With
+ * `ack`, answers 202 (or, with `ack.wait`, the real response if it comes in time); with
+ * `run.live`, the response is streamed to that client as it is captured. Resolves `false` (after
+ * answering 429 or 503) when the job could not be taken.
  */
 export async function launch(
   rt: Runtime,
@@ -244,11 +257,27 @@ export async function launch(
   prepared: Prepared,
   id: string,
   method: string,
-  ack: { byPrefer: boolean } | null,
+  ack: Acknowledgement | null,
   run: RunOptions = {},
 ): Promise<boolean> {
-  const { config } = rt;
-  const job = newJob({ id, method, url: prepared.clientUrl, owner: prepared.owner, status: 'running' });
+  const { config, scheduler } = rt;
+  const admission = scheduler.admit(prepared.owner);
+  if (!admission.ok) {
+    const detail =
+      admission.reason === 'queue-full'
+        ? `This server runs ${config.concurrency} background requests at once and has ${config.maxQueued} waiting; try again later.`
+        : `You have ${config.maxPerOwner} background requests queued or running here; wait for one to finish.`;
+    sendProblem(res, 'queue-full', detail, { retryAfter: config.retryAfter });
+    return false;
+  }
+  const job = newJob({
+    id,
+    method,
+    url: prepared.clientUrl,
+    owner: prepared.owner,
+    status: admission.queued ? 'queued' : 'running',
+    leaseUntil: new Date(Date.now() + config.lease).toISOString(),
+  });
   try {
     await config.store.createJob(job);
   } catch (err) {
@@ -256,11 +285,27 @@ export async function launch(
     sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
     return false;
   }
-  if (ack) acknowledge(config, res, job, ack.byPrefer);
-  const running = runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, run);
-  rt.running.set(id, running);
-  void running.done.then(() => rt.running.delete(id));
+  const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), ...run });
+  // Re-check: the store call above yielded, and other requests may have taken the last slot.
+  const now = scheduler.admit(prepared.owner);
+  if (admission.queued || (now.ok && now.queued)) scheduler.enqueue(id, prepared.owner, start);
+  else scheduler.run(id, prepared.owner, start);
+  if (ack) await answer(rt, res, job, ack);
   return true;
+}
+
+/** The client's answer for a new job: the 202, or the real response when it came within `wait`. */
+async function answer(rt: Runtime, res: Response, job: Job, ack: Acknowledgement): Promise<void> {
+  if (ack.wait && ack.wait > 0) {
+    const seconds = Math.min(ack.wait, rt.config.maxWait);
+    const ended = await waitForFinal(rt, job.id, seconds).catch(() => null);
+    if (ended && isFinal(ended.status) && ended.response && !res.destroyed) {
+      const body = await rt.config.store.readResult(ended.id).catch(() => null);
+      if (body) return replayResult(res, ended as Job & { response: JobResponse }, body, rt.config.replayCookies);
+    }
+    if (ended) job = ended;
+  }
+  acknowledge(rt.config, res, job, ack.byPrefer, undefined, rt.scheduler.position(job.id));
 }
 
 /** Detaches one request. Never throws: every failure becomes a problem response or `next(err)`. */
@@ -271,7 +316,8 @@ export async function detach(
   next: NextFunction,
   decision: TriggerDecision,
   factory: DispatchFactory,
+  run: RunOptions = {},
 ): Promise<void> {
   const prepared = await prepare(rt, req, res, next, factory);
-  if (prepared) await launch(rt, res, prepared, uuidv4(), req.method, { byPrefer: decision.byPrefer });
+  if (prepared) await launch(rt, res, prepared, uuidv4(), req.method, { byPrefer: decision.byPrefer, wait: decision.wait }, run);
 }

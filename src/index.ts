@@ -1,6 +1,7 @@
 // Public exports of express-bgrs.
 export { bgrs } from './bgrs.js';
-export type { BgrsMiddleware, CloseOptions } from './bgrs.js';
+export type { BgrsMiddleware, CloseOptions, RouteOptions } from './bgrs.js';
+export { JobAbortError } from './scheduler.js';
 export type { BgrsContext } from './context.js';
 export { isReplay } from './detach.js';
 export type { IdempotencyOptions } from './idempotency.js';

@@ -99,10 +99,12 @@ export interface JobDocument {
   expiresAt: string | null;
   response: { status: number; contentType: string | null; size: number } | null;
   error: JobError | null;
-  links: { self: string; details: string; result: string };
+  /** While queued: the 1-based place in the queue of the process that holds it, when that process answers. */
+  position?: number;
+  links: { self: string; details: string; result: string; events: string; cancel: string };
 }
 
-export function jobDocument(job: Job, base: string): JobDocument {
+export function jobDocument(job: Job, base: string, position?: number): JobDocument {
   const self = `${base}/${job.id}`;
   return {
     id: job.id,
@@ -123,7 +125,8 @@ export function jobDocument(job: Job, base: string): JobDocument {
       ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size }
       : null,
     error: job.error,
-    links: { self, details: `${self}/details`, result: `${self}/result` },
+    ...(position !== undefined && job.status === 'queued' ? { position } : {}),
+    links: { self, details: `${self}/details`, result: `${self}/result`, events: `${self}/events`, cancel: `${self}/cancel` },
   };
 }
 

@@ -40,6 +40,23 @@ export interface Options {
   ttl: number;
   /** How long a job may run before it fails with `timeout` and its signal aborts, in ms; `0` for never. Defaults to 1 hour. */
   timeout: number;
+  /**
+   * How many detached jobs run at once in this process; more wait in a queue (status `queued`).
+   * Defaults to `64`.
+   */
+  concurrency: number;
+  /** How many jobs may wait in this process's queue; beyond it a detach gets 429 `queue-full`. Defaults to `1000`. */
+  maxQueued: number;
+  /** How many jobs one owner may have queued or running in this process; beyond it, 429. Defaults to `Infinity`. */
+  maxPerOwner: number;
+  /**
+   * How long a process may stay silent about a job it runs before other processes record it
+   * `failed: interrupted`, in ms. The process renews its leases every third of it (at least every second).
+   * Defaults to `30000`.
+   */
+  lease: number;
+  /** The longest `wait` (`?wait=N`, `Prefer: wait=N`) a request may ask for, in seconds. Defaults to `60`. */
+  maxWait: number;
   /** The largest result body kept, in bytes; a larger one fails the job with `result_too_large`. Defaults to 100 MiB. */
   maxResultBytes: number;
   /** The largest request body bgrs spools for a detached request it received unparsed, in bytes; larger is a 413. Defaults to 16 MiB. */
@@ -76,6 +93,11 @@ function defaults(): Options {
     retryAfter: 2,
     ttl: 24 * HOUR,
     timeout: HOUR,
+    concurrency: 64,
+    maxQueued: 1000,
+    maxPerOwner: Number.POSITIVE_INFINITY,
+    lease: 30_000,
+    maxWait: 60,
     maxResultBytes: 100 * 2 ** 20,
     maxBodyBytes: 16 * 2 ** 20,
     replayCookies: false,
@@ -161,6 +183,16 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   positive('ttl', config.ttl);
   positive('timeout', config.timeout, true);
   positive('maxResultBytes', config.maxResultBytes);
+  for (const name of ['concurrency', 'maxPerOwner'] as const) {
+    const value = config[name];
+    if (!(value === Number.POSITIVE_INFINITY || (Number.isInteger(value) && value >= 1))) fail(name, value, 'a whole number ≥ 1 (or Infinity)');
+  }
+  if (!(config.maxQueued === Number.POSITIVE_INFINITY || (Number.isInteger(config.maxQueued) && config.maxQueued >= 0))) {
+    fail('maxQueued', config.maxQueued, 'a whole number ≥ 0 (or Infinity)');
+  }
+  positive('lease', config.lease);
+  if (config.lease < 150) fail('lease', config.lease, 'at least 150 ms');
+  positive('maxWait', config.maxWait, true);
   positive('maxBodyBytes', config.maxBodyBytes);
   if (typeof config.replayCookies !== 'boolean') fail('replayCookies', config.replayCookies, 'a boolean');
   if (typeof config.validations !== 'boolean') fail('validations', config.validations, 'a boolean');

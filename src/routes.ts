@@ -1,33 +1,51 @@
-// The job routes: GET <base>/:id, /:id/details and /:id/result, matched on the absolute path.
+// The job routes under the base path: list, status, details, result, cancel, delete and events.
 import type { NextFunction, Request, Response } from 'express';
 import type { ServerResponse } from 'node:http';
 import type { Runtime } from './detach.js';
+import { streamEvents } from './events.js';
 import { isFinal, jobDocument } from './job.js';
-import type { Job, JobResponse } from './job.js';
+import type { Job, JobResponse, JobStatus } from './job.js';
+import { readJob, waitForFinal } from './observe.js';
 import type { JobAction } from './options.js';
 import { sendNotFound, sendProblem } from './problem.js';
 import { replayResult } from './result.js';
+import { JobAbortError } from './scheduler.js';
+import { InvalidCursorError } from './stores/store.js';
+import { parsePrefer } from './trigger.js';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-const SUBROUTES = new Set(['', 'details', 'result']);
 export const DETAILS_DEFAULT_LIMIT = 100;
 export const DETAILS_MAX_LIMIT = 1000;
+export const LIST_DEFAULT_LIMIT = 20;
+export const LIST_MAX_LIMIT = 100;
+const STATUSES: ReadonlySet<string> = new Set(['queued', 'running', 'completed', 'failed', 'cancelled']);
+
+/** Which methods each job route answers (HEAD goes with GET). */
+const ROUTES: Record<string, readonly string[]> = {
+  list: ['GET', 'HEAD'],
+  '': ['GET', 'HEAD', 'DELETE'],
+  details: ['GET', 'HEAD'],
+  result: ['GET', 'HEAD'],
+  cancel: ['POST'],
+  events: ['GET'],
+};
 
 /** A store call that failed: answered as 503, unlike a failure in user code (owner, authorize), which goes to next(err). */
 class StoreUnavailable extends Error {}
 
 function fromStore<T>(promise: Promise<T>): Promise<T> {
   return promise.catch((err: unknown) => {
+    if (err instanceof InvalidCursorError) throw err;
     throw new StoreUnavailable((err as Error)?.message ?? String(err));
   });
 }
 
-function sendJson(res: ServerResponse, status: number, value: unknown, retryAfter?: number): void {
+function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
   const body = JSON.stringify(value);
   res.statusCode = status;
   res.setHeader('Content-Type', 'application/json; charset=utf-8');
   res.setHeader('Cache-Control', 'no-store');
-  if (retryAfter !== undefined) res.setHeader('Retry-After', String(retryAfter));
+  for (const [name, header] of Object.entries(headers)) res.setHeader(name, header);
   res.setHeader('Content-Length', Buffer.byteLength(body));
   res.end(body);
 }
@@ -57,17 +75,111 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     return (await config.owner(req)) === job.owner;
   }
 
+  /** `?wait=N` or `Prefer: wait=N`, in seconds, capped by `maxWait`; `null` when `?wait` is invalid. */
+  function waitSeconds(req: Request, params: URLSearchParams): number | null {
+    const query = params.get('wait');
+    if (query !== null) {
+      if (!/^\d+(\.\d+)?$/.test(query)) return null;
+      return Math.min(Number(query), config.maxWait);
+    }
+    return Math.min(parsePrefer(req.headers.prefer).wait ?? 0, config.maxWait);
+  }
+
+  function retryHeaders(job: Job): Record<string, string> {
+    return isFinal(job.status) ? {} : { 'Retry-After': String(config.retryAfter) };
+  }
+
+  async function cancel(job: Job): Promise<Job> {
+    const error = { type: 'cancelled', message: 'the job was cancelled through the API' };
+    const local = rt.scheduler.running.get(job.id);
+    if (local) await local.stop('cancelled', error, new JobAbortError('BGRS_CANCELLED', error.message));
+    const now = await fromStore(config.store.getJob(job.id));
+    if (now && !isFinal(now.status)) {
+      // Queued here, starting, or running in another process: the store's final status is the
+      // cancel; that process's next heartbeat (within a second) aborts the handler.
+      rt.scheduler.dequeue(job.id);
+      const finishedAt = new Date();
+      await fromStore(
+        config.store.finishJob(job.id, {
+          status: 'cancelled',
+          finishedAt: finishedAt.toISOString(),
+          expiresAt: new Date(finishedAt.getTime() + config.ttl).toISOString(),
+          response: null,
+          error,
+        }),
+      );
+      rt.scheduler.notify(job.id);
+    }
+    return (await fromStore(config.store.getJob(job.id))) ?? job;
+  }
+
+  async function list(req: Request, res: Response, query: string): Promise<void> {
+    const params = new URLSearchParams(query);
+    const limit = integerParam(params, 'limit');
+    if (limit === null || limit === 0 || (limit !== undefined && limit > LIST_MAX_LIMIT)) {
+      return sendProblem(res, 'invalid-parameter', `\`limit\` must be an integer from 1 to ${LIST_MAX_LIMIT}.`);
+    }
+    const statuses = params.getAll('status').flatMap((value) => value.split(',')).map((value) => value.trim()).filter(Boolean);
+    const unknown = statuses.find((status) => !STATUSES.has(status));
+    if (unknown !== undefined) return sendProblem(res, 'invalid-parameter', `Unknown status \`${unknown}\`; use ${[...STATUSES].join(', ')}.`);
+    const cursor = params.get('cursor');
+    const everyone = config.authorize ? Boolean(await config.authorize(req, null, 'list-all')) : false;
+    const owner = everyone ? undefined : await config.owner(req);
+    const pageSize = limit ?? LIST_DEFAULT_LIMIT;
+    let page;
+    try {
+      page = await fromStore(config.store.listJobs({ owner, statuses: statuses as JobStatus[], limit: pageSize, cursor }));
+    } catch (err) {
+      if (err instanceof InvalidCursorError) return sendProblem(res, 'invalid-parameter', '`cursor` is not one this server handed out.');
+      throw err;
+    }
+    const jobs = await Promise.all(page.jobs.map(async (job) => (isFinal(job.status) ? job : ((await fromStore(readJob(rt, job.id))) ?? job))));
+    let next: string | null = null;
+    if (page.next) {
+      const nextParams = new URLSearchParams();
+      if (statuses.length) nextParams.set('status', statuses.join(','));
+      nextParams.set('limit', String(pageSize));
+      nextParams.set('cursor', page.next);
+      next = `${base}?${nextParams.toString()}`;
+    }
+    sendJson(res, 200, { items: jobs.map((job) => jobDocument(job, base, rt.scheduler.position(job.id))), next });
+  }
+
   async function serve(req: Request, res: Response, id: string, sub: string, query: string): Promise<void> {
     if (!UUID_V4.test(id)) return sendNotFound(res);
-    const action: JobAction = sub === '' ? 'read' : (sub as JobAction);
-    const job = await fromStore(config.store.getJob(id));
+    const action: JobAction = sub === '' ? (req.method === 'DELETE' ? 'delete' : 'read') : (sub as JobAction);
+    let job = await fromStore(readJob(rt, id));
     if (!job || !(await allowed(req, job, action))) return sendNotFound(res);
-    const retryAfter = isFinal(job.status) ? undefined : config.retryAfter;
+    const params = new URLSearchParams(query);
 
-    if (sub === '') return sendJson(res, 200, jobDocument(job, base), retryAfter);
+    if (sub === 'cancel' || (sub === '' && req.method === 'DELETE')) {
+      if (isFinal(job.status)) {
+        if (sub === 'cancel') return sendProblem(res, 'already-final', `The job has already ended (${job.status}).`);
+        await fromStore(config.store.deleteJob(id));
+        res.statusCode = 204;
+        res.setHeader('Cache-Control', 'no-store');
+        res.end();
+        return;
+      }
+      const cancelled = await cancel(job);
+      return sendJson(res, 202, jobDocument(cancelled, base), retryHeaders(cancelled));
+    }
+
+    if (sub === 'events') return streamEvents(rt, req, res, job);
+
+    if (sub === '' || sub === 'result') {
+      const wait = waitSeconds(req, params);
+      if (wait === null) return sendProblem(res, 'invalid-parameter', '`wait` must be a number of seconds.');
+      if (wait > 0 && !isFinal(job.status)) {
+        const closed = new AbortController();
+        res.once('close', () => closed.abort());
+        job = (await fromStore(waitForFinal(rt, id, wait, closed.signal))) ?? job;
+      }
+    }
+
+    if (sub === '') return sendJson(res, 200, jobDocument(job, base, rt.scheduler.position(id)), retryHeaders(job));
 
     if (sub === 'details') {
-      const params = new URLSearchParams(query);
       const after = integerParam(params, 'after');
       const limit = integerParam(params, 'limit');
       if (after === null) return sendProblem(res, 'invalid-parameter', '`after` must be a non-negative integer (a log line seq).');
@@ -78,18 +190,16 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       const items = await fromStore(config.store.readLogs(id, after ?? 0, pageSize));
       const last = items.at(-1)?.seq ?? after ?? 0;
       const next = items.length === pageSize ? `${base}/${id}/details?after=${last}&limit=${pageSize}` : null;
-      return sendJson(res, 200, { items, next }, retryAfter);
+      return sendJson(res, 200, { items, next }, retryHeaders(job));
     }
 
     // sub === 'result'
-    if (!isFinal(job.status)) return sendJson(res, 202, jobDocument(job, base), config.retryAfter);
+    if (!isFinal(job.status)) return sendJson(res, 202, jobDocument(job, base, rt.scheduler.position(id)), retryHeaders(job));
     if (!job.response && job.error?.type === 'result_too_large') {
       return sendProblem(res, 'result-too-large', job.error.message, { extra: { job: jobDocument(job, base) } });
     }
     if (!job.response) {
-      return sendProblem(res, 'no-result', `The job ended ${job.status} before its handler answered.`, {
-        extra: { job: jobDocument(job, base) },
-      });
+      return sendProblem(res, 'no-result', `The job ended ${job.status} before its handler answered.`, { extra: { job: jobDocument(job, base) } });
     }
     const body = await fromStore(config.store.readResult(id));
     if (!body) return sendProblem(res, 'result-expired', 'The result of this job is no longer kept.');
@@ -101,13 +211,17 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     if (!underBasePath(base, full)) return next();
     const q = full.indexOf('?');
     const path = q === -1 ? full : full.slice(0, q);
+    const query = q === -1 ? '' : full.slice(q + 1);
     const [id = '', sub = '', ...extra] = path.slice(base.length + 1).split('/');
-    if (id === '' || extra.length > 0 || !SUBROUTES.has(sub)) return next();
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.setHeader('Allow', 'GET, HEAD');
-      return sendProblem(res, 'method-not-allowed', `${req.method} is not allowed on this job route.`);
+    const route = id === '' ? (sub === '' ? 'list' : undefined) : sub;
+    const methods = route === undefined || extra.length > 0 ? undefined : ROUTES[route];
+    if (!methods) return next();
+    if (!methods.includes(req.method)) {
+      res.setHeader('Allow', methods.join(', '));
+      return sendProblem(res, 'method-not-allowed', `${req.method} is not allowed on this route.`);
     }
-    serve(req, res, decodeURIComponentSafe(id), sub, q === -1 ? '' : full.slice(q + 1)).catch((err: unknown) => {
+    const work = route === 'list' ? list(req, res, query) : serve(req, res, decodeURIComponentSafe(id), sub, query);
+    work.catch((err: unknown) => {
       if (!(err instanceof StoreUnavailable)) return next(err);
       config.logger.error(`express-bgrs: job store failed: ${err.message}`);
       sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });

@@ -8,6 +8,7 @@ import { JobContext } from './context.js';
 import type { Job, JobError, JobFinish, JobResponse } from './job.js';
 import { sendProblem } from './problem.js';
 import { applyHead } from './result.js';
+import { JobAbortError } from './scheduler.js';
 import type { Configuration } from './options.js';
 
 const debug = debuglog('bgrs');
@@ -132,11 +133,16 @@ export interface RunOptions {
   ttl?: number;
   /** Called with the final job (null when the store did not record it) before `done` resolves. */
   onEnd?: (job: Job | null) => Promise<void>;
+  /** This job's timeout in ms, instead of the `timeout` option (per-route timeouts). */
+  timeout?: number;
+  /** Called after each progress or log write lands. */
+  onChange?: () => void;
 }
 
 export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch, options: RunOptions = {}): RunningJob {
   const { live } = options;
-  const ctx = new JobContext(id, config.store);
+  const ctx = new JobContext(id, config.store, options.onChange);
+  const timeout = options.timeout ?? config.timeout;
   const replay = replayer.replay(envelope, (req, res) => dispatch(req, res, ctx));
   let ended = false;
   let resolveDone!: () => void;
@@ -182,17 +188,17 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
   };
 
   const timer =
-    config.timeout > 0
+    timeout > 0
       ? setTimeout(() => {
-          const message = `the job did not finish within ${config.timeout} ms`;
-          void stop('failed', { type: 'timeout', message }, Object.assign(new Error(message), { name: 'TimeoutError' }));
-        }, config.timeout)
+          const message = `the job did not finish within ${timeout} ms`;
+          void stop('failed', { type: 'timeout', message }, new JobAbortError('BGRS_TIMEOUT', message, 'TimeoutError'));
+        }, timeout)
       : undefined;
   timer?.unref();
 
   replay.response
     .then(async (res) => {
-      const writer = new ResultWriter(config, id, (failure) => ctx.abort(Object.assign(new Error(failure.message), { name: 'RangeError' })), live);
+      const writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);
       if (live) writeLiveHead(live, res);
       await capture(res, writer);
       const head = capturedHead(res, writer.size);
@@ -206,12 +212,12 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     .catch(async (err: unknown) => {
       if (ended) return;
       if (err instanceof JobFailure) {
-        await stop('failed', { type: err.type, message: err.message }, Object.assign(new Error(err.message), { name: 'RangeError' }));
+        await stop('failed', { type: err.type, message: err.message }, new JobAbortError('BGRS_RESULT_TOO_LARGE', err.message));
         return;
       }
       debug('job %s: replay failed: %o', id, err);
       const message = (err as Error)?.message ?? String(err);
-      await stop('failed', { type: 'connection_lost', message: `the response was cut off: ${message}` }, new Error(message));
+      await stop('failed', { type: 'connection_lost', message: `the response was cut off: ${message}` }, new JobAbortError('BGRS_CONNECTION_LOST', message));
     });
 
   return { stop, done };

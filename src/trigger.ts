@@ -90,7 +90,8 @@ export function stripRespondAsync(header: string): string | undefined {
   return kept.length ? kept.join(', ') : undefined;
 }
 
-export type TriggerDecision = { detach: boolean; byPrefer: boolean; invalid: boolean };
+/** Whether to detach; `wait` is the `wait=N` of `Prefer: respond-async, wait=N`. */
+export type TriggerDecision = { detach: boolean; byPrefer: boolean; invalid: boolean; wait?: number };
 
 const NOT_TRIGGERED: TriggerDecision = { detach: false, byPrefer: false, invalid: false };
 
@@ -104,6 +105,9 @@ export function defaultDecision(req: IncomingMessage): TriggerDecision {
     return NOT_TRIGGERED;
   }
   const prefer = req.headers.prefer;
-  if (prefer !== undefined && parsePrefer(prefer).respondAsync) return { detach: true, byPrefer: true, invalid: false };
+  if (prefer !== undefined) {
+    const parsed = parsePrefer(prefer);
+    if (parsed.respondAsync) return { detach: true, byPrefer: true, invalid: false, wait: parsed.wait };
+  }
   return NOT_TRIGGERED;
 }

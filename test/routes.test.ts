@@ -156,7 +156,7 @@ forEachExpress((express) => {
     assert.equal(read.status, 200);
     const post = await fetch(server.url + location, { method: 'POST' });
     assert.equal(post.status, 405);
-    assert.equal(post.headers.get('allow'), 'GET, HEAD');
+    assert.equal(post.headers.get('allow'), 'GET, HEAD, DELETE');
     const head = await fetch(`${server.url}${location}/result`, { method: 'HEAD' });
     assert.equal(head.status, 200);
     assert.equal(head.headers.get('content-length'), String(JSON.stringify({ plain: true }).length));

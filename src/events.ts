@@ -1,0 +1,89 @@
+// GET <base>/:id/events: Server-Sent Events with a job's status, progress and log lines, live until it ends.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Runtime } from './detach.js';
+import { isFinal, jobDocument } from './job.js';
+import type { Job } from './job.js';
+import { nextChange, POLL_MS, readJob } from './observe.js';
+
+/** A comment line every 15 s keeps proxies from closing an idle stream. */
+export const SSE_HEARTBEAT_MS = 15_000;
+const LOG_PAGE = 1000;
+
+/**
+ * Streams events until the job is final: `status` (job document) when the status changes,
+ * `progress` (`{ progress, message, resultCount }`) when those change, `log` for each log line,
+ * then `end` (the final job document) and the stream closes.
+ *
+ * Every event's `id:` is the seq of the last log line sent so far. Log lines are the only events
+ * that are deltas; status and progress are snapshots. So a client that reconnects with
+ * `Last-Event-ID` gets the lines after that seq (no gap, no repeat) and fresh snapshots.
+ */
+export async function streamEvents(rt: Runtime, req: IncomingMessage, res: ServerResponse, first: Job): Promise<void> {
+  const { config } = rt;
+  const lastEventId = Number(req.headers['last-event-id']);
+  let cursor = Number.isInteger(lastEventId) && lastEventId > 0 ? lastEventId : 0;
+  const closed = new AbortController();
+  res.once('close', () => closed.abort());
+
+  res.statusCode = 200;
+  res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('X-Accel-Buffering', 'no');
+  res.flushHeaders();
+  res.write('retry: 2000\n\n');
+
+  const heartbeat = setInterval(() => {
+    if (!res.writableEnded) res.write(': heartbeat\n\n');
+  }, SSE_HEARTBEAT_MS);
+  heartbeat.unref();
+
+  const send = async (event: string, data: unknown): Promise<void> => {
+    if (closed.signal.aborted) return;
+    if (!res.write(`id: ${cursor}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          res.off('drain', done);
+          closed.signal.removeEventListener('abort', done);
+          resolve();
+        };
+        res.on('drain', done);
+        closed.signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  };
+
+  let shown: { status: string; progress: number; message: string | null; resultCount: number } | null = null;
+  let job: Job | null = first;
+  try {
+    while (!closed.signal.aborted) {
+      if (!job) break;
+      if (!shown || shown.status !== job.status) {
+        await send('status', jobDocument(job, config.basePath, rt.scheduler.position(job.id)));
+      } else if (shown.progress !== job.progress || shown.message !== job.message || shown.resultCount !== job.resultCount) {
+        await send('progress', { progress: job.progress, message: job.message, resultCount: job.resultCount });
+      }
+      shown = { status: job.status, progress: job.progress, message: job.message, resultCount: job.resultCount };
+      // A final job's log is complete (the runner lands every line before the final status).
+      let lines;
+      do {
+        lines = await config.store.readLogs(job.id, cursor, LOG_PAGE);
+        for (const line of lines) {
+          cursor = line.seq;
+          await send('log', line);
+        }
+      } while (lines.length === LOG_PAGE && !closed.signal.aborted);
+      if (isFinal(job.status)) {
+        await send('end', jobDocument(job, config.basePath));
+        break;
+      }
+      await nextChange(rt, job.id, POLL_MS, closed.signal);
+      if (closed.signal.aborted) break;
+      job = await readJob(rt, job.id);
+    }
+  } catch (err) {
+    config.logger.error(`express-bgrs: event stream of job ${first.id} failed: ${(err as Error).message}`);
+  } finally {
+    clearInterval(heartbeat);
+    if (!res.writableEnded) res.end();
+  }
+}

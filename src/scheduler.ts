@@ -1,0 +1,221 @@
+// The jobs of this process: concurrency and queue limits, the lease heartbeat, local change notifications.
+import type { Job, JobError } from './job.js';
+import type { Configuration } from './options.js';
+import type { RunningJob } from './runner.js';
+
+/** Why a job was stopped; the handler reads it as `req.bgrs.signal.reason`. */
+export class JobAbortError extends Error {
+  constructor(
+    readonly code: 'BGRS_CANCELLED' | 'BGRS_TIMEOUT' | 'BGRS_SHUTDOWN' | 'BGRS_RESULT_TOO_LARGE' | 'BGRS_INTERRUPTED' | 'BGRS_CONNECTION_LOST',
+    message: string,
+    name = 'AbortError',
+  ) {
+    super(message);
+    this.name = name;
+  }
+}
+
+interface Queued {
+  id: string;
+  owner: string | null;
+  start(): RunningJob;
+}
+
+type Listener = () => void;
+
+/** The answer to "may this job start or queue here?". */
+export type Admission = { ok: true; queued: boolean } | { ok: false; reason: 'queue-full' | 'owner-limit' };
+
+/**
+ * Everything this process knows about its own jobs. The store remains the truth that every
+ * process shares; this only decides what runs here, keeps the leases of what runs here alive,
+ * and tells local waiters (SSE, `wait`) at once when one of these jobs changes.
+ */
+export class Scheduler {
+  readonly running = new Map<string, RunningJob>();
+  readonly #owners = new Map<string, { owner: string | null }>();
+  readonly #queue: Queued[] = [];
+  readonly #perOwner = new Map<string | null, number>();
+  readonly #listeners = new Map<string, Set<Listener>>();
+  #heartbeat: NodeJS.Timeout | undefined;
+
+  constructor(private readonly config: Configuration) {}
+
+  /** Decides, without side effects, whether a new job of `owner` may run now, queue, or is refused. */
+  admit(owner: string | null): Admission {
+    const { concurrency, maxQueued, maxPerOwner } = this.config;
+    if ((this.#perOwner.get(owner) ?? 0) >= maxPerOwner) return { ok: false, reason: 'owner-limit' };
+    if (this.running.size < concurrency && this.#queue.length === 0) return { ok: true, queued: false };
+    if (this.#queue.length >= maxQueued) return { ok: false, reason: 'queue-full' };
+    return { ok: true, queued: true };
+  }
+
+  /** Starts a job now (it was admitted to run). */
+  run(id: string, owner: string | null, start: () => RunningJob): void {
+    this.#count(owner, 1);
+    this.#owners.set(id, { owner });
+    this.#track(id, start());
+  }
+
+  /** Queues a job (it was admitted to queue); `start` runs once a slot frees and the store agrees. */
+  enqueue(id: string, owner: string | null, start: () => RunningJob): void {
+    this.#count(owner, 1);
+    this.#owners.set(id, { owner });
+    this.#queue.push({ id, owner, start });
+    this.#ensureHeartbeat();
+  }
+
+  /** 1-based place of a job in this process's queue, or undefined when it is not queued here. */
+  position(id: string): number | undefined {
+    const index = this.#queue.findIndex((entry) => entry.id === id);
+    return index === -1 ? undefined : index + 1;
+  }
+
+  /** Removes a queued job from this process's queue; whether it was there. */
+  dequeue(id: string): boolean {
+    const index = this.#queue.findIndex((entry) => entry.id === id);
+    if (index === -1) return false;
+    const [entry] = this.#queue.splice(index, 1);
+    this.#release(entry!.id, entry!.owner);
+    return true;
+  }
+
+  /** Every job id this process holds, running or queued. */
+  held(): string[] {
+    return [...this.running.keys(), ...this.#queue.map((entry) => entry.id)];
+  }
+
+  /** Subscribes to changes of one job made by this process; returns the unsubscribe function. */
+  subscribe(id: string, listener: Listener): () => void {
+    let set = this.#listeners.get(id);
+    if (!set) this.#listeners.set(id, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.#listeners.delete(id);
+    };
+  }
+
+  /** Tells local subscribers that a job changed (progress, log line, status). */
+  notify(id: string): void {
+    const set = this.#listeners.get(id);
+    if (set) for (const listener of [...set]) listener();
+  }
+
+  /** Stops every job of this process with the same final status (shutdown). */
+  async stopAll(status: 'failed' | 'cancelled', error: JobError, reason: Error): Promise<void> {
+    const queued = this.#queue.splice(0);
+    for (const entry of queued) this.#release(entry.id, entry.owner);
+    const finishAt = new Date();
+    await Promise.all([
+      ...queued.map((entry) =>
+        this.config.store
+          .finishJob(entry.id, { status, finishedAt: finishAt.toISOString(), expiresAt: new Date(finishAt.getTime() + this.config.ttl).toISOString(), response: null, error })
+          .then(() => this.notify(entry.id))
+          .catch((err: unknown) => this.config.logger.error(`express-bgrs: could not record the end of job ${entry.id}: ${(err as Error).message}`)),
+      ),
+      ...[...this.running.values()].map((job) => job.stop(status, error, reason)),
+    ]);
+  }
+
+  /** Stops the heartbeat (after close()). */
+  dispose(): void {
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = undefined;
+  }
+
+  #track(id: string, job: RunningJob): void {
+    this.running.set(id, job);
+    this.#ensureHeartbeat();
+    void job.done.then(() => {
+      this.running.delete(id);
+      const held = this.#owners.get(id);
+      if (held) this.#release(id, held.owner);
+      this.notify(id);
+      this.#startNext();
+    });
+  }
+
+  #release(id: string, owner: string | null): void {
+    this.#owners.delete(id);
+    this.#count(owner, -1);
+  }
+
+  #count(owner: string | null, delta: number): void {
+    const next = (this.#perOwner.get(owner) ?? 0) + delta;
+    if (next <= 0) this.#perOwner.delete(owner);
+    else this.#perOwner.set(owner, next);
+  }
+
+  /** Starts queued jobs while there are free slots; a job cancelled while queued is skipped. */
+  #startNext(): void {
+    while (this.running.size < this.config.concurrency && this.#queue.length > 0) {
+      const entry = this.#queue.shift()!;
+      const now = Date.now();
+      // Reserve the slot at once, so that concurrent completions do not overfill it.
+      const placeholder: RunningJob = { stop: async () => undefined, done: new Promise(() => undefined) };
+      this.running.set(entry.id, placeholder);
+      this.config.store
+        .startJob(entry.id, { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + this.config.lease).toISOString() })
+        .then(
+          (started) => {
+            this.running.delete(entry.id);
+            if (started) {
+              this.notify(entry.id);
+              this.#track(entry.id, entry.start());
+            } else {
+              this.#release(entry.id, entry.owner);
+              this.#startNext();
+            }
+          },
+          (err: unknown) => {
+            this.running.delete(entry.id);
+            this.config.logger.error(`express-bgrs: could not start queued job ${entry.id}: ${(err as Error).message}`);
+            // Keep it for the next free slot rather than lose it.
+            this.#queue.unshift(entry);
+            setTimeout(() => this.#startNext(), 1000).unref();
+          },
+        );
+    }
+  }
+
+  /**
+   * One batched lease renewal per beat for every job held here. The store answers which of them
+   * are no longer queued or running: cancelled (or ended) by another process, so stopped here.
+   * The beat is at most a second apart so such a cancel reaches the handler within a second.
+   */
+  #ensureHeartbeat(): void {
+    if (this.#heartbeat) return;
+    const every = Math.max(50, Math.min(this.config.lease / 3, 1000));
+    this.#heartbeat = setInterval(() => void this.#beat(), every);
+    this.#heartbeat.unref();
+  }
+
+  async #beat(): Promise<void> {
+    const ids = this.held();
+    if (ids.length === 0) {
+      this.dispose();
+      return;
+    }
+    let gone: string[];
+    try {
+      gone = await this.config.store.renewLeases(ids, new Date(Date.now() + this.config.lease).toISOString());
+    } catch {
+      // The store is away; jobs keep running and the next beat tries again.
+      return;
+    }
+    for (const id of gone) {
+      if (this.dequeue(id)) {
+        this.notify(id);
+        continue;
+      }
+      const job = this.running.get(id);
+      if (job) void job.stop('cancelled', null, new JobAbortError('BGRS_CANCELLED', 'the job was cancelled'));
+    }
+  }
+}
+
+/** Whether a job that is not final has outlived its lease (its process died). */
+export function leaseExpired(job: Job, now = Date.now()): boolean {
+  return (job.status === 'running' || job.status === 'queued') && job.leaseUntil !== null && Date.parse(job.leaseUntil) < now;
+}

@@ -1,0 +1,205 @@
+// The SQL of PostgresStore: its schema and every statement, built once per table prefix from constant text.
+
+/**
+ * Table prefixes PostgresStore accepts. Identifiers cannot be bound as parameters, so the prefix is
+ * written into the SQL; only plain names qualify, and 40 characters keep every derived name (index
+ * and constraint names included) under Postgres's 63-byte limit, which would otherwise truncate
+ * them silently.
+ */
+export const TABLE_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,39}$/;
+
+/** How many chunks `readResult` fetches per round trip: about 1 MiB with the core's 64 KiB chunks. */
+export const RESULT_PAGE_ROWS = 16;
+
+/** How many expired jobs (with their logs and chunks) or keys one sweep statement deletes. */
+export const SWEEP_BATCH = 100;
+
+/** Statuses a job can still leave: every write but the final one is conditional on them. */
+const LIVE = `('queued', 'running')`;
+
+/** The database's clock in epoch ms, for idempotency records (which the contract keeps in epoch ms). */
+const NOW_MS = `floor(extract(epoch FROM now()) * 1000)::bigint`;
+
+/** A timestamptz as exactly the string `Date#toISOString()` gives, whatever the session's time zone. */
+const iso = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+/** Whether a job is still visible: rows past `expires_at` are treated as gone until the sweep deletes them. */
+const visible = (alias: string): string => `(${alias}.expires_at IS NULL OR ${alias}.expires_at > now())`;
+
+/** Every column of a job as `rowToJob` reads it: dates as ISO strings, JSON as its original text. */
+const JOB_COLUMNS = `j.id, j.name, j.method, j.url, j.owner, j.status, j.progress, j.message, j.result_count, j.warnings, j.errors,
+  ${iso('j.created_at')} AS created_at, ${iso('j.started_at')} AS started_at, ${iso('j.finished_at')} AS finished_at,
+  ${iso('j.expires_at')} AS expires_at, ${iso('j.lease_until')} AS lease_until, j.response::text AS response, j.error::text AS error`;
+
+const quote = (name: string): string => `"${name}"`;
+
+/** The statements of one store, for the tables named from `table` (already checked against TABLE_PATTERN). */
+export function statements(table: string) {
+  const jobs = quote(`${table}_jobs`);
+  const logs = quote(`${table}_logs`);
+  const chunks = quote(`${table}_chunks`);
+  const keys = quote(`${table}_keys`);
+  // One listing statement per owner filter: each stays index-friendly, and the status and cursor
+  // conditions fold away when their parameter is null (unnamed statements are planned per call).
+  const list = (ownerCondition: string): string => `SELECT ${JOB_COLUMNS} FROM ${jobs} j
+    WHERE ${visible('j')} AND ${ownerCondition}
+      AND ($1::text[] IS NULL OR j.status = ANY($1::text[]))
+      AND ($2::timestamptz IS NULL OR (j.created_at, j.id) < ($2::timestamptz, $3::text))
+    ORDER BY j.created_at DESC, j.id DESC LIMIT $4`;
+
+  return {
+    // One multi-statement string runs as one transaction; the advisory lock serialises processes that
+    // migrate at once, because concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog.
+    migrate: `SELECT pg_advisory_xact_lock(hashtext('express-bgrs migrate'));
+      CREATE TABLE IF NOT EXISTS ${jobs} (
+        id text COLLATE "C" PRIMARY KEY,
+        owner text,
+        status text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+        name text NOT NULL,
+        method text NOT NULL,
+        url text NOT NULL,
+        progress double precision NOT NULL DEFAULT 0,
+        message text,
+        result_count bigint NOT NULL DEFAULT 0,
+        warnings integer NOT NULL DEFAULT 0,
+        errors integer NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL,
+        started_at timestamptz,
+        finished_at timestamptz,
+        expires_at timestamptz,
+        lease_until timestamptz,
+        response json,
+        error json,
+        log_seq integer NOT NULL DEFAULT 0,
+        chunk_seq integer NOT NULL DEFAULT 0
+      );
+      CREATE INDEX IF NOT EXISTS ${quote(`${table}_jobs_list`)} ON ${jobs} (owner, created_at DESC, id DESC);
+      CREATE INDEX IF NOT EXISTS ${quote(`${table}_jobs_expiry`)} ON ${jobs} (expires_at) WHERE expires_at IS NOT NULL;
+      CREATE TABLE IF NOT EXISTS ${logs} (
+        job_id text COLLATE "C" NOT NULL REFERENCES ${jobs} (id) ON DELETE CASCADE,
+        seq integer NOT NULL,
+        at timestamptz NOT NULL,
+        level text NOT NULL,
+        message text NOT NULL,
+        PRIMARY KEY (job_id, seq)
+      );
+      CREATE TABLE IF NOT EXISTS ${chunks} (
+        job_id text COLLATE "C" NOT NULL REFERENCES ${jobs} (id) ON DELETE CASCADE,
+        seq integer NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (job_id, seq)
+      );
+      CREATE TABLE IF NOT EXISTS ${keys} (
+        key text PRIMARY KEY,
+        fingerprint text NOT NULL,
+        job_id text NOT NULL,
+        state text NOT NULL CHECK (state IN ('running', 'done')),
+        lease_until bigint NOT NULL,
+        expires_at bigint NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS ${quote(`${table}_keys_expiry`)} ON ${keys} (expires_at);`,
+
+    /** $1 id … $18 error: every field of a Job, in the order of `jobValues`. */
+    insertJob: `INSERT INTO ${jobs} (id, owner, status, name, method, url, progress, message, result_count, warnings, errors,
+        created_at, started_at, finished_at, expires_at, lease_until, response, error)
+      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::json, $18::json)`,
+
+    /** $1 id. Clears an expired but not yet swept job, so that its id may be used again. */
+    deleteExpiredJob: `DELETE FROM ${jobs} WHERE id = $1 AND expires_at <= now()`,
+
+    /** $1 id → the job row, if visible. */
+    getJob: `SELECT ${JOB_COLUMNS} FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')}`,
+
+    /** $1 id, then a (set?, value) pair each for progress, message, result_count; rowCount 1 when applied. */
+    updateProgress: `UPDATE ${jobs} SET
+        progress = CASE WHEN $2::boolean THEN $3::double precision ELSE progress END,
+        message = CASE WHEN $4::boolean THEN $5::text ELSE message END,
+        result_count = CASE WHEN $6::boolean THEN $7::double precision ELSE result_count END
+      WHERE id = $1 AND status IN ${LIVE}`,
+
+    /** $1 id, $2 startedAt, $3 leaseUntil; rowCount 1 when the job was queued. */
+    startJob: `UPDATE ${jobs} SET status = 'running', started_at = $2, lease_until = $3 WHERE id = $1 AND status = 'queued'`,
+
+    /** $1 ids, $2 leaseUntil → the ids still held (the caller computes the others). */
+    renewLeases: `UPDATE ${jobs} SET lease_until = $2 WHERE id = ANY($1::text[]) AND status IN ${LIVE} RETURNING id`,
+
+    /**
+     * $1 id, $2 status, $3 finishedAt, $4 expiresAt, $5 response, $6 error, $7 ifLeaseExpiredBy or null
+     * → the finished job, or no row. A null lease never counts as expired, as in MemoryStore.
+     */
+    finishJob: `UPDATE ${jobs} j SET status = $2::text, finished_at = $3, expires_at = $4, response = $5::json, error = $6::json,
+        lease_until = NULL, progress = CASE WHEN $2::text = 'completed' THEN 100 ELSE j.progress END
+      WHERE j.id = $1 AND j.status IN ${LIVE} AND ($7::timestamptz IS NULL OR j.lease_until <= $7::timestamptz)
+      RETURNING ${JOB_COLUMNS}`,
+
+    /**
+     * $1 id, $2 at, $3 level, $4 message → the line's seq, or no row. The counter update takes the
+     * job's row lock, so concurrent appends get consecutive numbers and the counts move with them.
+     */
+    appendLog: `WITH s AS (
+        UPDATE ${jobs} SET log_seq = log_seq + 1,
+          warnings = warnings + CASE WHEN $3::text = 'warning' THEN 1 ELSE 0 END,
+          errors = errors + CASE WHEN $3::text = 'error' THEN 1 ELSE 0 END
+        WHERE id = $1 AND status IN ${LIVE} RETURNING id, log_seq)
+      INSERT INTO ${logs} (job_id, seq, at, level, message) SELECT s.id, s.log_seq, $2, $3, $4 FROM s RETURNING seq`,
+
+    /** $1 id, $2 after, $3 limit → log lines, oldest first; none for an unknown or expired job. */
+    readLogs: `SELECT l.seq, ${iso('l.at')} AS at, l.level, l.message FROM ${logs} l
+      WHERE l.job_id = $1 AND l.seq > $2 AND EXISTS (SELECT 1 FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')})
+      ORDER BY l.seq LIMIT $3`,
+
+    /** $1 id, $2 chunk; rowCount 1 when stored. Numbered like log lines, by a counter on the job's row. */
+    appendResult: `WITH s AS (UPDATE ${jobs} SET chunk_seq = chunk_seq + 1 WHERE id = $1 AND status IN ${LIVE} RETURNING id, chunk_seq)
+      INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, $2::bytea FROM s`,
+
+    /** $1 id → how many chunks the visible job has. */
+    countChunks: `SELECT j.chunk_seq FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')}`,
+
+    /** $1 id, $2 after, $3 limit → the next chunks by seq. */
+    readChunks: `SELECT seq, data FROM ${chunks} WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
+
+    /** $1 id → whether the deleted job was still visible; its logs and chunks go with it (ON DELETE CASCADE). */
+    deleteJob: `DELETE FROM ${jobs} j WHERE j.id = $1 RETURNING ${visible('j')} AS live`,
+
+    /** $1 statuses or null, $2 cursor createdAt or null, $3 cursor id, $4 limit. */
+    listAll: list('true'),
+    /** As listAll, for anonymous jobs. */
+    listAnonymous: list('j.owner IS NULL'),
+    /** As listAll, plus $5 owner. */
+    listOwner: list('j.owner = $5'),
+
+    /**
+     * $1 key, $2 fingerprint, $3 jobId, $4 leaseUntil, $5 expiresAt → a row when the claim won. The
+     * conflicting row is locked and re-checked at its latest version, so of concurrent claims
+     * exactly one inserts or takes over, and the others see its claim and return nothing.
+     */
+    claimKey: `INSERT INTO ${keys} AS k (key, fingerprint, job_id, state, lease_until, expires_at)
+      VALUES ($1, $2, $3, 'running', $4, $5)
+      ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, job_id = EXCLUDED.job_id, state = 'running',
+        lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at
+      WHERE k.expires_at <= ${NOW_MS} OR (k.state = 'running' AND k.lease_until <= ${NOW_MS})
+      RETURNING 1`,
+
+    /** $1 key → the live record. */
+    readKey: `SELECT fingerprint, job_id, state, lease_until, expires_at FROM ${keys} WHERE key = $1 AND expires_at > ${NOW_MS}`,
+
+    /** $1 key, $2 jobId, $3 leaseUntil; rowCount 1 when held and running. */
+    renewKey: `UPDATE ${keys} SET lease_until = $3 WHERE key = $1 AND job_id = $2 AND state = 'running' AND expires_at > ${NOW_MS}`,
+
+    /** $1 key, $2 jobId, $3 expiresAt; rowCount 1 when held. */
+    completeKey: `UPDATE ${keys} SET state = 'done', expires_at = $3 WHERE key = $1 AND job_id = $2 AND expires_at > ${NOW_MS}`,
+
+    /** $1 key, $2 jobId; rowCount 1 when held. */
+    releaseKey: `DELETE FROM ${keys} WHERE key = $1 AND job_id = $2`,
+
+    // The sweep deletes in batches (short transactions) and skips rows another process is sweeping.
+    /** $1 batch size; rowCount = jobs deleted with their logs and chunks. */
+    sweepJobs: `DELETE FROM ${jobs} WHERE id IN (
+        SELECT id FROM ${jobs} WHERE expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)`,
+    /** $1 batch size; rowCount = keys deleted. */
+    sweepKeys: `DELETE FROM ${keys} WHERE key IN (
+        SELECT key FROM ${keys} WHERE expires_at <= ${NOW_MS} LIMIT $1 FOR UPDATE SKIP LOCKED)`,
+  } as const;
+}
+
+export type Statements = ReturnType<typeof statements>;
