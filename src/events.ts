@@ -5,8 +5,6 @@ import { isFinal, jobDocument } from './job.js';
 import type { Job } from './job.js';
 import { nextChange, POLL_MS, readJob } from './observe.js';
 
-/** A comment line every 15 s keeps proxies from closing an idle stream. */
-export const SSE_HEARTBEAT_MS = 15_000;
 const LOG_PAGE = 1000;
 
 /**
@@ -32,9 +30,10 @@ export async function streamEvents(rt: Runtime, req: IncomingMessage, res: Serve
   res.flushHeaders();
   res.write('retry: 2000\n\n');
 
+  // A comment line now and then keeps proxies from closing an idle stream.
   const heartbeat = setInterval(() => {
     if (!res.writableEnded) res.write(': heartbeat\n\n');
-  }, SSE_HEARTBEAT_MS);
+  }, config.eventsHeartbeat);
   heartbeat.unref();
 
   const send = async (event: string, data: unknown): Promise<void> => {

@@ -57,6 +57,8 @@ export interface Options {
   lease: number;
   /** The longest `wait` (`?wait=N`, `Prefer: wait=N`) a request may ask for, in seconds. Defaults to `60`. */
   maxWait: number;
+  /** How often `/events` streams send a heartbeat comment, in ms, so proxies keep them open. Defaults to `15000`. */
+  eventsHeartbeat: number;
   /** The largest result body kept, in bytes; a larger one fails the job with `result_too_large`. Defaults to 100 MiB. */
   maxResultBytes: number;
   /** The largest request body bgrs spools for a detached request it received unparsed, in bytes; larger is a 413. Defaults to 16 MiB. */
@@ -98,6 +100,7 @@ function defaults(): Options {
     maxPerOwner: Number.POSITIVE_INFINITY,
     lease: 30_000,
     maxWait: 60,
+    eventsHeartbeat: 15_000,
     maxResultBytes: 100 * 2 ** 20,
     maxBodyBytes: 16 * 2 ** 20,
     replayCookies: false,
@@ -193,6 +196,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   positive('lease', config.lease);
   if (config.lease < 150) fail('lease', config.lease, 'at least 150 ms');
   positive('maxWait', config.maxWait, true);
+  positive('eventsHeartbeat', config.eventsHeartbeat);
   positive('maxBodyBytes', config.maxBodyBytes);
   if (typeof config.replayCookies !== 'boolean') fail('replayCookies', config.replayCookies, 'a boolean');
   if (typeof config.validations !== 'boolean') fail('validations', config.validations, 'a boolean');

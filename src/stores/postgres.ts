@@ -1,0 +1,339 @@
+// PostgresStore: jobs, logs, results and idempotency keys in PostgreSQL, shared by every process that uses the database.
+import { debuglog } from 'node:util';
+import type { Pool } from 'pg';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../job.js';
+import { RESULT_PAGE_ROWS, statements, SWEEP_BATCH, TABLE_PATTERN } from './postgres-sql.js';
+import type { Statements } from './postgres-sql.js';
+import { InvalidCursorError } from './store.js';
+import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+
+const debug = debuglog('bgrs');
+
+export interface PostgresStoreOptions {
+  /**
+   * The `pg` Pool to query through. You own it: the store never ends it, and `close()` leaves it
+   * open. Required.
+   */
+  pool: Pool;
+  /**
+   * Prefix of the store's tables (`<table>_jobs`, `<table>_logs`, `<table>_chunks`, `<table>_keys`):
+   * a plain identifier of letters, digits and underscores, at most 40 characters. Two apps sharing
+   * a database keep apart by using different prefixes. Defaults to `'bgrs'`.
+   */
+  table?: string;
+  /**
+   * How often (ms) this process deletes expired jobs, their logs and results, and expired
+   * idempotency keys. Expired rows are invisible from the moment they expire either way; the sweep
+   * only reclaims space. `0` turns it off (call `sweep()` yourself, e.g. from a cron job). Defaults to `60000`.
+   */
+  sweepInterval?: number;
+}
+
+/** A jobs row as the statements in postgres-sql.ts select it. */
+interface JobRow {
+  id: string;
+  name: string;
+  method: string;
+  url: string;
+  owner: string | null;
+  status: JobStatus;
+  progress: number | string;
+  message: string | null;
+  result_count: number | string;
+  warnings: number | string;
+  errors: number | string;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  expires_at: string | null;
+  lease_until: string | null;
+  response: string | null;
+  error: string | null;
+}
+
+interface KeyRow {
+  fingerprint: string;
+  job_id: string;
+  state: 'running' | 'done';
+  lease_until: number | string;
+  expires_at: number | string;
+}
+
+// Numbers go through Number() and JSON through JSON.parse from text, so the store reads the same
+// whatever type parsers the owner of the pool has installed (bigint as string, json left raw, …).
+function rowToJob(row: JobRow): Job {
+  return {
+    id: row.id,
+    name: row.name,
+    method: row.method,
+    url: row.url,
+    owner: row.owner,
+    status: row.status,
+    progress: Number(row.progress),
+    message: row.message,
+    resultCount: Number(row.result_count),
+    warnings: Number(row.warnings),
+    errors: Number(row.errors),
+    createdAt: row.created_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+    expiresAt: row.expires_at,
+    leaseUntil: row.lease_until,
+    response: row.response === null ? null : (JSON.parse(row.response) as Job['response']),
+    error: row.error === null ? null : (JSON.parse(row.error) as Job['error']),
+  };
+}
+
+/** The insertJob parameters, in order. */
+function jobValues(job: Job): unknown[] {
+  return [
+    job.id, job.owner, job.status, job.name, job.method, job.url, job.progress, job.message, job.resultCount,
+    job.warnings, job.errors, job.createdAt, job.startedAt, job.finishedAt, job.expiresAt, job.leaseUntil,
+    // Stringified here: pg would turn a top-level array into a Postgres array, not JSON.
+    job.response === null ? null : JSON.stringify(job.response),
+    job.error === null ? null : JSON.stringify(job.error),
+  ];
+}
+
+/** Exactly what `toISOString()` prints: the only createdAt a cursor handed out by this store can hold. */
+const ISO_INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+function encodeCursor(job: Job): string {
+  return Buffer.from(JSON.stringify([job.createdAt, job.id])).toString('base64url');
+}
+
+/** The position a cursor names, or null when it is not one of ours (so no malformed value reaches SQL). */
+function decodeCursor(cursor: string): { createdAt: string; id: string } | null {
+  try {
+    const [createdAt, id] = JSON.parse(Buffer.from(cursor, 'base64url').toString()) as [unknown, unknown];
+    if (typeof createdAt !== 'string' || typeof id !== 'string' || !ISO_INSTANT.test(createdAt)) return null;
+    return new Date(createdAt).toISOString() === createdAt ? { createdAt, id } : null;
+  } catch {
+    return null;
+  }
+}
+
+/** pg reports a unique violation with this SQLSTATE. */
+const UNIQUE_VIOLATION = '23505';
+
+/**
+ * A Store in PostgreSQL, for several processes (or restarts) sharing jobs durably. Creates its
+ * tables on first use, or when you call `migrate()` (e.g. at deploy time). Every transition is one
+ * conditional statement, so processes racing on a job can never undo a final status; log lines and
+ * result chunks are numbered under the job's row lock; an Idempotency-Key claim is one
+ * `INSERT … ON CONFLICT`. Expiry is judged by the database's clock, one clock for all processes.
+ */
+export class PostgresStore implements Store {
+  private readonly pool: Pool;
+  private readonly sql: Statements;
+  private schema: Promise<void> | undefined;
+  private readonly timer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<number> | undefined;
+
+  constructor(options: PostgresStoreOptions) {
+    const { pool, table = 'bgrs', sweepInterval = 60_000 } = options ?? ({} as PostgresStoreOptions);
+    if (!pool || typeof (pool as { query?: unknown }).query !== 'function') {
+      throw new TypeError('PostgresStore: `pool` must be a pg Pool, e.g. `new PostgresStore({ pool: new Pool({ connectionString }) })`.');
+    }
+    if (typeof table !== 'string' || !TABLE_PATTERN.test(table)) {
+      throw new TypeError(
+        `PostgresStore: \`table\` must be a plain SQL identifier (a letter or _, then letters, digits or _; at most 40 characters), received \`${String(table)}\`.`,
+      );
+    }
+    if (typeof sweepInterval !== 'number' || !Number.isFinite(sweepInterval) || sweepInterval < 0) {
+      throw new TypeError(`PostgresStore: \`sweepInterval\` must be a number of milliseconds (0 turns the sweep off), received \`${String(sweepInterval)}\`.`);
+    }
+    this.pool = pool;
+    this.sql = statements(table);
+    if (sweepInterval > 0) {
+      this.timer = setInterval(() => {
+        this.sweep().catch((err: unknown) => debug('postgres sweep failed: %o', err));
+      }, sweepInterval);
+      // The sweep only reclaims space; it must not keep the process alive.
+      this.timer.unref();
+    }
+  }
+
+  /** Creates the tables and indexes if they do not exist. Safe to call any number of times, from any number of processes. */
+  async migrate(): Promise<void> {
+    await this.pool.query(this.sql.migrate);
+    this.schema ??= Promise.resolve();
+  }
+
+  /** The first call migrates; every later one shares that promise. A failed migration is retried by the next call. */
+  private ready(): Promise<void> {
+    this.schema ??= this.migrate().catch((err: unknown) => {
+      this.schema = undefined;
+      throw err;
+    });
+    return this.schema;
+  }
+
+  private async query<Row extends object>(text: string, values: unknown[]): Promise<{ rows: Row[]; rowCount: number }> {
+    await this.ready();
+    const result = await this.pool.query(text, values);
+    return { rows: result.rows as Row[], rowCount: result.rowCount ?? 0 };
+  }
+
+  async createJob(job: Job): Promise<void> {
+    try {
+      await this.query(this.sql.insertJob, jobValues(job));
+    } catch (err) {
+      // An expired job that the sweep has not reached yet does not count as existing.
+      if ((err as { code?: string }).code !== UNIQUE_VIOLATION) throw err;
+      if ((await this.query(this.sql.deleteExpiredJob, [job.id])).rowCount === 0) throw err;
+      await this.query(this.sql.insertJob, jobValues(job));
+    }
+  }
+
+  async getJob(id: string): Promise<Job | null> {
+    const { rows } = await this.query<JobRow>(this.sql.getJob, [id]);
+    return rows[0] ? rowToJob(rows[0]) : null;
+  }
+
+  async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
+    const { progress, message, resultCount } = update;
+    const values = [id, progress !== undefined, progress ?? null, message !== undefined, message ?? null, resultCount !== undefined, resultCount ?? null];
+    return (await this.query(this.sql.updateProgress, values)).rowCount > 0;
+  }
+
+  async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {
+    return (await this.query(this.sql.startJob, [id, start.startedAt, start.leaseUntil])).rowCount > 0;
+  }
+
+  async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const { rows } = await this.query<{ id: string }>(this.sql.renewLeases, [ids, leaseUntil]);
+    const held = new Set(rows.map((row) => row.id));
+    return ids.filter((id) => !held.has(id));
+  }
+
+  async listJobs(query: JobQuery): Promise<JobPage> {
+    const after = query.cursor ? decodeCursor(query.cursor) : null;
+    if (query.cursor && !after) throw new InvalidCursorError();
+    // One row more than the page tells whether there is a next page.
+    const values: unknown[] = [query.statuses?.length ? query.statuses : null, after?.createdAt ?? null, after?.id ?? null, query.limit + 1];
+    let text: string = this.sql.listAll;
+    if (query.owner === null) text = this.sql.listAnonymous;
+    else if (query.owner !== undefined) {
+      text = this.sql.listOwner;
+      values.push(query.owner);
+    }
+    const { rows } = await this.query<JobRow>(text, values);
+    const jobs = rows.slice(0, query.limit).map(rowToJob);
+    const last = jobs.at(-1);
+    return { jobs, next: rows.length > query.limit && last ? encodeCursor(last) : null };
+  }
+
+  async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
+    const values = [
+      id, finish.status, finish.finishedAt, finish.expiresAt,
+      finish.response === null ? null : JSON.stringify(finish.response),
+      finish.error === null ? null : JSON.stringify(finish.error),
+      finish.ifLeaseExpiredBy ?? null,
+    ];
+    const { rows } = await this.query<JobRow>(this.sql.finishJob, values);
+    return rows[0] ? rowToJob(rows[0]) : null;
+  }
+
+  async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {
+    const { rows } = await this.query<{ seq: number }>(this.sql.appendLog, [id, line.at, line.level, line.message]);
+    return rows[0] ? Number(rows[0].seq) : null;
+  }
+
+  async readLogs(id: string, after: number, limit: number): Promise<LogLine[]> {
+    if (limit <= 0) return [];
+    const { rows } = await this.query<{ seq: number; at: string; level: LogLevel; message: string }>(this.sql.readLogs, [id, after, limit]);
+    return rows.map((row) => ({ seq: Number(row.seq), at: row.at, level: row.level, message: row.message }));
+  }
+
+  async appendResult(id: string, chunk: Uint8Array): Promise<void> {
+    // pg sends a Buffer as binary; a view over the caller's memory is fine, it is copied onto the wire now.
+    const data = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    const { rowCount } = await this.query(this.sql.appendResult, [id, data]);
+    if (rowCount === 0) throw new Error(`PostgresStore: job ${id} is not running`);
+  }
+
+  async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {
+    const { rows } = await this.query<{ chunk_seq: number | string }>(this.sql.countChunks, [id]);
+    if (!rows[0]) return null;
+    const total = Number(rows[0].chunk_seq);
+    const { pool, sql } = this;
+    // A page at a time, each its own short query: nothing holds a connection between pages, and at
+    // most one page of the body is in memory however large the result is.
+    return (async function* chunksOf() {
+      let after = 0;
+      while (after < total) {
+        const page = await pool.query(sql.readChunks, [id, after, RESULT_PAGE_ROWS]);
+        // Deleted or swept while being read: fail rather than end as if the body were complete.
+        if (page.rows.length === 0) throw new Error(`PostgresStore: the result of job ${id} is gone`);
+        for (const row of page.rows as Array<{ seq: number; data: Buffer }>) {
+          after = Number(row.seq);
+          yield row.data;
+        }
+      }
+    })();
+  }
+
+  async deleteJob(id: string): Promise<boolean> {
+    const { rows } = await this.query<{ live: boolean }>(this.sql.deleteJob, [id]);
+    return rows[0]?.live === true;
+  }
+
+  async claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult> {
+    const values = [key, record.fingerprint, record.jobId, Math.round(record.leaseUntil), Math.round(record.expiresAt)];
+    // The record that beat this claim can be released or expire before it is read; then claim again.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if ((await this.query(this.sql.claimKey, values)).rowCount > 0) return { won: true };
+      const { rows } = await this.query<KeyRow>(this.sql.readKey, [key]);
+      const row = rows[0];
+      if (row) {
+        return {
+          won: false,
+          record: { fingerprint: row.fingerprint, jobId: row.job_id, state: row.state, leaseUntil: Number(row.lease_until), expiresAt: Number(row.expires_at) },
+        };
+      }
+    }
+    throw new Error(`PostgresStore: the claim on idempotency key ${key} kept changing hands`);
+  }
+
+  async renewIdempotencyKey(key: string, jobId: string, leaseUntil: number): Promise<boolean> {
+    return (await this.query(this.sql.renewKey, [key, jobId, Math.round(leaseUntil)])).rowCount > 0;
+  }
+
+  async completeIdempotencyKey(key: string, jobId: string, expiresAt: number): Promise<boolean> {
+    return (await this.query(this.sql.completeKey, [key, jobId, Math.round(expiresAt)])).rowCount > 0;
+  }
+
+  async releaseIdempotencyKey(key: string, jobId: string): Promise<boolean> {
+    return (await this.query(this.sql.releaseKey, [key, jobId])).rowCount > 0;
+  }
+
+  /**
+   * Deletes expired jobs (with their logs and results) and expired idempotency keys now, and
+   * resolves how many rows went. The timer calls it every `sweepInterval`; overlapping calls share one run.
+   */
+  sweep(): Promise<number> {
+    this.sweeping ??= (async () => {
+      let deleted = 0;
+      try {
+        for (const text of [this.sql.sweepJobs, this.sql.sweepKeys]) {
+          let count: number;
+          do {
+            count = (await this.query(text, [SWEEP_BATCH])).rowCount;
+            deleted += count;
+          } while (count === SWEEP_BATCH);
+        }
+        return deleted;
+      } finally {
+        this.sweeping = undefined;
+      }
+    })();
+    return this.sweeping;
+  }
+
+  /** Stops the sweep timer. The pool stays open: it belongs to the caller. */
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+  }
+}

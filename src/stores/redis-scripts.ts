@@ -1,0 +1,221 @@
+// The Lua scripts of RedisStore: every read-modify-write on a job or an Idempotency-Key record runs as one of these.
+import { createHash } from 'node:crypto';
+
+/** A script and its SHA1, computed once at load so calls go out as EVALSHA. */
+export interface Script {
+  readonly name: string;
+  readonly lua: string;
+  readonly sha: string;
+}
+
+function script(name: string, lua: string): Script {
+  return { name, lua, sha: createHash('sha1').update(lua).digest('hex') };
+}
+
+// Job hash fields hold JSON-encoded values, so a status reads `"running"` (quotes included) in Lua.
+// Each script touches the keys of one job (or one record) only, which share a hash slot: they
+// also run on Redis Cluster.
+
+export const CREATE_JOB = script(
+  'createJob',
+  `--[[
+  Creates a job's hash unless the id is taken.
+  KEYS[1] job hash
+  ARGV[1] epoch ms at which the hash expires, or '' for none (only jobs created final have one)
+  ARGV[2..] field, value pairs (values JSON-encoded)
+  Returns 1 when created, 0 when a job with that id exists.
+]]
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
+return 1`,
+);
+
+export const UPDATE_PROGRESS = script(
+  'updateProgress',
+  `--[[
+  Applies progress fields to a job that is not final.
+  KEYS[1] job hash
+  ARGV[1..] field, value pairs (may be none)
+  Returns 1 when applied, 0 when the job is unknown or final.
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"queued"' and status ~= '"running"' then return 0 end
+if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return 1`,
+);
+
+export const START_JOB = script(
+  'startJob',
+  `--[[
+  Moves a queued job to running.
+  KEYS[1] job hash
+  ARGV[1] startedAt (JSON), ARGV[2] leaseUntil (JSON), ARGV[3] leaseUntil as epoch ms
+  Returns 1 when started, 0 when the job is unknown or not queued.
+]]
+if redis.call('HGET', KEYS[1], 'status') ~= '"queued"' then return 0 end
+redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
+return 1`,
+);
+
+export const RENEW_LEASES = script(
+  'renewLeases',
+  `--[[
+  One process's heartbeat: renews the lease of each of its jobs that is still queued or running.
+  KEYS[1..n] job hashes
+  ARGV[1] leaseUntil (JSON), ARGV[2] leaseUntil as epoch ms
+  Returns the positions (1-based) in KEYS of the jobs not renewed: final or unknown.
+]]
+local gone = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if status == '"queued"' or status == '"running"' then
+    redis.call('HSET', key, 'leaseUntil', ARGV[1], 'leaseMs', ARGV[2])
+  else
+    gone[#gone + 1] = i
+  end
+end
+return gone`,
+);
+
+export const FINISH_JOB = script(
+  'finishJob',
+  `--[[
+  The one final transition; from then on every key of the job expires with it.
+  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list
+  ARGV[1] expiresAt as epoch ms (PEXPIREAT of all three keys)
+  ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for an unconditional finish
+  ARGV[3..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
+            error, leaseUntil (null), and progress (100) for completed
+  Returns the updated hash as HGETALL does, or nil when the job is unknown, final, or its lease
+  has not passed by ARGV[2] (a null lease never passes).
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"queued"' and status ~= '"running"' then return false end
+if ARGV[2] ~= '' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'leaseMs'))
+  if lease == nil or lease > tonumber(ARGV[2]) then return false end
+end
+redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 3))
+local job = redis.call('HGETALL', KEYS[1])
+for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], ARGV[1]) end
+return job`,
+);
+
+export const APPEND_LOG = script(
+  'appendLog',
+  `--[[
+  Appends a log line to a job that is not final, counting warnings and errors in the same step.
+  KEYS[1] job hash, KEYS[2] log list
+  ARGV[1] the line (JSON), ARGV[2] the counter to increment: 'warnings', 'errors' or ''
+  Returns the line's sequence number (the list's new length: lines are never trimmed), or nil
+  when the job is unknown or final.
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"queued"' and status ~= '"running"' then return false end
+local seq = redis.call('RPUSH', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+return seq`,
+);
+
+export const APPEND_RESULT = script(
+  'appendResult',
+  `--[[
+  Appends one chunk to the result of a job that is not final. A final job's keys already carry
+  their TTL; refusing here keeps a late chunk from creating a key that never expires.
+  KEYS[1] job hash, KEYS[2] result list
+  ARGV[1] the chunk (bytes)
+  Returns the number of chunks stored, or 0 when the job is unknown or final.
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"queued"' and status ~= '"running"' then return 0 end
+return redis.call('RPUSH', KEYS[2], ARGV[1])`,
+);
+
+export const RESULT_LENGTH = script(
+  'resultLength',
+  `--[[
+  How many chunks a job's result has, read together with the job's existence.
+  KEYS[1] job hash, KEYS[2] result list
+  Returns the chunk count (0 for an empty body), or -1 when the job is gone.
+]]
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('LLEN', KEYS[2])`,
+);
+
+export const DELETE_JOB = script(
+  'deleteJob',
+  `--[[
+  Forgets a job, its log and its result (UNLINK: a big result is freed off the main thread).
+  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list
+  Returns {createdAt, owner} (JSON) of the deleted job, to drop it from the listing indexes, or
+  nil when the job is unknown.
+]]
+local fields = redis.call('HMGET', KEYS[1], 'createdAt', 'owner')
+if not fields[1] then return false end
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+return fields`,
+);
+
+export const CLAIM_KEY = script(
+  'claimIdempotencyKey',
+  `--[[
+  Claims an Idempotency-Key: wins when there is no record, or it has expired, or it is running
+  with a lease that has passed.
+  KEYS[1] record hash
+  ARGV[1] now (epoch ms, the caller's clock, which also set the leases)
+  ARGV[2] fingerprint, ARGV[3] jobId, ARGV[4] leaseUntil, ARGV[5] expiresAt (epoch ms)
+  ARGV[6] expiresAt rounded up to an integer, for PEXPIREAT
+  Returns {1} when the claim wins, else {0, fingerprint, jobId, state, leaseUntil, expiresAt}.
+]]
+local now = tonumber(ARGV[1])
+local r = redis.call('HMGET', KEYS[1], 'fingerprint', 'jobId', 'state', 'leaseUntil', 'expiresAt')
+if r[1] and tonumber(r[5]) > now and not (r[3] == 'running' and tonumber(r[4]) <= now) then
+  return {0, r[1], r[2], r[3], r[4], r[5]}
+end
+redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'jobId', ARGV[3], 'state', 'running', 'leaseUntil', ARGV[4], 'expiresAt', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], ARGV[6])
+return {1}`,
+);
+
+export const RENEW_KEY = script(
+  'renewIdempotencyKey',
+  `--[[
+  Extends a running claim held by this job.
+  KEYS[1] record hash
+  ARGV[1] jobId, ARGV[2] leaseUntil (epoch ms), ARGV[3] now (epoch ms)
+  Returns 1 when renewed, 0 when the record is gone, expired, done, or held by another job.
+]]
+local r = redis.call('HMGET', KEYS[1], 'jobId', 'state', 'expiresAt')
+if r[1] ~= ARGV[1] or r[2] ~= 'running' or tonumber(r[3]) <= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'leaseUntil', ARGV[2])
+return 1`,
+);
+
+export const COMPLETE_KEY = script(
+  'completeIdempotencyKey',
+  `--[[
+  Marks the claim held by this job done, kept until a new expiry.
+  KEYS[1] record hash
+  ARGV[1] jobId, ARGV[2] expiresAt (epoch ms), ARGV[3] expiresAt rounded up, ARGV[4] now (epoch ms)
+  Returns 1 when completed, 0 when the record is gone, expired, or held by another job.
+]]
+local r = redis.call('HMGET', KEYS[1], 'jobId', 'expiresAt')
+if r[1] ~= ARGV[1] or tonumber(r[2]) <= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'done', 'expiresAt', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1`,
+);
+
+export const RELEASE_KEY = script(
+  'releaseIdempotencyKey',
+  `--[[
+  Deletes the record if this job holds it, so the key is new again.
+  KEYS[1] record hash
+  ARGV[1] jobId
+  Returns 1 when deleted, 0 when the record is gone or held by another job.
+]]
+if redis.call('HGET', KEYS[1], 'jobId') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1`,
+);
