@@ -13,10 +13,14 @@
 //   BENCH_SLICE        seconds per alternating slice (default 1)
 //   BENCH_CONNECTIONS  concurrent connections (default 50)
 //   BENCH_EXPRESS      Express majors to run, comma-separated (default "5,4")
+//   BENCH_ONLY         scenario groups to run, comma-separated: "core" (bgrs vs plain Express) and/or
+//                      "idempotency" (the guard vs express-idempotency) (default both)
+//   BENCH_REPLAY_KEYS  how many keys the replay scenario cycles through (default 100)
 //   BENCH_PIN          "0" to not pin the load generator and the server to separate cores (default on, Linux with taskset)
 //   BENCH_DEBUG        set to print every slice's rate and drain
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { createInterface } from 'node:readline';
@@ -46,6 +50,18 @@ const MAJORS = (process.env.BENCH_EXPRESS ?? '5,4')
   .map((major) => major.trim())
   .filter((major): major is '5' | '4' => major === '5' || major === '4');
 if (MAJORS.length === 0) throw new Error('BENCH_EXPRESS must list 5 and/or 4');
+const GROUPS = ['core', 'idempotency'] as const;
+type Group = (typeof GROUPS)[number];
+const ONLY = (process.env.BENCH_ONLY ?? GROUPS.join(','))
+  .split(',')
+  .map((group) => group.trim())
+  .filter((group) => group !== '');
+for (const group of ONLY) {
+  if (!(GROUPS as readonly string[]).includes(group)) throw new Error(`BENCH_ONLY: unknown group "${group}" (known: ${GROUPS.join(', ')})`);
+}
+const runs = (group: Group): boolean => ONLY.includes(group);
+if (ONLY.length === 0) throw new Error(`BENCH_ONLY must list ${GROUPS.join(' and/or ')}`);
+const REPLAY_KEYS = Math.round(positive('BENCH_REPLAY_KEYS', 100));
 
 // With two cores, the load generator (this process) and the server each get one, so the scheduler
 // does not shuffle them (and the server's GC threads) around between slices.
@@ -53,7 +69,7 @@ const TASKSET = '/usr/bin/taskset';
 const PIN = process.env.BENCH_PIN !== '0' && os.platform() === 'linux' && os.cpus().length >= 2 && existsSync(TASKSET);
 if (PIN) execFileSync(TASKSET, ['-a', '-cp', '0', String(process.pid)], { stdio: 'ignore' });
 
-type Mode = 'plain' | 'bgrs';
+type Mode = 'plain' | 'bgrs' | 'idem-bgrs' | 'idem-lib';
 type Major = '5' | '4';
 
 interface Ready {
@@ -64,6 +80,19 @@ interface Ready {
 interface Server {
   child: ChildProcess;
   ready: Ready;
+  /** Idempotency servers: how often the handler had run at the last check (GET /stats). */
+  executions: number;
+}
+
+/**
+ * An idempotency scenario: POST /orders with an Idempotency-Key on every request. `first`: every
+ * request carries a key never sent before, so the handler runs each time; `replay`: the requests
+ * cycle through REPLAY_KEYS keys sent once before the warm-up, so the handler never runs again.
+ */
+interface Keyed {
+  kind: 'first' | 'replay';
+  /** Whether a replay says so with `Idempotent-Replayed: true` (ours; express-idempotency has no such header). */
+  replayHeader: boolean;
 }
 
 /** One side of a comparison: what runs, where, and what it answers. */
@@ -72,6 +101,7 @@ interface Side {
   mode: Mode;
   path: (ready: Ready) => string;
   status: number;
+  keyed?: Keyed;
 }
 
 interface Measurement {
@@ -119,7 +149,7 @@ function startServer(mode: Mode, major: Major): Promise<Server> {
     });
     createInterface({ input: child.stdout! }).once('line', (line) => {
       clearTimeout(timer);
-      resolve({ child, ready: JSON.parse(line) as Ready });
+      resolve({ child, ready: JSON.parse(line) as Ready, executions: 0 });
     });
   });
 }
@@ -166,8 +196,98 @@ async function quiesce(child: ChildProcess, since: number): Promise<number> {
   }
 }
 
-function load(url: string, seconds: number): Promise<autocannon.Result> {
-  return autocannon({ url, connections: CONNECTIONS, pipelining: 1, duration: seconds });
+const ORDER = JSON.stringify({ item: 'book', quantity: 2 });
+const REPLAY_KEY_SET = Array.from({ length: REPLAY_KEYS }, (_, i) => `bench-replay-${i}`);
+/** Appended to per-run key prefixes so that no first-time key is ever sent twice to one server. */
+let keyCounter = 0;
+
+/** A response header by name, whatever case the server sent it in (autocannon keeps the raw names). */
+function header(headers: Record<string, unknown>, name: string): unknown {
+  for (const key in headers) if (key.toLowerCase() === name) return headers[key];
+  return undefined;
+}
+
+interface Load {
+  result: autocannon.Result;
+  /** Answers whose `Idempotent-Replayed` header was not what the scenario expects. */
+  wrongReplayHeader: number;
+}
+
+async function load(url: string, seconds: number, keyed: Keyed | undefined): Promise<Load> {
+  if (!keyed) return { result: await autocannon({ url, connections: CONNECTIONS, pipelining: 1, duration: seconds }), wrongReplayHeader: 0 };
+  // A fresh prefix per run on top of the counter: keys stay unique even if a server outlives a run.
+  const prefix = randomUUID().slice(0, 8);
+  const expectReplayed = keyed.kind === 'replay' && keyed.replayHeader;
+  let wrongReplayHeader = 0;
+  const result = await autocannon({
+    url,
+    connections: CONNECTIONS,
+    pipelining: 1,
+    duration: seconds,
+    requests: [
+      {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: ORDER,
+        // autocannon hands setupRequest a fresh copy of the headers for every request it builds.
+        setupRequest: (request) => {
+          const key = keyed.kind === 'first' ? `${prefix}-${keyCounter++}` : REPLAY_KEY_SET[keyCounter++ % REPLAY_KEY_SET.length]!;
+          request.headers = { ...request.headers, 'idempotency-key': key };
+          return request;
+        },
+        // The same check runs on both sides, so the load generator does the same work for each.
+        onResponse: (_status, _body, _context, headers) => {
+          if ((header(headers ?? {}, 'idempotent-replayed') === 'true') !== expectReplayed) wrongReplayHeader += 1;
+        },
+      },
+    ],
+  });
+  return { result, wrongReplayHeader };
+}
+
+/** How often the idempotency server's handler has run so far. */
+async function executions(server: Server): Promise<number> {
+  const response = await fetch(`http://127.0.0.1:${server.ready.port}/stats`);
+  return ((await response.json()) as { executions: number }).executions;
+}
+
+/** One keyed POST /orders, outside the load; returns the status, whether it said it was replayed, and the body. */
+async function order(server: Server, key: string): Promise<{ status: number; replayed: boolean; body: string }> {
+  const response = await fetch(`http://127.0.0.1:${server.ready.port}/orders`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'idempotency-key': key },
+    body: ORDER,
+  });
+  return { status: response.status, replayed: response.headers.get('idempotent-replayed') === 'true', body: await response.text() };
+}
+
+/**
+ * Checks an idempotency server before any load and returns its body size: a new key runs the
+ * handler once (201), the same key again is the stored answer (same status and body, the replay
+ * header where the side has one) without running it. For the replay scenario it also sends each
+ * replay key once, so that every measured request is a replay.
+ */
+async function probeKeyed(server: Server, side: Side & { keyed: Keyed }): Promise<number> {
+  const fail = (what: string): never => {
+    throw new Error(`bench: ${side.label}: ${what}`);
+  };
+  const key = `bench-probe-${randomUUID()}`;
+  const first = await order(server, key);
+  if (first.status !== side.status || first.replayed) fail(`a new key answered ${first.status}${first.replayed ? ' (replayed)' : ''}, expected ${side.status}`);
+  const again = await order(server, key);
+  if (again.status !== side.status || again.body !== first.body || again.replayed !== side.keyed.replayHeader) {
+    fail(`a repeated key answered ${again.status} replayed=${again.replayed} with ${again.body === first.body ? 'the same' : 'another'} body`);
+  }
+  if (side.keyed.kind === 'replay') {
+    for (const replayKey of REPLAY_KEY_SET) {
+      const seeded = await order(server, replayKey);
+      if (seeded.status !== side.status) fail(`seeding key ${replayKey} answered ${seeded.status}`);
+    }
+  }
+  server.executions = await executions(server);
+  const expected = 1 + (side.keyed.kind === 'replay' ? REPLAY_KEY_SET.length : 0);
+  if (server.executions !== expected) fail(`the handler ran ${server.executions} times for ${expected} distinct keys`);
+  return Buffer.byteLength(first.body);
 }
 
 /** Accumulates the slices of one side. */
@@ -216,15 +336,33 @@ class Tally {
 /** Loads one server for one slice, checks every answer had the expected status, waits for it to go idle. */
 async function slice(server: Server, side: Side, seconds: number, tally: Tally | null): Promise<void> {
   const url = `http://127.0.0.1:${server.ready.port}${side.path(server.ready)}`;
-  const result = await load(url, seconds);
+  const { result, wrongReplayHeader } = await load(url, seconds, side.keyed);
   const end = performance.now();
   const codes = Object.keys(result.statusCodeStats ?? {});
   // A slice with errors or another status measured something else: fail loudly, not silently.
   if (result.errors > 0 || result.timeouts > 0 || codes.some((code) => code !== String(side.status))) {
     throw new Error(`bench: ${side.label}: errors=${result.errors} timeouts=${result.timeouts} statuses=${codes.join(',')}`);
   }
+  if (wrongReplayHeader > 0) {
+    throw new Error(`bench: ${side.label}: ${wrongReplayHeader} answers had ${side.keyed?.kind === 'replay' && side.keyed.replayHeader ? 'no' : 'an'} Idempotent-Replayed: true`);
+  }
   const drain = await quiesce(server.child, end);
+  if (side.keyed) await checkExecutions(server, side, result);
   tally?.add(result, drain);
+}
+
+/**
+ * One key, one execution: first-time keys run the handler once per answered request (plus at most
+ * one per connection for requests cut off when the slice ended, which still run server-side);
+ * replayed keys never run it. A 201 from a handler that ran again would otherwise pass unnoticed.
+ */
+async function checkExecutions(server: Server, side: Side, result: autocannon.Result): Promise<void> {
+  const now = await executions(server);
+  const ran = now - server.executions;
+  server.executions = now;
+  const answered = result.requests.total;
+  const ok = side.keyed?.kind === 'replay' ? ran === 0 : ran >= answered && ran <= answered + CONNECTIONS;
+  if (!ok) throw new Error(`bench: ${side.label}: the handler ran ${ran} times for ${answered} answers`);
 }
 
 async function compare(major: Major, baselineSide: Side, subjectSide: Side): Promise<[Measurement, Measurement]> {
@@ -236,10 +374,15 @@ async function compare(major: Major, baselineSide: Side, subjectSide: Side): Pro
       { server: servers[1]!, side: subjectSide, tally: new Tally(), bodyBytes: 0 },
     ];
     for (const pair of pairs) {
-      // One request first, to check the route and learn its body size (the JSON comparison needs similar sizes).
-      const response = await fetch(`http://127.0.0.1:${pair.server.ready.port}${pair.side.path(pair.server.ready)}`);
-      pair.bodyBytes = (await response.arrayBuffer()).byteLength;
-      if (response.status !== pair.side.status) throw new Error(`bench: ${pair.side.label}: expected ${pair.side.status}, got ${response.status}`);
+      const { keyed } = pair.side;
+      if (keyed) {
+        pair.bodyBytes = await probeKeyed(pair.server, { ...pair.side, keyed });
+      } else {
+        // One request first, to check the route and learn its body size (the JSON comparison needs similar sizes).
+        const response = await fetch(`http://127.0.0.1:${pair.server.ready.port}${pair.side.path(pair.server.ready)}`);
+        pair.bodyBytes = (await response.arrayBuffer()).byteLength;
+        if (response.status !== pair.side.status) throw new Error(`bench: ${pair.side.label}: expected ${pair.side.status}, got ${response.status}`);
+      }
       await slice(pair.server, pair.side, WARMUP, null);
     }
     // B S S B B S …: each side goes first as often as it goes second, so drift cancels out.
@@ -271,6 +414,16 @@ async function runMajor(major: Major): Promise<Comparison[]> {
   const express = `Express ${version(major === '4' ? 'express4' : 'express')}`;
   console.log(`\n${express}`);
   const side = (label: string, mode: Mode, path: Side['path'], status = 200): Side => ({ label: `${express} ${label}`, mode, path, status });
+  const comparisons: Comparison[] = [];
+  if (runs('core')) comparisons.push(...(await runCore(major, express, side)));
+  if (runs('idempotency')) comparisons.push(...(await runIdempotency(major, express, side)));
+  return comparisons;
+}
+
+type SideFactory = (label: string, mode: Mode, path: Side['path'], status?: number) => Side;
+
+/** bgrs against plain Express: the cost of app.use(bgrs()), of a submission, of a job read. */
+async function runCore(major: Major, express: string, side: SideFactory): Promise<Comparison[]> {
   const plainHello = side('plain GET /hello', 'plain', () => '/hello');
   const bgrsHello = side('bgrs GET /hello', 'bgrs', () => '/hello');
   const submit = side('bgrs GET /hello?bgrs=yes', 'bgrs', () => '/hello?bgrs=yes', 202);
@@ -287,6 +440,25 @@ async function runMajor(major: Major): Promise<Comparison[]> {
   ];
 }
 
+/** The Idempotency-Key guard against express-idempotency (in-memory adapter) on the same POST /orders. */
+async function runIdempotency(major: Major, express: string, side: SideFactory): Promise<Comparison[]> {
+  const lib = `express-idempotency ${version('express-idempotency')}`;
+  const orders = (): string => '/orders';
+  const keyed = (base: Side, kind: Keyed['kind'], replayHeader: boolean): Side => ({ ...base, keyed: { kind, replayHeader } });
+  const oursFirst = keyed(side('bgrs guard POST /orders, first-time keys', 'idem-bgrs', orders, 201), 'first', true);
+  const theirsFirst = keyed(side(`${lib} POST /orders, first-time keys`, 'idem-lib', orders, 201), 'first', false);
+  const replays = `replays of ${REPLAY_KEYS} key${REPLAY_KEYS === 1 ? '' : 's'}`;
+  const oursReplay = keyed(side(`bgrs guard POST /orders, ${replays}`, 'idem-bgrs', orders, 201), 'replay', true);
+  const theirsReplay = keyed(side(`${lib} POST /orders, ${replays}`, 'idem-lib', orders, 201), 'replay', false);
+
+  const [a1, b1] = await compare(major, theirsFirst, oursFirst);
+  const [a2, b2] = await compare(major, theirsReplay, oursReplay);
+  return [
+    { name: `${express}: Idempotency-Key guard, a new key on every POST (handler runs, 201), vs ${lib} (memory adapter)`, baseline: a1, subject: b1, goal: 1.0, background: false },
+    { name: `${express}: Idempotency-Key guard, ${replays} sent once before (stored 201), vs ${lib} (memory adapter)`, baseline: a2, subject: b2, goal: 1.0, background: false },
+  ];
+}
+
 /** Throughput counting the time the server kept working after the load stopped (the job backlog). */
 function sustained(m: Measurement): number {
   return m.total / (m.seconds + m.drainMs / 1000);
@@ -297,7 +469,7 @@ function table(comparisons: Comparison[]): string {
     const ratio = c.subject.mean / c.baseline.mean;
     // Elsewhere the drain is only the 50 ms detection granularity (GC, socket teardown): noise.
     const withDrain = c.background ? (sustained(c.subject) / sustained(c.baseline)).toFixed(3) : '—';
-    return `| ${c.name} | ${fmt(c.subject.mean)} | ${fmt(c.baseline.mean)} | ${ratio.toFixed(3)} | ≥ ${c.goal} | ${ratio >= c.goal ? 'PASS' : 'MISS'} | ${withDrain} |`;
+    return `| ${c.name} | ${fmt(c.subject.mean)} | ${fmt(c.baseline.mean)} | ${ratio.toFixed(3)} | ≥ ${Number.isInteger(c.goal) ? c.goal.toFixed(1) : c.goal} | ${ratio >= c.goal ? 'PASS' : 'MISS'} | ${withDrain} |`;
   });
   return [
     '| Scenario | req/s subject | req/s baseline | Ratio | Goal | Result | Ratio incl. drain |',
@@ -327,6 +499,7 @@ const machine = [
   `- CPU: ${os.cpus()[0]?.model.trim() ?? 'unknown'}, ${os.cpus().length} cores (${os.platform()} ${os.release()})`,
   `- Node: ${process.version}`,
   `- Express: ${MAJORS.map((major) => version(major === '4' ? 'express4' : 'express')).join(', ')}`,
+  `- Scenarios: ${ONLY.join(', ')}${process.env.BENCH_ONLY ? ' (BENCH_ONLY)' : ''}`,
   `- Load: autocannon ${version('autocannon')}, ${CONNECTIONS} connections, pipelining 1, 127.0.0.1`,
   `- Duration: ${WARMUP} s warm-up per server, then ${ROUNDS} alternating slices of ${SLICE} s per side (${ROUNDS * SLICE} s measured per side)`,
   `- Pinning: ${PIN ? 'load generator on CPU 0, server on CPU 1 (taskset)' : 'none'}`,
@@ -359,6 +532,17 @@ ${summary}
   kept in \`MemoryStore({ max: 1_000_000 })\`), so jobs accumulate during the run.
 - The \`res.json\` baseline returns an object with the shape of a finished job document; body sizes
   are in the table below.
+- Idempotency rows: subject = \`background.idempotency()\` (default \`MemoryStore\`), baseline =
+  express-idempotency with its default in-memory adapter, both on Express with \`express.json()\` and
+  the same \`POST /orders\` handler (\`res.status(201).json({ id, ...req.body })\`). First-time keys:
+  every request carries a key never sent before, so the handler runs every time (ours runs it through
+  its in-process replay, by design). Replays: the requests cycle through ${REPLAY_KEYS} keys sent once
+  before the warm-up, so every measured request is answered from the store. After every slice the
+  runner checks the statuses, the \`Idempotent-Replayed\` header (ours) and, through the server's
+  count of handler runs, that replays never ran the handler and new keys ran it once each.
+- express-idempotency's in-memory adapter keeps records in an array and scans it on every lookup,
+  so with first-time keys its rate falls as keys pile up during the run (its stddev shows it); that
+  ratio therefore grows with \`BENCH_DURATION\`. Ours keeps keys in a \`Map\`.
 
 ## Runs
 

@@ -1,21 +1,28 @@
-// Benchmark target: one Express app (plain or with bgrs) per process, listening on 127.0.0.1, announcing itself on stdout.
+// Benchmark target: one Express app (plain, bgrs, or an idempotent POST route) per process, on 127.0.0.1, announcing itself on stdout.
 //
-// Usage: node --import tsx bench/server.ts <plain|bgrs> <5|4>
+// Usage: node --import tsx bench/server.ts <plain|bgrs|idem-bgrs|idem-lib> <5|4>
 // Prints one JSON line `{"port":…,"location":…}` once ready; `location` is the job route of one
 // finished job created at start-up (bgrs only), so GET /bgrs/:id can be measured on a real job.
+//
+// The idem-* modes serve the same POST /orders behind an Idempotency-Key guard: ours
+// (`background.idempotency()`, idem-bgrs) or express-idempotency with its in-memory adapter
+// (idem-lib). Both count how often the handler really ran (GET /stats), so the runner can check
+// "one key, one execution" instead of trusting the status codes alone.
+import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import type { Express } from 'express';
+import type { RequestHandler } from 'express';
+import type expressModule from 'express';
 import { bgrs, MemoryStore } from '../src/index.js';
 
-type ExpressFactory = () => Express;
+const MODES = ['plain', 'bgrs', 'idem-bgrs', 'idem-lib'];
 
 const [mode = 'plain', major = '5'] = process.argv.slice(2);
-if (mode !== 'plain' && mode !== 'bgrs') throw new Error(`bench/server: unknown mode "${mode}"`);
+if (!MODES.includes(mode)) throw new Error(`bench/server: unknown mode "${mode}"`);
 if (major !== '5' && major !== '4') throw new Error(`bench/server: unknown Express major "${major}"`);
 
 // A variable specifier keeps this file independent of test/express4.d.ts (the alias has no own types).
 const specifier = major === '4' ? 'express4' : 'express';
-const express = ((await import(specifier)) as { default: ExpressFactory }).default;
+const express = ((await import(specifier)) as { default: typeof expressModule }).default;
 
 /**
  * What the plain `res.json` baseline returns: the shape and size of a finished job document, so
@@ -61,6 +68,34 @@ app.get('/hello', (_req, res) => {
 app.get('/json', (_req, res) => {
   res.json(document);
 });
+
+/** How many times the POST /orders handler ran to completion: replays must not move it. */
+let executions = 0;
+if (mode === 'idem-bgrs' || mode === 'idem-lib') {
+  app.use(express.json());
+  let guard: RequestHandler;
+  let replayed: (req: Parameters<RequestHandler>[0]) => boolean = () => false;
+  if (mode === 'idem-bgrs') {
+    // The default MemoryStore, as an application would configure the guard; validations: false
+    // only silences the MemoryStore-in-production warning (NODE_ENV is production).
+    guard = bgrs({ validations: false }).idempotency();
+  } else {
+    // Loaded only in this mode so that the other servers do not pay for it. Its middleware always
+    // calls next(), even after sending a stored response: the handler must ask isHit() and stop.
+    const lib = await import('express-idempotency');
+    guard = lib.idempotency() as RequestHandler;
+    const service = lib.getSharedIdempotencyService();
+    replayed = (req) => service.isHit(req);
+  }
+  app.post('/orders', guard, (req, res) => {
+    if (replayed(req)) return;
+    executions += 1;
+    res.status(201).json({ id: randomUUID(), ...(req.body as Record<string, unknown>) });
+  });
+  app.get('/stats', (_req, res) => {
+    res.json({ executions });
+  });
+}
 
 const server = app.listen(0, '127.0.0.1');
 await new Promise<void>((resolve, reject) => {

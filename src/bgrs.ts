@@ -16,6 +16,7 @@ import { PARAM } from './trigger.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
 import { JobAbortError, Scheduler } from './scheduler.js';
+import { JobContext } from './context.js';
 
 /** Options of one detachable route. */
 export interface RouteOptions {
@@ -108,6 +109,8 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       if (isReplay(req)) {
         const resume = takeResume(req, route);
         if (resume) return next(resume.err as Error | undefined);
+        // Detached earlier by app.use(bgrs()), with the app-wide timeout: this route's applies.
+        if (routeOptions.timeout !== undefined && req.bgrs instanceof JobContext) req.bgrs.retime(routeOptions.timeout);
         return runHandlers(list, req, res, next);
       }
       const decision = decide(config, req);
@@ -130,6 +133,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   async function close(closeOptions: CloseOptions = {}): Promise<void> {
     rt.closing = true;
+    rt.scheduler.closing = true;
     const grace = closeOptions.grace ?? 0;
     const pending = [...rt.scheduler.running.values()].map((job) => job.done);
     if (grace > 0 && pending.length) {

@@ -52,6 +52,8 @@ export class JobContext implements BgrsContext {
     private readonly store: Store,
     /** Called after each write lands, so local watchers (SSE, wait) hear of it at once. */
     private readonly onChange: () => void = () => undefined,
+    /** Replaces the job's timeout, counted from its start (a route's own `timeout`). */
+    readonly retime: (ms: number) => void = () => undefined,
   ) {}
 
   /** Created on first use: most handlers never look, and an AbortController per job is measurable. */

@@ -141,8 +141,9 @@ export interface RunOptions {
 
 export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch, options: RunOptions = {}): RunningJob {
   const { live } = options;
-  const ctx = new JobContext(id, config.store, options.onChange);
-  const timeout = options.timeout ?? config.timeout;
+  const startedAt = Date.now();
+  const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms));
+  let timer: NodeJS.Timeout | undefined;
   const replay = replayer.replay(envelope, (req, res) => dispatch(req, res, ctx));
   let ended = false;
   let resolveDone!: () => void;
@@ -187,14 +188,18 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     await finish(status, null, error);
   };
 
-  const timer =
-    timeout > 0
-      ? setTimeout(() => {
-          const message = `the job did not finish within ${timeout} ms`;
-          void stop('failed', { type: 'timeout', message }, new JobAbortError('BGRS_TIMEOUT', message, 'TimeoutError'));
-        }, timeout)
-      : undefined;
-  timer?.unref();
+  /** (Re)starts the timeout, counted from the job's start; 0 means never. */
+  function arm(ms: number): void {
+    clearTimeout(timer);
+    timer = undefined;
+    if (ended || !(ms > 0)) return;
+    timer = setTimeout(() => {
+      const message = `the job did not finish within ${ms} ms`;
+      void stop('failed', { type: 'timeout', message }, new JobAbortError('BGRS_TIMEOUT', message, 'TimeoutError'));
+    }, Math.max(0, startedAt + ms - Date.now()));
+    timer.unref();
+  }
+  arm(options.timeout ?? config.timeout);
 
   replay.response
     .then(async (res) => {

@@ -38,6 +38,8 @@ export class Scheduler {
   readonly #perOwner = new Map<string | null, number>();
   readonly #listeners = new Map<string, Set<Listener>>();
   #heartbeat: NodeJS.Timeout | undefined;
+  /** Set by close(): queued jobs no longer start (they would only be aborted). */
+  closing = false;
 
   constructor(private readonly config: Configuration) {}
 
@@ -149,7 +151,7 @@ export class Scheduler {
 
   /** Starts queued jobs while there are free slots; a job cancelled while queued is skipped. */
   #startNext(): void {
-    while (this.running.size < this.config.concurrency && this.#queue.length > 0) {
+    while (!this.closing && this.running.size < this.config.concurrency && this.#queue.length > 0) {
       const entry = this.#queue.shift()!;
       const now = Date.now();
       // Reserve the slot at once, so that concurrent completions do not overfill it.

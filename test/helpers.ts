@@ -56,7 +56,8 @@ export interface JobDoc {
   resultCount: number;
   response: { status: number; contentType: string | null; size: number } | null;
   error: { type: string; message: string } | null;
-  links: { self: string; details: string; result: string };
+  links: { self: string; details: string; result: string; events: string; cancel: string };
+  position?: number;
   [key: string]: unknown;
 }
 
