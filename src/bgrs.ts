@@ -15,6 +15,7 @@ import { createRoutes, underBasePath } from './routes.js';
 import { PARAM } from './trigger.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
+import { withTimeouts } from './stores/timed.js';
 import { JobAbortError, Scheduler } from './scheduler.js';
 import { JobContext } from './context.js';
 
@@ -49,10 +50,12 @@ export interface BgrsMiddleware extends RequestHandler {
 
 /** Creates the bgrs middleware. `app.use(bgrs())` makes every later route detachable and serves the job routes. */
 export function bgrs(options?: Partial<Options>): BgrsMiddleware {
-  const config = parseOptions(options);
+  const parsed = parseOptions(options);
+  // The core reaches the store only through timeouts; users get their own store back as `.store`.
+  const config = { ...parsed, store: withTimeouts(parsed.store, parsed.storeTimeout) };
   const rt: Runtime = { config, replayer: new Replayer(), scheduler: new Scheduler(config), closing: false, warned: new Set() };
   const routes = createRoutes(rt);
-  if (config.validations && config.store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
+  if (config.validations && parsed.store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
     config.logger.warn(
       'express-bgrs [BGRS_MEMORY_STORE_PRODUCTION]: the MemoryStore keeps jobs in this process only; they are lost on restart and invisible to other instances. Use a shared store in production, or set validations: false.',
     );
@@ -151,7 +154,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   Object.defineProperties(middleware, {
     router: { value: routes, enumerable: true },
-    store: { value: config.store, enumerable: true },
+    store: { value: parsed.store, enumerable: true },
     detachable: { value: detachable, enumerable: true },
     idempotency: { value: idempotency, enumerable: true },
     close: { value: close, enumerable: true },

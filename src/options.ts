@@ -59,6 +59,8 @@ export interface Options {
   maxWait: number;
   /** How often `/events` streams send a heartbeat comment, in ms, so proxies keep them open. Defaults to `15000`. */
   eventsHeartbeat: number;
+  /** How long any one store call may take before bgrs treats the store as unavailable (503), in ms. Defaults to `5000`. */
+  storeTimeout: number;
   /** The largest result body kept, in bytes; a larger one fails the job with `result_too_large`. Defaults to 100 MiB. */
   maxResultBytes: number;
   /** The largest request body bgrs spools for a detached request it received unparsed, in bytes; larger is a 413. Defaults to 16 MiB. */
@@ -101,6 +103,7 @@ function defaults(): Options {
     lease: 30_000,
     maxWait: 60,
     eventsHeartbeat: 15_000,
+    storeTimeout: 5000,
     maxResultBytes: 100 * 2 ** 20,
     maxBodyBytes: 16 * 2 ** 20,
     replayCookies: false,
@@ -197,6 +200,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   if (config.lease < 150) fail('lease', config.lease, 'at least 150 ms');
   positive('maxWait', config.maxWait, true);
   positive('eventsHeartbeat', config.eventsHeartbeat);
+  positive('storeTimeout', config.storeTimeout);
   positive('maxBodyBytes', config.maxBodyBytes);
   if (typeof config.replayCookies !== 'boolean') fail('replayCookies', config.replayCookies, 'a boolean');
   if (typeof config.validations !== 'boolean') fail('validations', config.validations, 'a boolean');

@@ -58,7 +58,12 @@ class ResultWriter extends Writable {
       callback(failure);
       return;
     }
-    Promise.all([this.config.store.appendResult(this.id, chunk), this.#toLive(chunk)]).then(() => callback(), callback);
+    Promise.all([
+      this.config.store.appendResult(this.id, chunk).catch((err: unknown) => {
+        throw new JobFailure('store_unavailable', `the result could not be stored: ${(err as Error)?.message ?? String(err)}`);
+      }),
+      this.#toLive(chunk),
+    ]).then(() => callback(), callback);
   }
 
   /** Mirrors a chunk to a waiting client, honouring its backpressure; a client that left is ignored. */
@@ -156,16 +161,26 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     await ctx.end();
     const finishedAt = new Date();
     let recorded: Job | null = null;
-    try {
-      recorded = await config.store.finishJob(id, {
-        status,
-        finishedAt: finishedAt.toISOString(),
-        expiresAt: new Date(finishedAt.getTime() + (options.ttl ?? config.ttl)).toISOString(),
-        response,
-        error,
-      });
-    } catch (err) {
-      config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
+    // The final state is retried through a store outage for up to one lease: after that, other
+    // instances have recorded the job interrupted anyway.
+    const giveUpAt = Date.now() + config.lease;
+    for (let delay = 100; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        recorded = await config.store.finishJob(id, {
+          status,
+          finishedAt: finishedAt.toISOString(),
+          expiresAt: new Date(finishedAt.getTime() + (options.ttl ?? config.ttl)).toISOString(),
+          response,
+          error,
+        });
+        break;
+      } catch (err) {
+        if (Date.now() + delay > giveUpAt) {
+          config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
+          break;
+        }
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
     }
     // A waiting client that never got a head gets a problem instead of a hung request.
     if (live && !live.headersSent && !live.destroyed) {
@@ -217,7 +232,8 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     .catch(async (err: unknown) => {
       if (ended) return;
       if (err instanceof JobFailure) {
-        await stop('failed', { type: err.type, message: err.message }, new JobAbortError('BGRS_RESULT_TOO_LARGE', err.message));
+        const code = err.type === 'result_too_large' ? 'BGRS_RESULT_TOO_LARGE' : 'BGRS_STORE_UNAVAILABLE';
+        await stop('failed', { type: err.type, message: err.message }, new JobAbortError(code, err.message));
         return;
       }
       debug('job %s: replay failed: %o', id, err);

@@ -189,3 +189,70 @@ describe('a store that is not a Store', () => {
     assert.throws(() => bgrs({ store: {} as Store }), /`store` must be a Store \(missing method `createJob`\)/);
   });
 });
+
+describe('a store that hangs or fails mid-job', () => {
+  /** A MemoryStore whose calls can be made to never answer, as a client queueing commands offline. */
+  class StallingStore extends MemoryStore {
+    stalled = false;
+    failResults = false;
+    constructor() {
+      super();
+      for (const method of ['createJob', 'getJob'] as const) {
+        const original = (this[method] as (...args: unknown[]) => Promise<unknown>).bind(this);
+        (this as Record<string, unknown>)[method] = (...args: unknown[]) => (this.stalled ? new Promise(() => undefined) : original(...args));
+      }
+      const append = this.appendResult.bind(this);
+      this.appendResult = (id, chunk) => (this.failResults ? Promise.reject(new Error('ECONNRESET')) : append(id, chunk));
+    }
+  }
+
+  it('answers 503 within storeTimeout instead of hanging', async () => {
+    const { default: express } = await import('express');
+    const store = new StallingStore();
+    const app = express();
+    app.use(bgrs({ store, storeTimeout: 300 }));
+    app.get('/x', (_req, res) => res.send('x'));
+    const server = await listen(app);
+    try {
+      const { location } = await detachAndWait(server.url, '/x?bgrs=yes');
+      store.stalled = true;
+      for (const path of ['/x?bgrs=yes', location]) {
+        const started = Date.now();
+        const res = await fetch(server.url + path);
+        assert.equal(res.status, 503, path);
+        assert.equal(res.headers.get('retry-after'), '2');
+        assert.ok(Date.now() - started < 2000, `answered in ${Date.now() - started} ms`);
+      }
+      assert.equal((await fetch(`${server.url}/x`)).status, 200, 'requests that are not detached are unaffected');
+      store.stalled = false;
+      assert.equal((await fetch(server.url + location)).status, 200, 'recovers by itself');
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('fails a job whose result cannot be stored with store_unavailable, once the store answers again', async () => {
+    const { default: express } = await import('express');
+    const store = new StallingStore();
+    const app = express();
+    app.use(bgrs({ store }));
+    let aborted: string | undefined;
+    app.get('/big', async (req, res) => {
+      req.bgrs.signal.addEventListener('abort', () => (aborted = (req.bgrs.signal.reason as { code: string }).code));
+      res.write('first chunk');
+      await sleep(100);
+      res.end('second chunk');
+    });
+    const server = await listen(app);
+    try {
+      store.failResults = true;
+      const ack = await fetch(`${server.url}/big?bgrs=yes`);
+      const job = await waitForJob(server.url, ack.headers.get('location')!);
+      assert.equal(job.status, 'failed');
+      assert.equal(job.error?.type, 'store_unavailable');
+      assert.equal(aborted, 'BGRS_STORE_UNAVAILABLE');
+    } finally {
+      await server.close();
+    }
+  });
+});

@@ -1,0 +1,375 @@
+// RedisStore: jobs, logs, results and Idempotency-Key records in Redis, shared by many processes, over an ioredis client the user owns.
+//
+// Data layout (`p` is the prefix, `bgrs:` by default):
+//
+//   p + 'job:{<id>}'         hash: one field per Job field, each value JSON-encoded, plus `leaseMs`
+//                            (leaseUntil as epoch ms, '' when null) so Lua compares numbers
+//   p + 'job:{<id>}:log'     list: log lines as JSON [at, level, message]; seq = position + 1
+//   p + 'job:{<id>}:result'  list: the result body, in chunks of at most `chunkBytes` bytes
+//   p + 'jobs'               sorted set, every score 0: member `<createdAt> <id>`, so lexical order is
+//                            (createdAt, id) order and a cursor is an exclusive lexical bound
+//   p + 'owner:<owner>'      the same, one owner's jobs; p + 'anonymous' for owner null
+//   p + 'expiries'           sorted set: member JSON [owner, '<createdAt> <id>'] scored by expiresAt,
+//                            to drop expired jobs from the two indexes above
+//   p + 'idem:<key>'         hash: an Idempotency-Key record (fingerprint, jobId, state, leaseUntil, expiresAt)
+//
+// TTLs: a running job's keys have none (it lives while its lease is renewed); finishing a job sets
+// PEXPIREAT expiresAt on its three keys in the same script. An Idempotency-Key record expires at
+// its expiresAt. Index entries do not expire by themselves: deleteJob removes them, a listing drops
+// the entries of jobs it finds gone, and finishJob sweeps the entries of jobs that expired.
+//
+// The `{<id>}` hash tag keeps the keys of one job in one Cluster slot, and every script touches one
+// job's (or one record's) keys only, so the store also runs on Redis Cluster.
+import type { Cluster, Redis } from 'ioredis';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
+import { isFinal } from '../job.js';
+import { InvalidCursorError } from './store.js';
+import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import * as scripts from './redis-scripts.js';
+import type { Script } from './redis-scripts.js';
+
+export interface RedisStoreOptions {
+  /**
+   * The ioredis client (`new Redis(...)` or `new Cluster(...)`) to run on. You own it: the store
+   * never quits it, so one client can serve your app and the store. Required.
+   */
+  client: Redis | Cluster;
+  /** Prepended to every key, so several apps or `bgrs()` instances can share one database. Defaults to `'bgrs:'`. */
+  prefix?: string;
+  /**
+   * The largest piece a result is stored in (bytes); bigger chunks are split. Reading asks for 1 MiB
+   * of pieces at a time. Larger pieces make ioredis's reply parser keep a larger buffer pool while a
+   * big result streams out (measured: about 5 MiB at 64 KiB, 25 to 70 MiB at 256 KiB). Defaults to
+   * `65536` (64 KiB).
+   */
+  chunkBytes?: number;
+}
+
+/** About how many bytes of a result `readResult` asks Redis for at a time. */
+const READ_WINDOW_BYTES = 2 ** 20;
+/** How many index members `listJobs` reads at a time while it filters. */
+const LIST_WINDOW = 200;
+/** The expiry sweep runs at most this often per store (ms), and handles this many jobs at a time. */
+const SWEEP_INTERVAL_MS = 10_000;
+const SWEEP_BATCH = 500;
+/** Index entries are swept this long after their job's expiresAt (ms): processes' clocks differ from Redis's. */
+const SWEEP_GRACE_MS = 60_000;
+
+/** The fields of a job hash, in Job order; each value is JSON. */
+const JOB_FIELDS = ['id', 'name', 'method', 'url', 'owner', 'status', 'progress', 'message', 'resultCount', 'warnings', 'errors', 'createdAt', 'startedAt', 'finishedAt', 'expiresAt', 'leaseUntil', 'response', 'error'] as const satisfies ReadonlyArray<keyof Job>;
+
+function leaseMs(leaseUntil: string | null): string {
+  const ms = leaseUntil === null ? NaN : Date.parse(leaseUntil);
+  return Number.isNaN(ms) ? '' : String(ms);
+}
+
+function epochMs(iso: string, name: string): number {
+  const ms = Date.parse(iso);
+  if (Number.isNaN(ms)) throw new TypeError(`RedisStore: \`${name}\` must be an ISO 8601 date, received \`${iso}\`.`);
+  return ms;
+}
+
+/** A job as HSET arguments. JSON out and back in is also what keeps the store's copy unshared. */
+function jobArgs(job: Job): string[] {
+  const args: string[] = [];
+  for (const field of JOB_FIELDS) args.push(field, JSON.stringify(job[field]));
+  args.push('leaseMs', leaseMs(job.leaseUntil));
+  return args;
+}
+
+function jobFromHash(hash: Record<string, string>): Job {
+  const job: Record<string, unknown> = {};
+  for (const field of JOB_FIELDS) {
+    const value = hash[field];
+    if (value === undefined) throw new Error(`RedisStore: job ${String(hash.id)} has no \`${field}\` field`);
+    job[field] = JSON.parse(value);
+  }
+  return job as unknown as Job;
+}
+
+/** The index member of a job. ISO dates contain no space and sort by time, so `<createdAt> <id>` sorts as (createdAt, id). */
+function indexMember(createdAt: string, id: string): string {
+  return `${createdAt} ${id}`;
+}
+
+function encodeCursor(member: string): string {
+  return Buffer.from(member).toString('base64url');
+}
+
+function decodeCursor(cursor: string): string | null {
+  const member = Buffer.from(cursor, 'base64url').toString();
+  // A cursor we handed out round-trips exactly and holds `<createdAt> <id>`.
+  return encodeCursor(member) === cursor && /^\S+ ./s.test(member) ? member : null;
+}
+
+function idOf(member: string): string {
+  return member.slice(member.indexOf(' ') + 1);
+}
+
+/**
+ * A Store in Redis, for apps that run in several processes: any process can answer for any job,
+ * and every transition that could race runs as one Lua script. Tested on Redis 7.
+ *
+ * ```ts
+ * import { Redis } from 'ioredis';
+ * import { RedisStore } from 'express-bgrs/redis';
+ * app.use(bgrs({ store: new RedisStore({ client: new Redis(process.env.REDIS_URL) }) }));
+ * ```
+ */
+export class RedisStore implements Store {
+  private readonly client: Redis | Cluster;
+  private readonly prefix: string;
+  private readonly chunkBytes: number;
+  private readonly readWindow: number;
+  private nextSweep = 0;
+
+  constructor(options: RedisStoreOptions) {
+    const client = (options as Partial<RedisStoreOptions> | undefined)?.client;
+    if (!client || typeof client.evalsha !== 'function' || typeof client.lrangeBuffer !== 'function') {
+      throw new TypeError(`RedisStore: \`client\` must be an ioredis client (new Redis(...) or new Cluster(...)), received \`${String(client)}\`.`);
+    }
+    const prefix = options.prefix ?? 'bgrs:';
+    if (typeof prefix !== 'string') throw new TypeError(`RedisStore: \`prefix\` must be a string, received \`${String(prefix)}\`.`);
+    const chunkBytes = options.chunkBytes ?? 64 * 1024;
+    if (!Number.isInteger(chunkBytes) || chunkBytes < 1) {
+      throw new TypeError(`RedisStore: \`chunkBytes\` must be a positive integer, received \`${String(chunkBytes)}\`.`);
+    }
+    this.client = client;
+    this.prefix = prefix;
+    this.chunkBytes = chunkBytes;
+    this.readWindow = Math.max(1, Math.floor(READ_WINDOW_BYTES / chunkBytes));
+  }
+
+  private jobKeys(id: string): [job: string, log: string, result: string] {
+    const job = `${this.prefix}job:{${id}}`;
+    return [job, `${job}:log`, `${job}:result`];
+  }
+
+  private ownerKey(owner: string | null): string {
+    return owner === null ? `${this.prefix}anonymous` : `${this.prefix}owner:${owner}`;
+  }
+
+  /** EVALSHA, and EVAL (which caches the script again) when Redis answers NOSCRIPT after a restart or SCRIPT FLUSH. */
+  private async run(script: Script, keys: string[], args: Array<string | Buffer>): Promise<unknown> {
+    try {
+      return await this.client.evalsha(script.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
+      return this.client.eval(script.lua, keys.length, ...keys, ...args);
+    }
+  }
+
+  async createJob(job: Job): Promise<void> {
+    const expireAt = isFinal(job.status) && job.expiresAt !== null ? String(epochMs(job.expiresAt, 'expiresAt')) : '';
+    const created = await this.run(scripts.CREATE_JOB, [this.jobKeys(job.id)[0]], [expireAt, ...jobArgs(job)]);
+    if (created !== 1) throw new Error(`RedisStore: job ${job.id} exists already`);
+    // Indexes live in other slots, so they are written after the script: a crash in between leaves
+    // a job that exists but is not listed, never a listed job that does not exist.
+    const member = indexMember(job.createdAt, job.id);
+    await Promise.all([
+      this.client.zadd(`${this.prefix}jobs`, 0, member),
+      this.client.zadd(this.ownerKey(job.owner), 0, member),
+      expireAt && this.client.zadd(`${this.prefix}expiries`, expireAt, JSON.stringify([job.owner, member])),
+    ]);
+  }
+
+  async getJob(id: string): Promise<Job | null> {
+    const hash = await this.client.hgetall(this.jobKeys(id)[0]);
+    return hash.id === undefined ? null : jobFromHash(hash);
+  }
+
+  async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
+    const args: string[] = [];
+    for (const field of ['progress', 'message', 'resultCount'] as const) {
+      if (update[field] !== undefined) args.push(field, JSON.stringify(update[field]));
+    }
+    return (await this.run(scripts.UPDATE_PROGRESS, [this.jobKeys(id)[0]], args)) === 1;
+  }
+
+  async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {
+    const args = [JSON.stringify(start.startedAt), JSON.stringify(start.leaseUntil), leaseMs(start.leaseUntil)];
+    return (await this.run(scripts.START_JOB, [this.jobKeys(id)[0]], args)) === 1;
+  }
+
+  async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const args = [JSON.stringify(leaseUntil), leaseMs(leaseUntil)];
+    if (this.client.isCluster) {
+      // Jobs hash to different slots, and a Cluster script may only touch one: one call per job.
+      const gone = await Promise.all(ids.map((id) => this.run(scripts.RENEW_LEASES, [this.jobKeys(id)[0]], args)));
+      return ids.filter((_, i) => (gone[i] as number[]).length > 0);
+    }
+    const gone = (await this.run(scripts.RENEW_LEASES, ids.map((id) => this.jobKeys(id)[0]), args)) as number[];
+    return gone.map((position) => ids[position - 1]!);
+  }
+
+  async listJobs(query: JobQuery): Promise<JobPage> {
+    let bound = '+';
+    if (query.cursor) {
+      const after = decodeCursor(query.cursor);
+      if (after === null) throw new InvalidCursorError();
+      bound = `(${after}`;
+    }
+    const index = query.owner === undefined ? `${this.prefix}jobs` : this.ownerKey(query.owner);
+    const statuses = query.statuses?.length ? new Set(query.statuses) : null;
+    const jobs: Job[] = [];
+    const members: string[] = [];
+    let more = false;
+    // Newest first through the index, a window at a time, until the page is full and one more
+    // match shows there is a next page (or the index ends).
+    while (!more) {
+      const window = await this.client.zrevrangebylex(index, bound, '-', 'LIMIT', 0, LIST_WINDOW);
+      const hashes = await Promise.all(window.map((member) => this.client.hgetall(this.jobKeys(idOf(member))[0])));
+      const gone: string[] = [];
+      for (const [i, hash] of hashes.entries()) {
+        if (hash.id === undefined) {
+          gone.push(window[i]!);
+          continue;
+        }
+        const job = jobFromHash(hash);
+        if (statuses && !statuses.has(job.status)) continue;
+        if (jobs.length === query.limit) {
+          more = true;
+          break;
+        }
+        jobs.push(job);
+        members.push(window[i]!);
+      }
+      // Expired jobs met on the way leave the indexes now rather than at the next sweep.
+      if (gone.length > 0) await Promise.all([...new Set([index, `${this.prefix}jobs`])].map((key) => this.client.zrem(key, ...gone)));
+      if (window.length < LIST_WINDOW) break;
+      bound = `(${window.at(-1)!}`;
+    }
+    return { jobs, next: more ? encodeCursor(members.at(-1)!) : null };
+  }
+
+  async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
+    const expiresAt = epochMs(finish.expiresAt, 'expiresAt');
+    const condition = finish.ifLeaseExpiredBy === undefined ? '' : String(epochMs(finish.ifLeaseExpiredBy, 'ifLeaseExpiredBy'));
+    const fields: Partial<Job> = { status: finish.status, finishedAt: finish.finishedAt, expiresAt: finish.expiresAt, response: finish.response, error: finish.error, leaseUntil: null };
+    if (finish.status === 'completed') fields.progress = 100;
+    const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
+    const flat = (await this.run(scripts.FINISH_JOB, this.jobKeys(id), args)) as string[] | null;
+    if (!flat) return null;
+    const hash: Record<string, string> = {};
+    for (let i = 0; i < flat.length; i += 2) hash[flat[i]!] = flat[i + 1]!;
+    const job = jobFromHash(hash);
+    await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, indexMember(job.createdAt, job.id)]));
+    await this.sweep();
+    return job;
+  }
+
+  /**
+   * Drops the index entries of jobs that expired (Redis deleted their keys, but not the sorted-set
+   * members that point to them), a batch at a time and at most every SWEEP_INTERVAL_MS.
+   */
+  private async sweep(): Promise<void> {
+    const now = Date.now();
+    if (now < this.nextSweep) return;
+    this.nextSweep = now + SWEEP_INTERVAL_MS;
+    try {
+      const due = await this.client.zrangebyscore(`${this.prefix}expiries`, '-inf', now - SWEEP_GRACE_MS, 'LIMIT', 0, SWEEP_BATCH);
+      if (due.length === 0) return;
+      const byIndex = new Map<string, string[]>([[`${this.prefix}jobs`, []]]);
+      for (const entry of due) {
+        const [owner, member] = JSON.parse(entry) as [string | null, string];
+        byIndex.get(`${this.prefix}jobs`)!.push(member);
+        const key = this.ownerKey(owner);
+        byIndex.set(key, [...(byIndex.get(key) ?? []), member]);
+      }
+      await Promise.all([...byIndex].map(([key, members]) => this.client.zrem(key, ...members)));
+      await this.client.zrem(`${this.prefix}expiries`, ...due);
+    } catch {
+      // Housekeeping only: the job was finished, and the next sweep picks up where this one failed.
+    }
+  }
+
+  async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {
+    const counter = line.level === 'warning' ? 'warnings' : line.level === 'error' ? 'errors' : '';
+    const [job, log] = this.jobKeys(id);
+    const seq = await this.run(scripts.APPEND_LOG, [job, log], [JSON.stringify([line.at, line.level, line.message]), counter]);
+    return typeof seq === 'number' ? seq : null;
+  }
+
+  async readLogs(id: string, after: number, limit: number): Promise<LogLine[]> {
+    if (limit < 1) return [];
+    // seq n sits at index n - 1, so the page starts right after `after`.
+    const start = Math.max(0, after);
+    const lines = await this.client.lrange(this.jobKeys(id)[1], start, start + limit - 1);
+    return lines.map((text, i) => {
+      const [at, level, message] = JSON.parse(text) as [string, LogLevel, string];
+      return { seq: start + i + 1, at, level, message };
+    });
+  }
+
+  async appendResult(id: string, chunk: Uint8Array): Promise<void> {
+    // A view, not a copy: each piece is sent before this resolves, and the caller only reuses the
+    // buffer after that.
+    const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    const [job, , result] = this.jobKeys(id);
+    for (let offset = 0; offset < bytes.length; offset += this.chunkBytes) {
+      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(offset, offset + this.chunkBytes)]);
+      if (stored === 0) throw new Error(`RedisStore: job ${id} is not running`);
+    }
+  }
+
+  async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {
+    const [job, , result] = this.jobKeys(id);
+    const length = (await this.run(scripts.RESULT_LENGTH, [job, result], [])) as number;
+    if (length < 0) return null;
+    const { client, readWindow } = this;
+    // Pages of `readWindow` chunks, so only one page of the body is in memory at a time. A page
+    // that comes back short means the job expired or was deleted mid-read: fail rather than
+    // hand out a truncated body.
+    return (async function* resultPages() {
+      for (let start = 0; start < length; start += readWindow) {
+        const want = Math.min(readWindow, length - start);
+        const page = await client.lrangeBuffer(result, start, start + want - 1);
+        if (page.length !== want) throw new Error(`RedisStore: the result of job ${id} was deleted while it was read`);
+        yield* page;
+      }
+    })();
+  }
+
+  async deleteJob(id: string): Promise<boolean> {
+    const fields = (await this.run(scripts.DELETE_JOB, this.jobKeys(id), [])) as [string, string] | null;
+    if (!fields) return false;
+    const createdAt = JSON.parse(fields[0]) as string;
+    const owner = JSON.parse(fields[1]) as string | null;
+    const member = indexMember(createdAt, id);
+    await Promise.all([
+      this.client.zrem(`${this.prefix}jobs`, member),
+      this.client.zrem(this.ownerKey(owner), member),
+      this.client.zrem(`${this.prefix}expiries`, JSON.stringify([owner, member])),
+    ]);
+    return true;
+  }
+
+  private idemKey(key: string): string {
+    return `${this.prefix}idem:${key}`;
+  }
+
+  async claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult> {
+    const args = [String(Date.now()), record.fingerprint, record.jobId, String(record.leaseUntil), String(record.expiresAt), String(Math.ceil(record.expiresAt))];
+    const reply = (await this.run(scripts.CLAIM_KEY, [this.idemKey(key)], args)) as [number, ...string[]];
+    if (reply[0] === 1) return { won: true };
+    const [, fingerprint, jobId, state, leaseUntil, expiresAt] = reply as [number, string, string, 'running' | 'done', string, string];
+    return { won: false, record: { fingerprint, jobId, state, leaseUntil: Number(leaseUntil), expiresAt: Number(expiresAt) } };
+  }
+
+  async renewIdempotencyKey(key: string, jobId: string, leaseUntil: number): Promise<boolean> {
+    return (await this.run(scripts.RENEW_KEY, [this.idemKey(key)], [jobId, String(leaseUntil), String(Date.now())])) === 1;
+  }
+
+  async completeIdempotencyKey(key: string, jobId: string, expiresAt: number): Promise<boolean> {
+    const args = [jobId, String(expiresAt), String(Math.ceil(expiresAt)), String(Date.now())];
+    return (await this.run(scripts.COMPLETE_KEY, [this.idemKey(key)], args)) === 1;
+  }
+
+  async releaseIdempotencyKey(key: string, jobId: string): Promise<boolean> {
+    return (await this.run(scripts.RELEASE_KEY, [this.idemKey(key)], [jobId])) === 1;
+  }
+
+  /** Nothing to release: the store creates no timers or connections, and never quits the client it was given. */
+  async close(): Promise<void> {}
+}

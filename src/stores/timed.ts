@@ -1,0 +1,49 @@
+// Wraps the user's store so that no call the core makes can hang: each one fails after `storeTimeout`.
+import type { Store } from './store.js';
+
+export class StoreTimeoutError extends Error {
+  readonly code = 'BGRS_STORE_TIMEOUT';
+  constructor(method: string, ms: number) {
+    super(`the store did not answer ${method}() within ${ms} ms`);
+  }
+}
+
+const METHODS = [
+  'createJob',
+  'getJob',
+  'updateProgress',
+  'startJob',
+  'renewLeases',
+  'listJobs',
+  'finishJob',
+  'appendLog',
+  'readLogs',
+  'appendResult',
+  'readResult',
+  'deleteJob',
+  'claimIdempotencyKey',
+  'renewIdempotencyKey',
+  'completeIdempotencyKey',
+  'releaseIdempotencyKey',
+] as const satisfies ReadonlyArray<keyof Store>;
+
+/**
+ * A client that queues commands while disconnected (ioredis' offline queue) or a pool waiting for
+ * a connection would otherwise hold a request until its client gives up; with this, a store
+ * outage becomes a prompt 503 with Retry-After. The late answer, if any, is ignored.
+ */
+export function withTimeouts(store: Store, ms: number): Store {
+  const timed = Object.create(store) as Store;
+  for (const method of METHODS) {
+    const call = (store[method] as (...args: unknown[]) => Promise<unknown>).bind(store);
+    (timed as unknown as Record<string, unknown>)[method] = (...args: unknown[]): Promise<unknown> => {
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new StoreTimeoutError(method, ms)), ms);
+      });
+      const work = call(...args);
+      return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+    };
+  }
+  return timed;
+}
