@@ -23,6 +23,11 @@ export interface BgrsContext {
 
 const LEVELS: ReadonlySet<string> = new Set(['info', 'warning', 'error']);
 
+/** Text as every store can keep it: PostgreSQL's text type cannot hold NUL, so it becomes U+FFFD everywhere. */
+function storable(text: unknown): string {
+  return String(text).replace(/\u0000/g, '\uFFFD');
+}
+
 /** One shared, frozen context for every request that was not detached: calls cost nothing. */
 export const DETACHED_NOT: BgrsContext = Object.freeze({
   id: null,
@@ -70,7 +75,7 @@ export class JobContext implements BgrsContext {
     if (this.#ended || typeof percent !== 'number' || Number.isNaN(percent)) return;
     this.#percent = Math.max(this.#percent, Math.min(100, Math.max(0, percent)));
     const update: JobProgressUpdate = { progress: this.#percent };
-    if (message !== undefined) update.message = String(message);
+    if (message !== undefined) update.message = storable(message);
     this.#queue(update);
   }
 
@@ -81,7 +86,7 @@ export class JobContext implements BgrsContext {
 
   log(message: string, level: LogLevel = 'info'): void {
     if (this.#ended) return;
-    const line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: String(message) };
+    const line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: storable(message) };
     this.#logs = this.#logs
       .then(() => this.store.appendLog(this.id, line))
       .then(() => this.onChange())

@@ -1,0 +1,161 @@
+// PostgresStore passes the Store conformance suite, plus its own checks: migration, sweep, streaming, options.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import pg from 'pg';
+import { newJob } from '../src/job.js';
+import { PostgresStore } from '../src/stores/postgres.js';
+import { storeConformanceSuite } from '../src/testing/index.js';
+import { POSTGRES_URL, serviceAvailable } from './services.js';
+
+const available = await serviceAvailable('PostgreSQL', POSTGRES_URL);
+// One table prefix per run, so runs (and a developer's own data) never meet.
+const table = `bgrs_test_${randomBytes(4).toString('hex')}`;
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const inMs = (ms: number): string => new Date(Date.now() + ms).toISOString();
+
+async function dropTables(pool: pg.Pool, prefix: string): Promise<void> {
+  await pool.query(`DROP TABLE IF EXISTS "${prefix}_chunks", "${prefix}_logs", "${prefix}_jobs", "${prefix}_keys"`);
+}
+
+if (available) {
+  storeConformanceSuite('PostgresStore', {
+    create: () => new PostgresStore({ pool: new pg.Pool({ connectionString: POSTGRES_URL }), table }),
+    destroy: async (store) => {
+      const pool = (store as unknown as { pool: pg.Pool }).pool;
+      await store.close?.();
+      await dropTables(pool, table);
+      await pool.end();
+    },
+    // Reads filter on expires_at exactly; no waiting for the sweep.
+    expiryGraceMs: 100,
+  });
+
+  describe('PostgresStore', () => {
+    const prefix = `${table}_own`;
+    let pool: pg.Pool;
+    let store: PostgresStore;
+    before(() => {
+      pool = new pg.Pool({ connectionString: POSTGRES_URL });
+      store = new PostgresStore({ pool, table: prefix, sweepInterval: 0 });
+    });
+    after(async () => {
+      await store.close();
+      await dropTables(pool, prefix);
+      await pool.end();
+    });
+
+    it('migrates any number of times, also from several stores at once', async () => {
+      await store.migrate();
+      await store.migrate();
+      const others = Array.from({ length: 4 }, () => new PostgresStore({ pool, table: `${prefix}_m`, sweepInterval: 0 }));
+      await Promise.all(others.map((other) => other.migrate()));
+      const { rows } = await pool.query<{ name: string }>(`SELECT tablename AS name FROM pg_tables WHERE tablename LIKE $1 ORDER BY 1`, [`${prefix}_m_%`]);
+      assert.deepEqual(rows.map((row) => row.name), ['chunks', 'jobs', 'keys', 'logs'].map((name) => `${prefix}_m_${name}`));
+      await dropTables(pool, `${prefix}_m`);
+    });
+
+    it('sweeps expired jobs with their logs and chunks, and expired keys, on its timer', async () => {
+      const sweeper = new PostgresStore({ pool, table: prefix, sweepInterval: 100 });
+      try {
+        const expiring = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running' });
+        const kept = newJob({ id: randomUUID(), method: 'GET', url: '/y', owner: null, status: 'running' });
+        for (const j of [expiring, kept]) {
+          await sweeper.createJob(j);
+          await sweeper.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'x' });
+          await sweeper.appendResult(j.id, Buffer.from('body'));
+        }
+        await sweeper.finishJob(expiring.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(50), response: null, error: null });
+        await sweeper.finishJob(kept.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
+        const key = `key-${randomUUID()}`;
+        await sweeper.claimIdempotencyKey(key, { fingerprint: 'fp', jobId: expiring.id, state: 'running', leaseUntil: Date.now() + 50, expiresAt: Date.now() + 50 });
+        await sleep(500);
+        const count = async (name: string, column: string, value: string): Promise<number> =>
+          (await pool.query(`SELECT count(*)::int AS n FROM "${prefix}_${name}" WHERE ${column} = $1`, [value])).rows[0].n as number;
+        assert.deepEqual(
+          [await count('jobs', 'id', expiring.id), await count('logs', 'job_id', expiring.id), await count('chunks', 'job_id', expiring.id), await count('keys', 'key', key)],
+          [0, 0, 0, 0],
+        );
+        assert.deepEqual([await count('jobs', 'id', kept.id), await count('logs', 'job_id', kept.id), await count('chunks', 'job_id', kept.id)], [1, 1, 1]);
+      } finally {
+        await sweeper.close();
+      }
+    });
+
+    it('streams a 50 MB result back page by page, without holding it in memory', async () => {
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/big', owner: null, status: 'running' });
+      await store.createJob(j);
+      const written = createHash('sha256');
+      for (let i = 0; i < 800; i++) {
+        const chunk = randomBytes(64 * 1024);
+        written.update(chunk);
+        await store.appendResult(j.id, chunk);
+      }
+      await store.finishJob(j.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
+      // A collected heap is the only honest measure of what the reader retains.
+      setFlagsFromString('--expose-gc');
+      const gc = runInNewContext('gc') as () => void;
+      // Backing stores of freed buffers are released by a background sweeper, hence a turn and a second gc.
+      const used = async (): Promise<number> => {
+        gc();
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        gc();
+        const memory = process.memoryUsage();
+        return memory.heapUsed + memory.arrayBuffers;
+      };
+      const baseline = await used();
+      let peak = 0;
+      let size = 0;
+      let chunks = 0;
+      const read = createHash('sha256');
+      for await (const chunk of (await store.readResult(j.id))!) {
+        read.update(chunk);
+        size += chunk.byteLength;
+        if (++chunks % 50 === 0) peak = Math.max(peak, (await used()) - baseline);
+      }
+      assert.equal(size, 50 * 2 ** 20);
+      assert.equal(read.digest('hex'), written.digest('hex'));
+      assert.ok(peak < 8 * 2 ** 20, `the heap grew by ${(peak / 2 ** 20).toFixed(1)} MiB while reading`);
+    });
+
+    it('refuses a table name that is not a plain identifier, and a missing pool', () => {
+      for (const bad of ['', '1bgrs', 'bgrs-jobs', 'bgrs; DROP TABLE x', 'public.bgrs', '"bgrs"', 'a'.repeat(41)]) {
+        assert.throws(() => new PostgresStore({ pool, table: bad }), TypeError, bad);
+      }
+      assert.throws(() => new PostgresStore({ pool, sweepInterval: -1 }), TypeError);
+      assert.throws(() => new PostgresStore({} as never), TypeError);
+      new PostgresStore({ pool, table: `B_${'a'.repeat(38)}`, sweepInterval: 0 });
+    });
+
+    it('lets the id of an expired job that is not swept yet be used again, without its old log or result', async () => {
+      const old = newJob({ id: randomUUID(), method: 'GET', url: '/old', owner: 'ann', status: 'running' });
+      await store.createJob(old);
+      await store.appendLog(old.id, { at: new Date().toISOString(), level: 'warning', message: 'old' });
+      await store.appendResult(old.id, Buffer.from('old'));
+      await store.finishJob(old.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(50), response: null, error: null });
+      await assert.rejects(store.createJob({ ...old, url: '/new' }), 'a live job keeps its id');
+      await sleep(100);
+      const fresh = newJob({ id: old.id, method: 'GET', url: '/new', owner: 'bob', status: 'running' });
+      await store.createJob(fresh);
+      assert.deepEqual(await store.getJob(old.id), fresh);
+      assert.deepEqual(await store.readLogs(old.id, 0, 10), []);
+      await store.finishJob(old.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
+      let size = 0;
+      for await (const chunk of (await store.readResult(old.id))!) size += chunk.byteLength;
+      assert.equal(size, 0);
+    });
+
+    it('reports a result deleted while it is read as an error, not a short body', async () => {
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/gone', owner: null, status: 'running' });
+      await store.createJob(j);
+      for (let i = 0; i < 40; i++) await store.appendResult(j.id, Buffer.alloc(10, i));
+      await store.finishJob(j.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
+      const body = (await store.readResult(j.id))!;
+      await assert.rejects(async () => {
+        for await (const _chunk of body) await store.deleteJob(j.id);
+      }, /is gone/);
+    });
+  });
+}
