@@ -58,7 +58,8 @@ export async function streamEvents(rt: Runtime, req: IncomingMessage, res: Serve
       if (!job) break;
       if (!shown || shown.status !== job.status) {
         await send('status', jobDocument(job, config.basePath, rt.scheduler.position(job.id)));
-      } else if (shown.progress !== job.progress || shown.message !== job.message || shown.resultCount !== job.resultCount) {
+      }
+      if (shown && (shown.progress !== job.progress || shown.message !== job.message || shown.resultCount !== job.resultCount)) {
         await send('progress', { progress: job.progress, message: job.message, resultCount: job.resultCount });
       }
       shown = { status: job.status, progress: job.progress, message: job.message, resultCount: job.resultCount };

@@ -5,7 +5,7 @@ import type { Job } from './job.js';
 import { leaseExpired } from './scheduler.js';
 
 /** How often a watcher re-reads a job run by another process; local jobs wake their watchers at once. */
-export const POLL_MS = 500;
+export const POLL_MS = 250;
 
 /**
  * The job, as every process must report it: one whose process died (its lease passed) is recorded

@@ -1,0 +1,217 @@
+// Two app processes sharing one store (Redis, then PostgreSQL): any instance serves, steers and watches any job.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { after, before, describe, it } from 'node:test';
+import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
+import { sleep, waitForJob, type JobDoc } from './helpers.js';
+
+const root = new URL('..', import.meta.url).pathname;
+const LEASE_MS = 1500;
+
+type Event = Record<string, unknown> & { event: string };
+
+interface Instance {
+  url: string;
+  pid: number;
+  events: Event[];
+  next(match: (event: Event) => boolean, timeout?: number): Promise<Event>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+async function startInstance(kind: string, namespace: string): Promise<Instance> {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/cluster-app.ts', kind, namespace, String(LEASE_MS)], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const events: Event[] = [];
+  const waiters = new Set<() => void>();
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try {
+      events.push(JSON.parse(line) as Event);
+    } catch {
+      return;
+    }
+    for (const wake of [...waiters]) wake();
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const next = (match: (event: Event) => boolean, timeout = 10_000): Promise<Event> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const found = events.find(match);
+        if (!found) return;
+        clearTimeout(timer);
+        waiters.delete(check);
+        resolve(found);
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`instance ${child.pid}: no matching event within ${timeout} ms (saw ${JSON.stringify(events)})`));
+      }, timeout);
+      waiters.add(check);
+      check();
+    });
+  const listening = await next((e) => e.event === 'listening', 20_000);
+  return {
+    url: `http://127.0.0.1:${String(listening.port)}`,
+    pid: child.pid!,
+    events,
+    next,
+    kill: async (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+  };
+}
+
+/** Reads a text/event-stream until `end` (or the timeout), returning the events in order. */
+async function readEvents(url: string, timeout = 10_000): Promise<Array<{ event: string; data: unknown; at: number }>> {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeout);
+  const res = await fetch(url, { signal: controller.signal });
+  assert.equal(res.headers.get('content-type'), 'text/event-stream; charset=utf-8');
+  const out: Array<{ event: string; data: unknown; at: number }> = [];
+  const decoder = new TextDecoder();
+  let buffer = '';
+  try {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(chunk, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf('\n\n')) !== -1) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (event && data) out.push({ event, data: JSON.parse(data), at: Date.now() });
+        if (event === 'end') return out;
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+    controller.abort();
+  }
+  return out;
+}
+
+async function cleanup(kind: string, namespace: string): Promise<void> {
+  if (kind === 'redis') {
+    const { Redis } = await import('ioredis');
+    const client = new Redis(REDIS_URL);
+    let cursor = '0';
+    do {
+      const [nextCursor, keys] = await client.scan(cursor, 'MATCH', `${namespace}*`, 'COUNT', 1000);
+      cursor = nextCursor;
+      if (keys.length) await client.del(...keys);
+    } while (cursor !== '0');
+    await client.quit();
+  } else {
+    const { default: pg } = await import('pg');
+    const client = new pg.Client({ connectionString: POSTGRES_URL });
+    await client.connect();
+    for (const suffix of ['logs', 'chunks', 'keys', 'jobs']) await client.query(`DROP TABLE IF EXISTS "${namespace}_${suffix}" CASCADE`);
+    await client.end();
+  }
+}
+
+for (const [kind, label, url] of [
+  ['redis', 'Redis', REDIS_URL],
+  ['postgres', 'PostgreSQL', POSTGRES_URL],
+] as const) {
+  const available = await serviceAvailable(label, url);
+  describe(`two instances sharing a ${label} store`, { skip: !available && `${label} is not reachable` }, () => {
+    const namespace = kind === 'redis' ? `bgrs-cluster-${randomUUID()}:` : `bgrs_cluster_${randomUUID().replace(/-/g, '').slice(0, 12)}`;
+    let a: Instance;
+    let b: Instance;
+
+    before(async () => {
+      a = await startInstance(kind, namespace);
+      b = await startInstance(kind, namespace);
+    });
+    after(async () => {
+      await Promise.all([a?.kill('SIGKILL'), b?.kill('SIGKILL')]);
+      await cleanup(kind, namespace);
+    });
+
+    it('detaches on A; B reports the job, its log and its result', async () => {
+      const ack = await fetch(`${a.url}/work?bgrs=yes&steps=4&ms=50`);
+      assert.equal(ack.status, 202);
+      const location = ack.headers.get('location')!;
+      const job = await waitForJob(b.url, location);
+      assert.equal(job.status, 'completed');
+      assert.equal(job.progress, 100);
+      const details = (await (await fetch(`${b.url}${location}/details`)).json()) as { items: Array<{ message: string }> };
+      assert.deepEqual(details.items.map((l) => l.message), ['step 1 of 4', 'step 2 of 4', 'step 3 of 4', 'step 4 of 4']);
+      const result = await fetch(`${b.url}${location}/result`);
+      assert.equal(result.status, 200);
+      assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
+      assert.equal(await result.text(), 'n,square\n1,1\n2,4\n3,9\n4,16\n');
+      const listed = (await (await fetch(`${b.url}/bgrs?limit=100`)).json()) as { items: JobDoc[] };
+      assert.ok(listed.items.some((item) => item.id === job.id), 'B lists the job A started');
+    });
+
+    it("streams A's progress live on B, and B's wait returns when A finishes", async () => {
+      const ack = await fetch(`${a.url}/work?bgrs=yes&steps=5&ms=200`);
+      const location = ack.headers.get('location')!;
+      const started = Date.now();
+      const [events, waited] = await Promise.all([
+        readEvents(`${b.url}${location}/events`),
+        fetch(`${b.url}${location}?wait=10`).then(async (res) => ({ doc: (await res.json()) as JobDoc, at: Date.now() })),
+      ]);
+      const names = events.map((e) => e.event);
+      assert.equal(names[0], 'status');
+      assert.equal(names.at(-1), 'end');
+      assert.equal(names.filter((n) => n === 'log').length, 5);
+      const progress = events.filter((e) => e.event === 'progress').map((e) => (e.data as { progress: number }).progress);
+      assert.ok(progress.length >= 2, `progress arrived live, in several events: ${JSON.stringify(progress)}`);
+      assert.deepEqual([...progress].sort((x, y) => x - y), progress, 'never backwards');
+      const firstLog = events.find((e) => e.event === 'log')!;
+      assert.ok(firstLog.at - started < 900, 'the first line arrived while the job ran (not at the end)');
+      assert.equal(waited.doc.status, 'completed');
+      assert.ok(waited.at - started >= 900, 'wait held the request until A finished');
+    });
+
+    it("cancels on B, and A's handler hears it within a second", async () => {
+      const ack = await fetch(`${a.url}/hang?bgrs=yes`);
+      const id = ((await ack.json()) as JobDoc).id;
+      await a.next((e) => e.event === 'started' && e.id === id);
+      const sent = Date.now();
+      const cancel = await fetch(`${b.url}/bgrs/${id}/cancel`, { method: 'POST' });
+      assert.equal(cancel.status, 202);
+      assert.equal(((await cancel.json()) as JobDoc).status, 'cancelled');
+      const aborted = await a.next((e) => e.event === 'aborted' && e.id === id, 5000);
+      assert.equal(aborted.code, 'BGRS_CANCELLED');
+      assert.ok((aborted.at as number) - sent <= 1000, `aborted ${(aborted.at as number) - sent} ms after the cancel`);
+    });
+
+    it('after kill -9 of A, B reports every job A ran failed: interrupted within the lease', async () => {
+      const ids: string[] = [];
+      for (let i = 0; i < 3; i++) {
+        const ack = await fetch(`${a.url}/hang?bgrs=yes`);
+        const id = ((await ack.json()) as JobDoc).id;
+        ids.push(id);
+        await a.next((e) => e.event === 'started' && e.id === id);
+      }
+      await a.kill('SIGKILL');
+      const killedAt = Date.now();
+      const deadline = killedAt + LEASE_MS + 3000;
+      const final = new Map<string, JobDoc>();
+      while (final.size < ids.length && Date.now() < deadline) {
+        for (const id of ids) {
+          if (final.has(id)) continue;
+          const doc = (await (await fetch(`${b.url}/bgrs/${id}`)).json()) as JobDoc;
+          if (doc.status !== 'running' && doc.status !== 'queued') final.set(id, doc);
+        }
+        await sleep(100);
+      }
+      assert.equal(final.size, ids.length, 'none stays running');
+      for (const doc of final.values()) {
+        assert.equal(doc.status, 'failed');
+        assert.equal(doc.error?.type, 'interrupted');
+      }
+      assert.ok(Date.now() - killedAt <= LEASE_MS + 2000, `reported within the lease (${Date.now() - killedAt} ms)`);
+      const running = (await (await fetch(`${b.url}/bgrs?status=running,queued&limit=100`)).json()) as { items: JobDoc[] };
+      assert.equal(running.items.length, 0, 'the list shows none running either');
+    });
+  });
+}
