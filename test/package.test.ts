@@ -20,6 +20,13 @@ describe('the published package', () => {
     assert.equal(node(['--input-type=module', '-e', "import { storeConformanceSuite } from 'express-bgrs/testing'; console.log(typeof storeConformanceSuite)"]).trim(), 'function');
   });
 
+  it('loads the store subpaths without loading their drivers until used', () => {
+    const out = node(['-e', "const { RedisStore } = require('express-bgrs/redis'); const { PostgresStore } = require('express-bgrs/postgres'); const loaded = Object.keys(require.cache).filter((k) => /node_modules\\/(ioredis|pg)\\//.test(k)).length; console.log(typeof RedisStore, typeof PostgresStore, loaded)"]);
+    assert.equal(out.trim(), 'function function 0');
+    const esm = node(['--input-type=module', '-e', "import { RedisStore } from 'express-bgrs/redis'; import { PostgresStore } from 'express-bgrs/postgres'; console.log(typeof RedisStore, typeof PostgresStore)"]);
+    assert.equal(esm.trim(), 'function function');
+  });
+
   it('loads with import', () => {
     const out = node(['--input-type=module', '-e', "import { bgrs, MemoryStore, isReplay } from 'express-bgrs'; console.log(typeof bgrs, typeof MemoryStore, typeof isReplay)"]);
     assert.equal(out.trim(), 'function function function');
@@ -36,6 +43,8 @@ describe('the published package', () => {
       symlinkSync(root, join(dir, 'node_modules/express-bgrs'));
       symlinkSync(join(root, 'node_modules/express'), join(dir, 'node_modules/express'));
       symlinkSync(join(root, 'node_modules/@types'), join(dir, 'node_modules/@types'));
+      symlinkSync(join(root, 'node_modules/ioredis'), join(dir, 'node_modules/ioredis'));
+      symlinkSync(join(root, 'node_modules/pg'), join(dir, 'node_modules/pg'));
       copyFileSync(join(root, 'test/fixtures/types/usage.ts'), join(dir, 'usage.ts'));
       const config = join(dir, 'tsconfig.json');
       writeFileSync(

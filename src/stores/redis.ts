@@ -37,10 +37,10 @@ export interface RedisStoreOptions {
   /** Prepended to every key, so several apps or `bgrs()` instances can share one database. Defaults to `'bgrs:'`. */
   prefix?: string;
   /**
-   * The largest piece a result is stored in (bytes); bigger chunks are split. Reading asks for 1 MiB
-   * of pieces at a time. Larger pieces make ioredis's reply parser keep a larger buffer pool while a
-   * big result streams out (measured: about 5 MiB at 64 KiB, 25 to 70 MiB at 256 KiB). Defaults to
-   * `65536` (64 KiB).
+   * The largest piece a result is stored in (bytes); bigger chunks are split, and reading asks for
+   * 1 MiB of pieces at a time, so memory stays flat however big the result. (ioredis's reply
+   * parser keeps its own buffer pool on top, which grows with the piece size: measured at tens of
+   * MiB while a result of hundreds of MB streams out.) Defaults to `262144` (256 KiB).
    */
   chunkBytes?: number;
 }
@@ -130,7 +130,7 @@ export class RedisStore implements Store {
     }
     const prefix = options.prefix ?? 'bgrs:';
     if (typeof prefix !== 'string') throw new TypeError(`RedisStore: \`prefix\` must be a string, received \`${String(prefix)}\`.`);
-    const chunkBytes = options.chunkBytes ?? 64 * 1024;
+    const chunkBytes = options.chunkBytes ?? 256 * 1024;
     if (!Number.isInteger(chunkBytes) || chunkBytes < 1) {
       throw new TypeError(`RedisStore: \`chunkBytes\` must be a positive integer, received \`${String(chunkBytes)}\`.`);
     }

@@ -1,0 +1,164 @@
+// RedisStore passes the Store conformance suite against a real Redis, plus what only Redis has: TTLs, streaming, NOSCRIPT.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { after, describe, it, test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { Redis } from 'ioredis';
+import { newJob } from '../src/job.js';
+import type { Job } from '../src/job.js';
+import { APPEND_LOG, UPDATE_PROGRESS } from '../src/stores/redis-scripts.js';
+import { RedisStore } from '../src/stores/redis.js';
+import { storeConformanceSuite } from '../src/testing/index.js';
+import { REDIS_URL, serviceAvailable } from './services.js';
+
+const testPrefix = (): string => `bgrs-test-${randomUUID().slice(0, 8)}:`;
+
+/** Deletes every key under the prefix (SCAN, not KEYS: the database may be shared). */
+async function dropPrefix(client: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    if (keys.length > 0) await client.del(...keys);
+    cursor = next;
+  } while (cursor !== '0');
+}
+
+const inMs = (ms: number): string => new Date(Date.now() + ms).toISOString();
+const running = (overrides: Partial<Job> = {}): Job => ({
+  ...newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: 'ann', status: 'running', leaseUntil: inMs(30_000) }),
+  ...overrides,
+});
+const finish = (expiresInMs: number) =>
+  ({ status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(expiresInMs), response: null, error: null }) as const;
+
+if (await serviceAvailable('Redis', REDIS_URL)) {
+  const clients = new Map<RedisStore, { client: Redis; prefix: string }>();
+  storeConformanceSuite('RedisStore', {
+    create: () => {
+      const client = new Redis(REDIS_URL);
+      const prefix = testPrefix();
+      const store = new RedisStore({ client, prefix });
+      clients.set(store, { client, prefix });
+      return store;
+    },
+    destroy: async (store) => {
+      const { client, prefix } = clients.get(store as RedisStore)!;
+      await store.close?.();
+      await dropPrefix(client, prefix);
+      await client.quit();
+    },
+    expiryGraceMs: 100,
+  });
+
+  describe('RedisStore on Redis', () => {
+    const client = new Redis(REDIS_URL);
+    const prefix = testPrefix();
+    const store = new RedisStore({ client, prefix });
+    const keysOf = (id: string): string[] => [`${prefix}job:{${id}}`, `${prefix}job:{${id}}:log`, `${prefix}job:{${id}}:result`];
+    after(async () => {
+      await dropPrefix(client, prefix);
+      await client.quit();
+    });
+
+    it('refuses a missing client and a bad chunkBytes at construction', () => {
+      assert.throws(() => new RedisStore({} as never), /`client` must be an ioredis client/);
+      assert.throws(() => new RedisStore({ client, chunkBytes: 0 }), /`chunkBytes` must be a positive integer/);
+    });
+
+    it('gives every key of a job a TTL when it finishes, and none before', async () => {
+      const j = running();
+      await store.createJob(j);
+      await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'x' });
+      await store.appendResult(j.id, Buffer.from('body'));
+      for (const key of keysOf(j.id)) assert.equal(await client.pttl(key), -1, `${key} lives while the job runs`);
+      await store.finishJob(j.id, finish(60_000));
+      for (const key of keysOf(j.id)) {
+        const ttl = await client.pttl(key);
+        assert.ok(ttl > 0 && ttl <= 60_000, `${key} expires with the job (PTTL ${ttl})`);
+      }
+    });
+
+    it('drops the index entries of expired jobs when a listing meets them', async () => {
+      const owner = `owner-${randomUUID()}`;
+      const j = running({ owner });
+      await store.createJob(j);
+      await store.finishJob(j.id, finish(50));
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      assert.deepEqual((await store.listJobs({ owner, limit: 10 })).jobs, []);
+      const member = `${j.createdAt} ${j.id}`;
+      assert.equal(await client.zscore(`${prefix}owner:${owner}`, member), null);
+      assert.equal(await client.zscore(`${prefix}jobs`, member), null);
+    });
+
+    it('splits chunks larger than chunkBytes and reads them back whole', async () => {
+      const small = new RedisStore({ client, prefix, chunkBytes: 1000 });
+      const j = running();
+      await small.createJob(j);
+      const body = randomBytes(2500);
+      await small.appendResult(j.id, new Uint8Array(body.buffer, body.byteOffset, body.byteLength));
+      await small.finishJob(j.id, finish(60_000));
+      assert.equal(await client.llen(keysOf(j.id)[2]!), 3);
+      const chunks: Buffer[] = [];
+      for await (const chunk of (await small.readResult(j.id))!) chunks.push(Buffer.from(chunk));
+      assert.deepEqual(Buffer.concat(chunks), body);
+    });
+
+    it('streams a 50 MB result back without holding it in memory', { timeout: 120_000 }, async (t) => {
+      // A real gc() lets the test measure live memory, not garbage the collector has yet to reach.
+      setFlagsFromString('--expose-gc');
+      const gc = runInNewContext('gc') as () => void;
+      const j = running();
+      await store.createJob(j);
+      const written = createHash('sha256');
+      const chunkSize = 64 * 1024;
+      const total = 50 * 2 ** 20;
+      for (let size = 0; size < total; size += chunkSize) {
+        const chunk = randomBytes(chunkSize);
+        written.update(chunk);
+        await store.appendResult(j.id, chunk);
+      }
+      await store.finishJob(j.id, finish(60_000));
+      const used = (): number => {
+        const memory = process.memoryUsage();
+        return memory.heapUsed + memory.arrayBuffers;
+      };
+      gc();
+      const baseline = used();
+      let peak = 0;
+      let bytes = 0;
+      let count = 0;
+      const read = createHash('sha256');
+      for await (const chunk of (await store.readResult(j.id))!) {
+        read.update(chunk);
+        bytes += chunk.byteLength;
+        peak = Math.max(peak, used() - baseline);
+        if (++count % 16 === 0) gc();
+      }
+      assert.equal(bytes, total);
+      assert.equal(read.digest('hex'), written.digest('hex'));
+      // Reading the whole body at once measures 50-55 MiB here; paged, 5-15 MiB (much of it ioredis's
+      // reply-parser pool, which grows while large replies stream in and shrinks afterwards).
+      t.diagnostic(`peak ${(peak / 2 ** 20).toFixed(1)} MiB above the baseline`);
+      assert.ok(peak < 24 * 2 ** 20, `${(peak / 2 ** 20).toFixed(1)} MiB above the baseline while reading 50 MiB`);
+    });
+
+    it('reloads its scripts after SCRIPT FLUSH (NOSCRIPT)', async () => {
+      const j = running();
+      await store.createJob(j);
+      await client.script('FLUSH');
+      assert.equal(await store.updateProgress(j.id, { progress: 7 }), true);
+      assert.equal((await store.getJob(j.id))!.progress, 7);
+      await client.script('FLUSH');
+      assert.equal(await store.appendLog(j.id, { at: new Date().toISOString(), level: 'warning', message: 'again' }), 1);
+      assert.deepEqual(await client.script('EXISTS', UPDATE_PROGRESS.sha, APPEND_LOG.sha), [0, 1], 'EVAL cached the script again');
+    });
+
+    it('never quits the client it was given', async () => {
+      await new RedisStore({ client, prefix }).close();
+      assert.equal(await client.ping(), 'PONG');
+    });
+  });
+} else {
+  test.skip('RedisStore: Redis is not reachable');
+}
