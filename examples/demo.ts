@@ -1,4 +1,4 @@
-// `npm run demo`: detaches the slow CSV export of the example app and follows it to its result, as a client would.
+// `npm run demo`: detaches the slow CSV export of the example app and follows its Server-Sent Events to the result, as a client would.
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,7 +7,8 @@ import { createApp } from './basic/app.js';
 // DEMO_FAST=1 shrinks the export so the tests can run the whole demo in well under a second.
 const FAST = process.env.DEMO_FAST === '1';
 const EXPORT_PATH = FAST ? '/exports/orders.csv?rows=40&delayMs=5' : '/exports/orders.csv';
-const POLL_MS = FAST ? 50 : 200;
+// How long to wait before resuming an event stream that dropped (the server suggests 2 s with `retry:`).
+const RETRY_MS = FAST ? 50 : 2000;
 const OVERALL_TIMEOUT_MS = 30_000;
 
 const tty = Boolean(process.stdout.isTTY);
@@ -29,44 +30,130 @@ interface JobDocument {
   warnings: number;
   errors: number;
   error: { type: string; message: string } | null;
-  links: { self: string; details: string; result: string };
+  links: { self: string; details: string; result: string; events: string };
 }
 
-interface LogPage {
-  items: Array<{ seq: number; at: string; level: 'info' | 'warning' | 'error'; message: string }>;
-  next: string | null;
+interface LogLine {
+  seq: number;
+  at: string;
+  level: 'info' | 'warning' | 'error';
+  message: string;
 }
 
-function progressBar(doc: JobDocument, width = 30): string {
-  const filled = Math.round((doc.progress / 100) * width);
+interface ServerSentEvent {
+  event: string;
+  data: string;
+  id: string | null;
+}
+
+function progressBar(progress: number, text: string, width = 30): string {
+  const filled = Math.round((progress / 100) * width);
   const bar = '#'.repeat(filled) + '.'.repeat(width - filled);
-  const percent = `${Math.floor(doc.progress)}%`.padStart(4);
-  return `[${bar}] ${percent} ${doc.message ?? doc.status}`;
+  const percent = `${Math.floor(progress)}%`.padStart(4);
+  return `[${bar}] ${percent} ${text}`;
 }
 
-async function getJson<T>(url: string, expected = 200): Promise<T> {
-  const res = await fetch(url);
-  if (res.status !== expected) throw new Error(`GET ${url} answered ${res.status}: ${await res.text()}`);
-  return (await res.json()) as T;
+/**
+ * Parses a text/event-stream body as it arrives (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+ * lines end in \n, \r\n or \r; a blank line dispatches the event; `:` lines are comments (heartbeats).
+ * A chunk may end mid-line or mid-character, so both the bytes and the last partial line carry over.
+ */
+async function* readEvents(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerSentEvent> {
+  const decoder = new TextDecoder();
+  let pending = '';
+  let event = '';
+  let data: string[] = [];
+  let id: string | null = null;
+  const lineOf = (line: string): ServerSentEvent | undefined => {
+    if (line === '') {
+      const ready = data.length > 0 ? { event: event || 'message', data: data.join('\n'), id } : undefined;
+      event = '';
+      data = [];
+      return ready;
+    }
+    if (line.startsWith(':')) return undefined;
+    const colon = line.indexOf(':');
+    const field = colon === -1 ? line : line.slice(0, colon);
+    let value = colon === -1 ? '' : line.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'event') event = value;
+    else if (field === 'data') data.push(value);
+    else if (field === 'id' && !value.includes('\0')) id = value;
+    // `retry` and unknown fields change nothing for a client that follows one stream to its end.
+    return undefined;
+  };
+  for await (const chunk of body) {
+    pending += decoder.decode(chunk, { stream: true });
+    // A trailing \r may be the first half of \r\n: keep it until the next chunk says.
+    const lines = pending.split(/\r\n|\r(?!$)|\n/);
+    pending = lines.pop() ?? '';
+    for (const line of lines) {
+      const ready = lineOf(line);
+      if (ready) yield ready;
+    }
+  }
+  // A stream that ends mid-event drops that event, as EventSource does.
 }
 
-/** Polls the job document and redraws the bar until the job is final. */
-async function follow(base: string, location: string): Promise<JobDocument> {
-  let last = '';
-  for (;;) {
-    const doc = await getJson<JobDocument>(base + location);
-    const line = progressBar(doc);
-    if (line !== last) {
-      // On a terminal the bar is redrawn in place; in a pipe or a log file each change gets its own line.
-      if (tty) process.stdout.write(`\r\x1b[2K${line}`);
-      else console.log(line);
-      last = line;
+/** Prints lines above the bar: on a terminal the bar is cleared first and redrawn after. */
+class Screen {
+  #bar = '';
+
+  bar(line: string): void {
+    if (line === this.#bar) return;
+    this.#bar = line;
+    // On a terminal the bar is redrawn in place; in a pipe or a log file each change gets its own line.
+    if (tty) process.stdout.write(`\r\x1b[2K${line}`);
+    else console.log(line);
+  }
+
+  print(line: string): void {
+    if (tty && this.#bar) process.stdout.write(`\r\x1b[2K${line}\n${this.#bar}`);
+    else console.log(line);
+  }
+
+  done(): void {
+    if (tty && this.#bar) process.stdout.write('\n');
+    this.#bar = '';
+  }
+}
+
+/**
+ * Follows GET /bgrs/:id/events until the `end` event: the bar moves on `status` and `progress`, and log
+ * lines are printed as `log` events arrive. A stream cut short is resumed with Last-Event-ID (the seq of
+ * the last log line seen), so no log line is lost or printed twice.
+ */
+async function follow(base: string, events: string, screen: Screen): Promise<JobDocument> {
+  let lastEventId: string | null = null;
+  for (let attempt = 1; ; attempt++) {
+    const headers: Record<string, string> = { accept: 'text/event-stream' };
+    if (lastEventId !== null) headers['last-event-id'] = lastEventId;
+    const res = await fetch(base + events, { headers });
+    const type = res.headers.get('content-type') ?? '';
+    if (res.status !== 200 || !type.startsWith('text/event-stream') || !res.body) {
+      throw new Error(`GET ${events} answered ${res.status} ${type}: ${await res.text()}`);
     }
-    if (doc.status !== 'queued' && doc.status !== 'running') {
-      if (tty) process.stdout.write('\n');
-      return doc;
+    for await (const { event, data, id } of readEvents(res.body)) {
+      if (id !== null) lastEventId = id;
+      if (event === 'status' || event === 'end') {
+        const doc = JSON.parse(data) as JobDocument;
+        screen.bar(progressBar(doc.progress, doc.message ?? doc.status));
+        if (event === 'end') {
+          screen.done();
+          return doc;
+        }
+      } else if (event === 'progress') {
+        const { progress, message } = JSON.parse(data) as { progress: number; message: string | null };
+        screen.bar(progressBar(progress, message ?? 'running'));
+      } else if (event === 'log') {
+        const line = JSON.parse(data) as LogLine;
+        screen.print(`  ${String(line.seq).padStart(3)} ${LEVEL_COLOUR[line.level](line.level.padEnd(7))} ${line.message}`);
+      }
     }
-    await sleep(POLL_MS);
+    // The server closes the stream only after `end`; anything else is a dropped connection.
+    if (attempt === 5) throw new Error(`GET ${events} closed ${attempt} times before the job ended`);
+    screen.print(dim(`  (event stream closed early; resuming after event ${lastEventId ?? 'none'})`));
+    await sleep(RETRY_MS);
   }
 }
 
@@ -80,24 +167,12 @@ async function main(base: string): Promise<void> {
   console.log(`${green(`${ack.status} ${ack.statusText}`)}  Location: ${location}  Retry-After: ${ack.headers.get('retry-after')}`);
   console.log(dim(`job ${accepted.id} is ${accepted.status}; the export keeps running on the server`) + '\n');
 
-  console.log(bold(`Polling GET ${location} every ${POLL_MS} ms`));
-  const job = await follow(base, location);
+  console.log(bold(`Following GET ${accepted.links.events} (Server-Sent Events: status, progress, log, end)`));
+  const job = await follow(base, accepted.links.events, new Screen());
   if (job.status !== 'completed') {
     throw new Error(`job ended ${job.status}${job.error ? `: ${job.error.type}: ${job.error.message}` : ''}`);
   }
   console.log(`job ${green(job.status)}, ${job.warnings} warning(s), ${job.errors} error(s)\n`);
-
-  console.log(bold(`Log lines from GET ${job.links.details}`));
-  // The details are paginated; `next` is null on the last page.
-  for (let page: string | null = job.links.details; page; ) {
-    const { items, next }: LogPage = await getJson<LogPage>(base + page);
-    for (const item of items) {
-      const level = LEVEL_COLOUR[item.level](item.level.padEnd(7));
-      console.log(`  ${String(item.seq).padStart(3)} ${level} ${item.message}`);
-    }
-    page = next;
-  }
-  console.log('');
 
   console.log(bold(`Result from GET ${job.links.result}`));
   const result = await fetch(base + job.links.result);

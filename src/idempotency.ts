@@ -141,7 +141,10 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
       } catch {
         return unavailable(res);
       }
-      const vanished = !job || (isFinal(job.status) && (!job.response || (!ack && !body)));
+      // Gone, ended without a response, or ended with one that is not to be kept (storeResponse):
+      // its holder is about to free the key, so free it and claim again.
+      const vanished =
+        !job || (isFinal(job.status) && (!job.response || !guard.storeResponse(job.response.status) || (!ack && !body)));
       if (vanished) {
         await store.releaseIdempotencyKey(name, record.jobId).catch(() => false);
         continue;

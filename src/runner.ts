@@ -44,11 +44,6 @@ class ResultWriter extends Writable {
     this.#append(chunk, callback);
   }
 
-  override _final(callback: (error?: Error | null) => void): void {
-    if (this.live && !this.live.destroyed) this.live.end();
-    callback();
-  }
-
   #append(chunk: Buffer, callback: (error?: Error | null) => void): void {
     this.size += chunk.length;
     if (this.size > this.config.maxResultBytes) {
@@ -66,8 +61,21 @@ class ResultWriter extends Writable {
     ]).then(() => callback(), callback);
   }
 
+  /**
+   * The newest chunk is held back from the waiting client until the next one arrives, or until
+   * the job is recorded (`flushLive`): with a Content-Length, a client holds the whole body as
+   * soon as its last byte arrives, and could retry before the Idempotency-Key is completed.
+   */
+  #held: Buffer | null = null;
+
   /** Mirrors a chunk to a waiting client, honouring its backpressure; a client that left is ignored. */
   #toLive(chunk: Buffer): Promise<void> | undefined {
+    const previous = this.#held;
+    this.#held = this.live ? chunk : null;
+    return previous ? this.#write(previous) : undefined;
+  }
+
+  #write(chunk: Buffer): Promise<void> | undefined {
     const live = this.live;
     if (!live || live.destroyed || live.writableEnded || live.write(chunk)) return undefined;
     return new Promise((resolve) => {
@@ -79,6 +87,16 @@ class ResultWriter extends Writable {
       live.on('drain', settle);
       live.on('close', settle);
     });
+  }
+
+  /** Ends the waiting client's response with the chunk held back, once the job is recorded. */
+  flushLive(): void {
+    const live = this.live;
+    const held = this.#held;
+    this.#held = null;
+    if (!live || live.destroyed || live.writableEnded) return;
+    if (held) live.end(held);
+    else live.end();
   }
 }
 
@@ -149,6 +167,8 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
   const startedAt = Date.now();
   const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms));
   let timer: NodeJS.Timeout | undefined;
+  let writer: ResultWriter | undefined;
+  let liveStarted = false;
   const replay = replayer.replay(envelope, (req, res) => dispatch(req, res, ctx));
   let ended = false;
   let resolveDone!: () => void;
@@ -182,15 +202,19 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
         await new Promise((resolve) => setTimeout(resolve, delay));
       }
     }
-    // A waiting client that never got a head gets a problem instead of a hung request.
-    if (live && !live.headersSent && !live.destroyed) {
-      sendProblem(live, 'job-failed', error?.message ?? `the job ended ${status}`, { extra: { job: { id, status, error } } });
-    }
     try {
       await options.onEnd?.(recorded);
     } catch (err) {
       config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error).message}`);
     } finally {
+      // The waiting client sees the end only now, so an immediate retry finds the key already
+      // completed (or released), never a finished job behind a key still marked running.
+      if (live && !live.destroyed) {
+        if (response && writer) writer.flushLive();
+        // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
+        else if (liveStarted) live.destroy();
+        else sendProblem(live, 'job-failed', error?.message ?? `the job ended ${status}`, { extra: { job: { id, status, error } } });
+      }
       resolveDone();
     }
   };
@@ -218,8 +242,11 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
 
   replay.response
     .then(async (res) => {
-      const writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);
-      if (live) writeLiveHead(live, res);
+      writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);
+      if (live) {
+        writeLiveHead(live, res);
+        liveStarted = true;
+      }
       await capture(res, writer);
       const head = capturedHead(res, writer.size);
       const failed = head.status >= 500;

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { Request } from 'express';
-import { bgrs, MemoryStore } from '../src/index.js';
+import { bgrs, MemoryStore, type Store } from '../src/index.js';
+import { storeKinds } from './stores.js';
 import { newJob } from '../src/job.js';
 import { forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
 
@@ -11,14 +12,15 @@ type Problem = { type: string; status: number };
 const problemCode = (body: unknown): string => (body as Problem).type.split(':').pop()!;
 const user = (name: string): { headers: Record<string, string> } => ({ headers: { 'x-user': name } });
 
-forEachExpress((express) => {
+for (const kind of await storeKinds()) describe(kind.name, () => forEachExpress((express) => {
   let server: Running;
-  const store = new MemoryStore();
+  let store: Store;
   const seen = new Map<string, { aborted: boolean; reason?: { name: string; code?: string; message: string }; wroteAfterCancel?: boolean }>();
   const gates = new Map<string, () => void>();
   const gate = (name: string): Promise<void> => new Promise((resolve) => gates.set(name, resolve));
 
   before(async () => {
+    store = await kind.create();
     const background = bgrs({
       store,
       owner: (req: Request) => (req.headers['x-user'] as string | undefined) ?? null,
@@ -51,7 +53,10 @@ forEachExpress((express) => {
     }));
     server = await listen(app);
   });
-  after(() => server.close());
+  after(async () => {
+    await server.close();
+    await kind.destroy(store);
+  });
 
   describe('cancel and delete', () => {
     it('cancels a running job: the signal aborts with a readable reason, and it stays cancelled', async () => {
@@ -200,7 +205,7 @@ forEachExpress((express) => {
     assert.equal(doc.status, 'failed');
     assert.equal(doc.error?.type, 'interrupted');
   });
-});
+}));
 
 describe('queue limits', () => {
   it('queues beyond concurrency with a position, refuses beyond maxQueued with 429, and runs the queue in order', async () => {

@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Request } from 'express';
-import { bgrs, MemoryStore } from '../src/index.js';
+import { bgrs, MemoryStore, type Store } from '../src/index.js';
+import { storeKinds } from './stores.js';
 import { parseIdempotencyKey, recordKey } from '../src/idempotency-key.js';
 import { forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
 
@@ -25,9 +26,9 @@ describe('Idempotency-Key syntax', () => {
   });
 });
 
-forEachExpress((express) => {
+for (const kind of await storeKinds()) describe(kind.name, () => forEachExpress((express) => {
   let server: Running;
-  const store = new MemoryStore();
+  let store: Store;
   const runs = new Map<string, number>();
   let gate: Promise<void> = Promise.resolve();
   const count = (name: string): number => {
@@ -37,6 +38,7 @@ forEachExpress((express) => {
   };
 
   before(async () => {
+    store = await kind.create();
     const background = bgrs({ store, owner: (req: Request) => (req.headers['x-user'] as string | undefined) ?? null });
     const app = express();
     app.use(express.json());
@@ -77,7 +79,10 @@ forEachExpress((express) => {
     });
     server = await listen(app);
   });
-  after(() => server.close());
+  after(async () => {
+    await server.close();
+    await kind.destroy(store);
+  });
 
   const post = (path: string, key: string | null, body: unknown = {}, headers: Record<string, string> = {}): Promise<Response> =>
     fetch(server.url + path, {
@@ -279,7 +284,7 @@ forEachExpress((express) => {
     const everything = stored + Buffer.concat(chunks).toString();
     assert.equal(everything.includes('s3cr3t'), false);
   });
-});
+}));
 
 describe('a claim whose process died', () => {
   it('is taken over once its lease expires (in-process lease clock)', async () => {

@@ -1,6 +1,7 @@
 // Example app: ordinary Express 5 routes that any client can turn into background jobs with `?bgrs=yes`.
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import express from 'express';
 import type { Express, Request, Response } from 'express';
 import { bgrs } from '../../src/index.js';
@@ -32,6 +33,8 @@ export function curlExamples(base: string): string[] {
     `ID=$(curl -s '${base}/exports/orders.csv?bgrs=yes' | sed -E 's/.*"id":"([^"]+)".*/\\1/')`,
     '# Job document: status, progress, message, warnings',
     `curl "${base}/bgrs/$ID"`,
+    '# Live Server-Sent Events until the job ends: status, progress, log lines, then end (-N: print each as it comes)',
+    `curl -N "${base}/bgrs/$ID/events"`,
     '# Log lines, oldest first, 10 at a time',
     `curl "${base}/bgrs/$ID/details?after=0&limit=10"`,
     '# The CSV itself: 202 while the job runs (~3 s), then the captured response replayed',
@@ -42,6 +45,9 @@ export function curlExamples(base: string): string[] {
     `curl -i -X POST -H 'Content-Type: application/json' -d '{"item":"book","quantity":2}' '${base}/orders?bgrs=yes'`,
     '# A retry with the same Idempotency-Key replays the first answer (Idempotent-Replayed: true)',
     `curl -i -X POST -H 'Idempotency-Key: order-7f3a' -H 'Content-Type: application/json' -d '{"item":"book","quantity":2}' '${base}/orders'`,
+    '# Cancel a running job: start another export, then cancel it (a finished job answers 409 already-final)',
+    `ID=$(curl -s '${base}/exports/orders.csv?bgrs=yes' | sed -E 's/.*"id":"([^"]+)".*/\\1/')`,
+    `curl -X POST "${base}/bgrs/$ID/cancel"`,
     '# Without ?bgrs=yes every route answers as usual',
     `curl '${base}/exports/orders.csv?rows=5&delayMs=0'`,
   ];
@@ -52,6 +58,9 @@ const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', '
 
 export function createApp(): Express {
   const app = express();
+  // The progress page (static HTML + JS) goes before bgrs: a page is nothing to run in the background, so
+  // `?bgrs=yes` on it stays meaningless and its requests never pass through the detach check.
+  app.use('/progress', express.static(fileURLToPath(new URL('../progress/', import.meta.url))));
   app.use(express.json());
   // Everything registered after this line can be detached; the /bgrs/:id routes come with it.
   const background = bgrs();
@@ -67,6 +76,7 @@ export function createApp(): Express {
         '  GET  /exports/orders.csv?rows=200&delayMs=15   slow CSV export, streamed with res.write',
         '  GET  /reports/:year?delayMs=170                 slow JSON report, one step per month',
         '  POST /orders                                    JSON echo with a new id',
+        '  GET  /progress/?job=<id>                        page that follows a job live (Server-Sent Events)',
         '',
         'Try:',
         ...curlExamples(base).map((line) => `  ${line}`),

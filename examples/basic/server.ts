@@ -14,7 +14,7 @@ const server = app.listen(port, (error?: Error) => {
   console.log(`express-bgrs example listening on ${base}\n`);
   console.log('Try these (the export takes about 3 s; /result answers 202 until then):');
   for (const line of curlExamples(base)) console.log(line.startsWith('#') ? `\n${line}` : line);
-  console.log('');
+  console.log(`\nOr watch a job live in a browser: ${base}/progress/ (start the export there, or add ?job=<id>)\n`);
 });
 
 // Ctrl-C and `kill` both end the server cleanly, so the port is free for the next run at once.

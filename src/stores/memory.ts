@@ -63,6 +63,9 @@ export class MemoryStore implements Store {
   private readonly ttlCap: number | undefined;
   private readonly keys = new Map<string, IdempotencyRecord>();
   private claimsSincePurge = 0;
+  private finishesSincePurge = 0;
+  /** Drops expired jobs that nobody reads again; unref'd so it never keeps the process alive. */
+  private readonly sweeper = setInterval(() => this.finished.purgeStale(), 60_000).unref();
 
   constructor(options: MemoryStoreOptions = {}) {
     const max = options.max ?? 10_000;
@@ -171,6 +174,11 @@ export class MemoryStore implements Store {
     let ttl = Math.max(1, Date.parse(finish.expiresAt) - Date.now());
     if (this.ttlCap !== undefined) ttl = Math.min(ttl, this.ttlCap);
     this.finished.set(id, entry, { ttl });
+    // A busy server also sweeps every 256 finishes, so expired results never pile up between sweeps.
+    if (++this.finishesSincePurge >= 256) {
+      this.finishesSincePurge = 0;
+      this.finished.purgeStale();
+    }
     return copyJob(entry.job);
   }
 
@@ -258,6 +266,7 @@ export class MemoryStore implements Store {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.sweeper);
     this.active.clear();
     this.finished.clear();
     this.keys.clear();
