@@ -81,24 +81,9 @@ export interface JobFinish {
   error: JobError | null;
 }
 
-/** What clients see: the job without its owner and raw headers, plus links. */
-export interface JobDocument {
-  id: string;
-  name: string;
-  method: string;
-  url: string;
-  status: JobStatus;
-  progress: number;
-  message: string | null;
-  resultCount: number;
-  warnings: number;
-  errors: number;
-  createdAt: string;
-  startedAt: string | null;
-  finishedAt: string | null;
-  expiresAt: string | null;
-  response: { status: number; contentType: string | null; size: number } | null;
-  error: JobError | null;
+/** What clients see: the job without its owner, lease and raw headers, plus links. */
+export interface JobDocument extends Omit<Job, 'owner' | 'leaseUntil' | 'response'> {
+  response: Omit<JobResponse, 'headers'> | null;
   /** While queued: the 1-based place in the queue of the process that holds it, when that process answers. */
   position?: number;
   links: { self: string; details: string; result: string; events: string; cancel: string };

@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
 import { sleep, waitForJob, type JobDoc } from './helpers.js';
+import { dropPostgresTables, dropRedisPrefix } from './stores.js';
 
 const root = new URL('..', import.meta.url).pathname;
 const LEASE_MS = 1500;
@@ -98,18 +99,13 @@ async function cleanup(kind: string, namespace: string): Promise<void> {
   if (kind === 'redis') {
     const { Redis } = await import('ioredis');
     const client = new Redis(REDIS_URL);
-    let cursor = '0';
-    do {
-      const [nextCursor, keys] = await client.scan(cursor, 'MATCH', `${namespace}*`, 'COUNT', 1000);
-      cursor = nextCursor;
-      if (keys.length) await client.del(...keys);
-    } while (cursor !== '0');
+    await dropRedisPrefix(client, namespace);
     await client.quit();
   } else {
     const { default: pg } = await import('pg');
     const client = new pg.Client({ connectionString: POSTGRES_URL });
     await client.connect();
-    for (const suffix of ['logs', 'chunks', 'keys', 'jobs']) await client.query(`DROP TABLE IF EXISTS "${namespace}_${suffix}" CASCADE`);
+    await dropPostgresTables(client, namespace);
     await client.end();
   }
 }

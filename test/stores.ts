@@ -1,6 +1,7 @@
 // The store matrix for end-to-end tests: memory always, Redis and PostgreSQL when reachable (required under CI).
 import { randomUUID } from 'node:crypto';
 import { MemoryStore, type Store } from '../src/index.js';
+import type { Redis } from 'ioredis';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
 
 export interface StoreKind {
@@ -16,6 +17,21 @@ const memory: StoreKind = {
   create: async () => new MemoryStore(),
   destroy: async (store) => store.close?.(),
 };
+
+/** Deletes every key under a prefix (SCAN, not KEYS, so a shared server is not blocked). */
+export async function dropRedisPrefix(client: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length) await client.del(...keys);
+  } while (cursor !== '0');
+}
+
+/** Drops the tables a PostgresStore created under a table prefix. */
+export async function dropPostgresTables(db: { query(sql: string): Promise<unknown> }, table: string): Promise<void> {
+  for (const suffix of ['logs', 'chunks', 'keys', 'jobs']) await db.query(`DROP TABLE IF EXISTS "${table}_${suffix}" CASCADE`);
+}
 
 async function redisKind(): Promise<StoreKind> {
   const { Redis } = await import('ioredis');
@@ -33,12 +49,7 @@ async function redisKind(): Promise<StoreKind> {
     async destroy(store) {
       const { client, prefix } = opened.get(store)!;
       await store.close?.();
-      let cursor = '0';
-      do {
-        const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-        cursor = next;
-        if (keys.length) await client.del(...keys);
-      } while (cursor !== '0');
+      await dropRedisPrefix(client, prefix);
       await client.quit();
     },
   };
@@ -60,7 +71,7 @@ async function postgresKind(): Promise<StoreKind> {
     async destroy(store) {
       const { pool, table } = opened.get(store)!;
       await store.close?.();
-      for (const suffix of ['logs', 'chunks', 'keys', 'jobs']) await pool.query(`DROP TABLE IF EXISTS "${table}_${suffix}" CASCADE`);
+      await dropPostgresTables(pool, table);
       await pool.end();
     },
   };
