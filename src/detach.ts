@@ -282,6 +282,7 @@ export async function launch(
     await config.store.createJob(job);
   } catch (err) {
     config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
+    forgetRefused(config, id);
     sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
     return false;
   }
@@ -292,6 +293,24 @@ export async function launch(
   else scheduler.run(id, prepared.owner, start);
   if (ack) await answer(rt, res, job, ack);
   return true;
+}
+
+/**
+ * A create that timed out may still land later (a command queued while disconnected and sent on
+ * reconnect, a slow link). The client was told 503 and will retry, so that job must not linger:
+ * delete it, retrying every second for one lease (a delete can overtake a create resent late).
+ */
+function forgetRefused(config: Configuration, id: string): void {
+  const giveUpAt = Date.now() + config.lease;
+  const again = (): void => {
+    if (Date.now() < giveUpAt) setTimeout(attempt, 1000).unref();
+  };
+  function attempt(): void {
+    config.store.deleteJob(id).then((existed) => {
+      if (!existed) again();
+    }, again);
+  }
+  attempt();
 }
 
 /** The client's answer for a new job: the 202, or the real response when it came within `wait`. */

@@ -195,11 +195,12 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
         });
         break;
       } catch (err) {
-        if (Date.now() + delay > giveUpAt) {
+        const left = giveUpAt - Date.now();
+        if (left <= 0) {
           config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
           break;
         }
-        await new Promise((resolve) => setTimeout(resolve, delay));
+        await new Promise((resolve) => setTimeout(resolve, Math.min(delay, left)));
       }
     }
     try {
