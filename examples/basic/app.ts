@@ -65,6 +65,8 @@ export function createApp(): Express {
   // Everything registered after this line can be detached; the /bgrs/:id routes come with it.
   const background = bgrs();
   app.use(background);
+  // server.ts closes it on SIGTERM: running jobs get time to finish, and none is left `running`.
+  app.locals.background = background;
 
   app.get('/', (req, res) => {
     const base = `${req.protocol}://${req.get('host') ?? 'localhost'}`;

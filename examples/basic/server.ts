@@ -1,4 +1,5 @@
 // Runs the example app (`npm start`) and prints curl commands to try background requests by hand.
+import type { BgrsMiddleware } from '../../src/index.js';
 import { createApp, curlExamples } from './app.js';
 
 const port = Number(process.env.PORT || 3000);
@@ -17,9 +18,13 @@ const server = app.listen(port, (error?: Error) => {
   console.log(`\nOr watch a job live in a browser: ${base}/progress/ (start the export there, or add ?job=<id>)\n`);
 });
 
-// Ctrl-C and `kill` both end the server cleanly, so the port is free for the next run at once.
+// Ctrl-C and `kill` shut down gracefully: new background requests get 503 at once, running jobs
+// get 10 s to finish (status routes keep answering meanwhile), the rest are recorded failed:
+// shutdown; then the server closes, so the port is free for the next run.
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
+  process.once(signal, async () => {
+    console.log(`\n${signal}: finishing background jobs (up to 10 s)…`);
+    await (app.locals.background as BgrsMiddleware).close({ grace: 10_000 });
     server.closeAllConnections();
     server.close(() => process.exit(0));
   });
