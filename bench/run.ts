@@ -13,11 +13,25 @@
 //   BENCH_SLICE        seconds per alternating slice (default 1)
 //   BENCH_CONNECTIONS  concurrent connections (default 50)
 //   BENCH_EXPRESS      Express majors to run, comma-separated (default "5,4")
-//   BENCH_ONLY         scenario groups to run, comma-separated: "core" (bgrs vs plain Express) and/or
-//                      "idempotency" (the guard vs express-idempotency) (default both)
+//   BENCH_ONLY         scenario groups to run, comma-separated: "core" (bgrs vs plain Express),
+//                      "idempotency" (the guard vs express-idempotency), "stores-rate" (detached
+//                      submissions on RedisStore / PostgresStore vs BullMQ), "stores-rss" (peak RSS while
+//                      a 1 GiB result is captured into each store), "stores" (both store groups)
+//                      (default: core, idempotency, stores-rate; see DEFAULT_GROUPS)
 //   BENCH_REPLAY_KEYS  how many keys the replay scenario cycles through (default 100)
 //   BENCH_PIN          "0" to not pin the load generator and the server to separate cores (default on, Linux with taskset)
 //   BENCH_DEBUG        set to print every slice's rate and drain
+//   BENCH_CPU_PROF     a directory: servers run with --cpu-prof and write their profiles there on exit
+//   BENCH_RSS_MIB      size of the streamed result in the stores-rss group, in MiB (default 1024)
+//   BENCH_REDIS, BENCH_POSTGRES  where the store groups connect (default 127.0.0.1:6379, postgres@127.0.0.1:5432/test)
+//
+// The store groups run on the first major of BENCH_EXPRESS only: what they compare is the store's
+// cost per job, which does not depend on the Express major, and running them once keeps the
+// default run under about four minutes. Their keys (`bgrs-bench-*`) and tables (`bgrs_bench_*`) are
+// deleted after each server and leftovers of interrupted runs at the start, so nothing big stays behind.
+//
+// RESULTS.md is made of one section per group family; a run that leaves a family out keeps that
+// family's previous section (with its own date), so BENCH_ONLY runs do not erase the other rows.
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -50,18 +64,26 @@ const MAJORS = (process.env.BENCH_EXPRESS ?? '5,4')
   .map((major) => major.trim())
   .filter((major): major is '5' | '4' => major === '5' || major === '4');
 if (MAJORS.length === 0) throw new Error('BENCH_EXPRESS must list 5 and/or 4');
-const GROUPS = ['core', 'idempotency'] as const;
+const GROUPS = ['core', 'idempotency', 'stores-rate', 'stores-rss'] as const;
 type Group = (typeof GROUPS)[number];
-const ONLY = (process.env.BENCH_ONLY ?? GROUPS.join(','))
-  .split(',')
+// stores-rss is left out by default: capturing 1 GiB into PostgreSQL alone takes about a minute
+// (WAL and TOAST for 16,384 chunk rows), which would push the default run past four minutes.
+const DEFAULT_GROUPS: Group[] = ['core', 'idempotency', 'stores-rate'];
+const ALIASES: Record<string, Group[]> = { stores: ['stores-rate', 'stores-rss'] };
+const ONLY = (process.env.BENCH_ONLY ? process.env.BENCH_ONLY.split(',') : DEFAULT_GROUPS)
   .map((group) => group.trim())
-  .filter((group) => group !== '');
+  .filter((group) => group !== '')
+  .flatMap((group) => ALIASES[group] ?? [group]);
 for (const group of ONLY) {
-  if (!(GROUPS as readonly string[]).includes(group)) throw new Error(`BENCH_ONLY: unknown group "${group}" (known: ${GROUPS.join(', ')})`);
+  if (!(GROUPS as readonly string[]).includes(group)) throw new Error(`BENCH_ONLY: unknown group "${group}" (known: ${GROUPS.join(', ')}, stores)`);
 }
 const runs = (group: Group): boolean => ONLY.includes(group);
-if (ONLY.length === 0) throw new Error(`BENCH_ONLY must list ${GROUPS.join(' and/or ')}`);
+if (ONLY.length === 0) throw new Error(`BENCH_ONLY must list some of ${GROUPS.join(', ')}`);
 const REPLAY_KEYS = Math.round(positive('BENCH_REPLAY_KEYS', 100));
+const RSS_MIB = Math.round(positive('BENCH_RSS_MIB', 1024));
+const CPU_PROF = process.env.BENCH_CPU_PROF;
+const REDIS_URL = process.env.BENCH_REDIS ?? 'redis://127.0.0.1:6379';
+const POSTGRES_URL = process.env.BENCH_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/test';
 
 // With two cores, the load generator (this process) and the server each get one, so the scheduler
 // does not shuffle them (and the server's GC threads) around between slices.
@@ -69,7 +91,7 @@ const TASKSET = '/usr/bin/taskset';
 const PIN = process.env.BENCH_PIN !== '0' && os.platform() === 'linux' && os.cpus().length >= 2 && existsSync(TASKSET);
 if (PIN) execFileSync(TASKSET, ['-a', '-cp', '0', String(process.pid)], { stdio: 'ignore' });
 
-type Mode = 'plain' | 'bgrs' | 'idem-bgrs' | 'idem-lib';
+type Mode = 'plain' | 'bgrs' | 'idem-bgrs' | 'idem-lib' | 'bgrs-redis' | 'bgrs-postgres' | 'bullmq-worker' | 'bullmq-add';
 type Major = '5' | '4';
 
 interface Ready {
@@ -80,6 +102,9 @@ interface Ready {
 interface Server {
   child: ChildProcess;
   ready: Ready;
+  mode: Mode;
+  /** Names the server's Redis keys and PostgreSQL tables, for the clean-up after it stops. */
+  ns: string;
   /** Idempotency servers: how often the handler had run at the last check (GET /stats). */
   executions: number;
 }
@@ -102,6 +127,8 @@ interface Side {
   path: (ready: Ready) => string;
   status: number;
   keyed?: Keyed;
+  /** Each answer starts a background job: after every slice, check that they all completed (GET /stats). */
+  jobs?: boolean;
 }
 
 interface Measurement {
@@ -124,18 +151,22 @@ interface Comparison {
   name: string;
   subject: Measurement;
   baseline: Measurement;
-  goal: number;
+  /** null: reported without a goal. */
+  goal: number | null;
   /** Whether background work outlives the request, making the drain-inclusive ratio meaningful. */
   background: boolean;
 }
 
 /** Starts one server process and waits for its ready line. */
 function startServer(mode: Mode, major: Major): Promise<Server> {
-  const node = [process.execPath, '--import', 'tsx', here('./server.ts'), mode, major];
+  const profile = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`, `--cpu-prof-name=${mode}-${major}-${Date.now()}.cpuprofile`] : [];
+  const node = [process.execPath, ...profile, '--import', 'tsx', here('./server.ts'), mode, major];
   const [command, ...args] = PIN ? [TASKSET, '-c', '1', ...node] : node;
+  // Lower case, digits only: valid in a Redis key and in an unquoted PostgreSQL table name.
+  const ns = randomUUID().replaceAll('-', '').slice(0, 10);
   const child = spawn(command!, args, {
     // Production mode, as an application would be deployed.
-    env: { ...process.env, NODE_ENV: 'production' },
+    env: { ...process.env, NODE_ENV: 'production', BENCH_NS: ns, BENCH_REDIS: REDIS_URL, BENCH_POSTGRES: POSTGRES_URL },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {
@@ -149,7 +180,7 @@ function startServer(mode: Mode, major: Major): Promise<Server> {
     });
     createInterface({ input: child.stdout! }).once('line', (line) => {
       clearTimeout(timer);
-      resolve({ child, ready: JSON.parse(line) as Ready, executions: 0 });
+      resolve({ child, ready: JSON.parse(line) as Ready, mode, ns, executions: 0 });
     });
   });
 }
@@ -245,10 +276,21 @@ async function load(url: string, seconds: number, keyed: Keyed | undefined): Pro
   return { result, wrongReplayHeader };
 }
 
+interface Stats {
+  executions: number;
+  completed: number;
+  failed: number;
+}
+
+/** The server's counters: idempotent handler runs, background jobs completed and failed. */
+async function stats(server: Server): Promise<Stats> {
+  const response = await fetch(`http://127.0.0.1:${server.ready.port}/stats`);
+  return (await response.json()) as Stats;
+}
+
 /** How often the idempotency server's handler has run so far. */
 async function executions(server: Server): Promise<number> {
-  const response = await fetch(`http://127.0.0.1:${server.ready.port}/stats`);
-  return ((await response.json()) as { executions: number }).executions;
+  return (await stats(server)).executions;
 }
 
 /** One keyed POST /orders, outside the load; returns the status, whether it said it was replayed, and the body. */
@@ -299,6 +341,8 @@ class Tally {
   p50: number[] = [];
   p99 = 0;
   statuses = new Map<string, number>();
+  /** Job-starting sides: accepted jobs that had not completed once the server went quiet. */
+  lost = 0;
 
   add(result: autocannon.Result, drainMs: number): void {
     this.total += result.requests.total;
@@ -328,7 +372,7 @@ class Tally {
       latencyP50: p50s[Math.floor(p50s.length / 2)] ?? 0,
       latencyP99: this.p99,
       bodyBytes,
-      status: [...this.statuses].map(([code, count]) => `${code}×${count}`).join(' '),
+      status: [...this.statuses].map(([code, count]) => `${code}×${count}`).join(' ') + (this.lost > 0 ? `; ${this.lost} jobs never completed` : ''),
     };
   }
 }
@@ -336,6 +380,7 @@ class Tally {
 /** Loads one server for one slice, checks every answer had the expected status, waits for it to go idle. */
 async function slice(server: Server, side: Side, seconds: number, tally: Tally | null): Promise<void> {
   const url = `http://127.0.0.1:${server.ready.port}${side.path(server.ready)}`;
+  const before = side.jobs ? await stats(server) : null;
   const { result, wrongReplayHeader } = await load(url, seconds, side.keyed);
   const end = performance.now();
   const codes = Object.keys(result.statusCodeStats ?? {});
@@ -348,7 +393,36 @@ async function slice(server: Server, side: Side, seconds: number, tally: Tally |
   }
   const drain = await quiesce(server.child, end);
   if (side.keyed) await checkExecutions(server, side, result);
+  if (before) await checkJobs(server, side, result, before, tally);
   tally?.add(result, drain);
+}
+
+/**
+ * Every 202 of a job-starting side must become a completed job: the jobs of the answered requests,
+ * plus at most one per connection cut off at the slice's end and the probe job. A failed job, or more
+ * completions than that, fails the run. Fewer completions are counted as lost (status stuck at
+ * running: see the stores-rate notes in RESULTS.md) and reported; BENCH_STRICT_JOBS=1 fails on them
+ * too. A quiet CPU can come a moment before the last completion is counted, so this waits until
+ * the count stops moving for a second.
+ */
+async function checkJobs(server: Server, side: Side, result: autocannon.Result, before: Stats, tally: Tally | null): Promise<void> {
+  const answered = result.requests.total;
+  let now = await stats(server);
+  let moved = performance.now();
+  while (now.completed - before.completed < answered && performance.now() - moved < 1_000) {
+    await sleep(50);
+    const next = await stats(server);
+    if (next.completed !== now.completed) moved = performance.now();
+    now = next;
+  }
+  const completed = now.completed - before.completed;
+  const failed = now.failed - before.failed;
+  if (failed > 0 || completed > answered + CONNECTIONS + 1) {
+    throw new Error(`bench: ${side.label}: ${answered} answers, but ${completed} jobs completed and ${failed} failed`);
+  }
+  const lost = Math.max(0, answered - completed);
+  if (lost > 0 && process.env.BENCH_STRICT_JOBS === '1') throw new Error(`bench: ${side.label}: ${lost} of ${answered} accepted jobs never completed`);
+  if (tally) tally.lost += lost;
 }
 
 /**
@@ -399,6 +473,7 @@ async function compare(major: Major, baselineSide: Side, subjectSide: Side): Pro
     return [baseline, subject];
   } finally {
     await Promise.all(servers.map((server) => stopServer(server.child)));
+    for (const server of servers) await cleanup(server);
   }
 }
 
@@ -412,6 +487,7 @@ function version(pkg: string): string {
 
 async function runMajor(major: Major): Promise<Comparison[]> {
   const express = `Express ${version(major === '4' ? 'express4' : 'express')}`;
+  if (!runs('core') && !runs('idempotency')) return [];
   console.log(`\n${express}`);
   const side = (label: string, mode: Mode, path: Side['path'], status = 200): Side => ({ label: `${express} ${label}`, mode, path, status });
   const comparisons: Comparison[] = [];
@@ -459,6 +535,243 @@ async function runIdempotency(major: Major, express: string, side: SideFactory):
   ];
 }
 
+// ---- Stores ---------------------------------------------------------------------------------
+
+type RedisClient = import('ioredis').Redis;
+type PgPool = import('pg').Pool;
+let redisClient: RedisClient | undefined;
+let pgPool: PgPool | undefined;
+
+/** The runner's own connections, for clean-up only; opened on first use so other groups need no services. */
+async function redis(): Promise<RedisClient> {
+  if (!redisClient) {
+    const { Redis } = await import('ioredis');
+    redisClient = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
+    await redisClient.connect();
+  }
+  return redisClient;
+}
+
+async function postgres(): Promise<PgPool> {
+  if (!pgPool) {
+    const { default: pg } = await import('pg');
+    pgPool = new pg.Pool({ connectionString: POSTGRES_URL, max: 1 });
+  }
+  return pgPool;
+}
+
+/** Deletes every Redis key under `pattern` (SCAN + UNLINK, so Redis frees big values off its main thread); resolves how many. */
+async function deleteKeys(pattern: string): Promise<number> {
+  const client = await redis();
+  let cursor = '0';
+  let deleted = 0;
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    cursor = next;
+    if (keys.length > 0) deleted += await client.unlink(...keys);
+  } while (cursor !== '0');
+  return deleted;
+}
+
+/** Drops every table whose name starts with `prefix` (a plain identifier with no LIKE wildcards but `_`, escaped here). */
+async function dropTables(prefix: string): Promise<number> {
+  const pool = await postgres();
+  const { rows } = await pool.query<{ tablename: string }>(`SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename LIKE $1`, [
+    `${prefix.replaceAll('_', '\\_')}%`,
+  ]);
+  if (rows.length > 0) await pool.query(`DROP TABLE IF EXISTS ${rows.map((row) => `"${row.tablename}"`).join(', ')} CASCADE`);
+  return rows.length;
+}
+
+/** Removes what a store server left in Redis / PostgreSQL (its jobs, and for the RSS group 1 GiB of result). */
+async function cleanup(server: Server): Promise<void> {
+  if (server.mode === 'bgrs-redis' || server.mode.startsWith('bullmq')) await deleteKeys(`bgrs-bench-${server.ns}*`);
+  if (server.mode === 'bgrs-postgres') await dropTables(`bgrs_bench_${server.ns}_`);
+}
+
+/** Leftovers of interrupted runs (a killed runner cannot clean up): every bench key and table, whatever its run. */
+async function cleanupAll(): Promise<void> {
+  const keys = await deleteKeys('bgrs-bench-*');
+  const tables = await dropTables('bgrs_bench_');
+  if (keys + tables > 0) console.log(`  (removed ${keys} Redis keys and ${tables} tables left by an earlier run)`);
+}
+
+async function redisVersion(): Promise<string> {
+  return /redis_version:(\S+)/.exec(await (await redis()).info('server'))?.[1] ?? 'unknown';
+}
+
+async function postgresVersion(): Promise<string> {
+  const { rows } = await (await postgres()).query<{ server_version: string }>('SHOW server_version');
+  return rows[0]?.server_version ?? 'unknown';
+}
+
+async function closeServices(): Promise<void> {
+  await redisClient?.quit();
+  await pgPool?.end();
+}
+
+/** Detached submissions on RedisStore and PostgresStore against an Express route on BullMQ. */
+async function runStoresRate(major: Major): Promise<Comparison[]> {
+  const express = `Express ${version(major === '4' ? 'express4' : 'express')}`;
+  const bull = `BullMQ ${version('bullmq')}`;
+  console.log(`\nStores: detached submissions (${express}, ioredis ${version('ioredis')}, pg ${version('pg')}, ${bull})`);
+  await cleanupAll();
+  const submit = (): string => '/hello?bgrs=yes';
+  const side = (label: string, mode: Mode, jobs: boolean): Side => ({ label, mode, path: submit, status: 202, jobs });
+  const redisSide = side('bgrs RedisStore GET /hello?bgrs=yes', 'bgrs-redis', true);
+  const postgresSide = side('bgrs PostgresStore GET /hello?bgrs=yes', 'bgrs-postgres', true);
+  const worker = side(`${bull} queue.add() + 202, Worker in-process`, 'bullmq-worker', true);
+  const addOnly = side(`${bull} queue.add() + 202, no Worker`, 'bullmq-add', false);
+
+  const [a1, b1] = await compare(major, worker, redisSide);
+  const [a2, b2] = await compare(major, addOnly, redisSide);
+  const [a3, b3] = await compare(major, worker, postgresSide);
+  return [
+    { name: `RedisStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker (concurrency 64) in the same process`, baseline: a1, subject: b1, goal: 1.0, background: true },
+    { name: `RedisStore submission vs ${bull} queue.add() + 202 with no Worker (enqueue only; the job never runs)`, baseline: a2, subject: b2, goal: null, background: true },
+    { name: `PostgresStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker in the same process`, baseline: a3, subject: b3, goal: null, background: true },
+  ];
+}
+
+interface RssRun {
+  label: string;
+  baseline: number;
+  peak: number;
+  /** The kernel's high-water mark over the capture (VmHWM after a reset), when it could be reset. */
+  hwm: number | null;
+  samples: number;
+  seconds: number;
+  size: number;
+}
+
+/** A field of /proc/<pid>/status in bytes (the kernel reports kB). */
+function procStatus(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!match) throw new Error(`bench: no ${field} in /proc/${pid}/status`);
+  return Number(match[1]) * 1024;
+}
+
+interface JobDocument {
+  status: string;
+  response: { status: number; size: number } | null;
+  error: unknown;
+}
+
+/** Detaches GET /big?bgrs=yes&mib=…, resolves the job's location. */
+async function detachBig(origin: string, mib: number): Promise<string> {
+  const ack = await fetch(`${origin}/big?bgrs=yes&mib=${mib}`);
+  await ack.arrayBuffer();
+  const location = ack.headers.get('location');
+  if (ack.status !== 202 || !location) throw new Error(`bench: GET /big?bgrs=yes answered ${ack.status}, expected 202 with a Location`);
+  return location;
+}
+
+/** Polls the job until it is final (at most `seconds`), resolves its document. */
+async function finalJob(origin: string, location: string, seconds: number): Promise<JobDocument> {
+  const deadline = performance.now() + seconds * 1000;
+  for (;;) {
+    const response = await fetch(`${origin}${location}`);
+    const job = (await response.json()) as JobDocument;
+    if (response.status !== 200 && response.status !== 202) throw new Error(`bench: GET ${location} answered ${response.status}`);
+    if (!['queued', 'running'].includes(job.status)) return job;
+    if (performance.now() > deadline) throw new Error(`bench: the job at ${location} was still ${job.status} after ${seconds} s`);
+    await sleep(250);
+  }
+}
+
+async function deleteJob(origin: string, location: string): Promise<void> {
+  const response = await fetch(`${origin}${location}`, { method: 'DELETE' });
+  await response.arrayBuffer();
+  if (response.status !== 204) throw new Error(`bench: DELETE ${location} answered ${response.status}, expected 204`);
+}
+
+/**
+ * One store: a fresh server, a small detached job first (so code paths are loaded and connections
+ * open), then RSS sampled every 100 ms from /proc while one detached RSS_MIB body is captured, from
+ * before the request until the job is final. The server's VmHWM is reset (clear_refs 5) just before,
+ * so the kernel's own peak catches spikes between samples.
+ */
+async function runRss(mode: 'bgrs-redis' | 'bgrs-postgres', label: string, major: Major): Promise<RssRun> {
+  const server = await startServer(mode, major);
+  const pid = server.child.pid!;
+  const origin = `http://127.0.0.1:${server.ready.port}`;
+  try {
+    const warm = await detachBig(origin, 16);
+    const warmJob = await finalJob(origin, warm, 60);
+    if (warmJob.status !== 'completed') throw new Error(`bench: ${label}: the 16 MiB warm-up job ended ${warmJob.status}`);
+    await deleteJob(origin, warm);
+    // A second of samples: the baseline is their median, so one GC blip does not set it.
+    const idle: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      idle.push(procStatus(pid, 'VmRSS'));
+      await sleep(100);
+    }
+    const baseline = idle.sort((a, b) => a - b)[5]!;
+    let hwmReset = true;
+    try {
+      writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    } catch {
+      hwmReset = false;
+    }
+    let peak = procStatus(pid, 'VmRSS');
+    let samples = 1;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, procStatus(pid, 'VmRSS'));
+      samples += 1;
+    }, 100);
+    const start = performance.now();
+    let job: JobDocument;
+    let location: string;
+    try {
+      location = await detachBig(origin, RSS_MIB);
+      // Bounded: about 20 s per GiB would already be very slow for either store on loopback.
+      job = await finalJob(origin, location, Math.max(120, (RSS_MIB / 1024) * 600));
+    } finally {
+      clearInterval(sampler);
+    }
+    const seconds = (performance.now() - start) / 1000;
+    peak = Math.max(peak, procStatus(pid, 'VmRSS'));
+    const hwm = hwmReset ? procStatus(pid, 'VmHWM') : null;
+    const expected = RSS_MIB * 2 ** 20;
+    if (job.status !== 'completed' || job.response?.status !== 200 || job.response.size !== expected) {
+      throw new Error(`bench: ${label}: the job ended ${job.status} with response ${JSON.stringify(job.response)} (expected 200, size ${expected}); error ${JSON.stringify(job.error)}`);
+    }
+    await deleteJob(origin, location);
+    const run = { label, baseline, peak, hwm, samples, seconds, size: job.response.size };
+    console.log(
+      `  ${label.padEnd(44)} baseline ${mib(baseline)} MiB  peak ${mib(peak)} MiB  growth ${mib(peak - baseline)} MiB  VmHWM ${hwm === null ? '—' : mib(hwm)} MiB  ${seconds.toFixed(1)} s  (size ${job.response.size})`,
+    );
+    return run;
+  } finally {
+    await stopServer(server.child);
+    await cleanup(server);
+  }
+}
+
+function mib(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(1);
+}
+
+async function runStoresRss(major: Major): Promise<RssRun[]> {
+  console.log(`\nStores: peak RSS while a ${RSS_MIB} MiB streamed result is captured`);
+  await cleanupAll();
+  return [await runRss('bgrs-redis', 'RedisStore', major), await runRss('bgrs-postgres', 'PostgresStore', major)];
+}
+
+/** Growth goal of the RSS group: the capture must stay in constant memory, whatever the body size. */
+const RSS_GOAL = 64 * 2 ** 20;
+
+function rssTable(rows: RssRun[]): string {
+  return [
+    '| Store | body stored (GET /bgrs/:id response.size) | baseline RSS MiB | peak RSS MiB (100 ms samples) | growth MiB | peak VmHWM MiB | Goal | Result | capture s | MiB/s |',
+    '|---|---:|---:|---:|---:|---:|---:|---|---:|---:|',
+    ...rows.map((r) => {
+      const growth = Math.max(r.peak, r.hwm ?? 0) - r.baseline;
+      return `| ${r.label} | ${r.size.toLocaleString('en-US')} | ${mib(r.baseline)} | ${mib(r.peak)} | ${mib(r.peak - r.baseline)} | ${r.hwm === null ? '—' : mib(r.hwm)} | < 64 | ${growth < RSS_GOAL ? 'PASS' : 'MISS'} | ${r.seconds.toFixed(1)} | ${fmt(r.size / 2 ** 20 / r.seconds)} |`;
+    }),
+  ].join('\n');
+}
+
 /** Throughput counting the time the server kept working after the load stopped (the job backlog). */
 function sustained(m: Measurement): number {
   return m.total / (m.seconds + m.drainMs / 1000);
@@ -469,7 +782,9 @@ function table(comparisons: Comparison[]): string {
     const ratio = c.subject.mean / c.baseline.mean;
     // Elsewhere the drain is only the 50 ms detection granularity (GC, socket teardown): noise.
     const withDrain = c.background ? (sustained(c.subject) / sustained(c.baseline)).toFixed(3) : '—';
-    return `| ${c.name} | ${fmt(c.subject.mean)} | ${fmt(c.baseline.mean)} | ${ratio.toFixed(3)} | ≥ ${Number.isInteger(c.goal) ? c.goal.toFixed(1) : c.goal} | ${ratio >= c.goal ? 'PASS' : 'MISS'} | ${withDrain} |`;
+    const goal = c.goal === null ? '—' : `≥ ${Number.isInteger(c.goal) ? c.goal.toFixed(1) : c.goal}`;
+    const verdict = c.goal === null ? '—' : ratio >= c.goal ? 'PASS' : 'MISS';
+    return `| ${c.name} | ${fmt(c.subject.mean)} | ${fmt(c.baseline.mean)} | ${ratio.toFixed(3)} | ${goal} | ${verdict} | ${withDrain} |`;
   });
   return [
     '| Scenario | req/s subject | req/s baseline | Ratio | Goal | Result | Ratio incl. drain |',
@@ -493,32 +808,42 @@ function details(measurements: Measurement[]): string {
 const started = new Date();
 const comparisons: Comparison[] = [];
 for (const major of MAJORS) comparisons.push(...(await runMajor(major)));
+// The store groups run once, on the first major (see the header).
+const storeComparisons = runs('stores-rate') ? await runStoresRate(MAJORS[0]!) : [];
+const rssRuns = runs('stores-rss') ? await runStoresRss(MAJORS[0]!) : [];
 
-const machine = [
-  `- Date: ${started.toISOString()}`,
-  `- CPU: ${os.cpus()[0]?.model.trim() ?? 'unknown'}, ${os.cpus().length} cores (${os.platform()} ${os.release()})`,
-  `- Node: ${process.version}`,
-  `- Express: ${MAJORS.map((major) => version(major === '4' ? 'express4' : 'express')).join(', ')}`,
-  `- Scenarios: ${ONLY.join(', ')}${process.env.BENCH_ONLY ? ' (BENCH_ONLY)' : ''}`,
-  `- Load: autocannon ${version('autocannon')}, ${CONNECTIONS} connections, pipelining 1, 127.0.0.1`,
-  `- Duration: ${WARMUP} s warm-up per server, then ${ROUNDS} alternating slices of ${SLICE} s per side (${ROUNDS * SLICE} s measured per side)`,
-  `- Pinning: ${PIN ? 'load generator on CPU 0, server on CPU 1 (taskset)' : 'none'}`,
-].join('\n');
+/** The set-up lines of one section; each section carries its own, since a later run may keep it. */
+function machine(groups: Group[], majors: Major[], load: boolean): string {
+  return [
+    `- Date: ${started.toISOString()}`,
+    `- CPU: ${os.cpus()[0]?.model.trim() ?? 'unknown'}, ${os.cpus().length} cores (${os.platform()} ${os.release()})`,
+    `- Node: ${process.version}`,
+    `- Express: ${majors.map((major) => version(major === '4' ? 'express4' : 'express')).join(', ')}`,
+    `- Scenarios: ${groups.join(', ')}${process.env.BENCH_ONLY ? ' (BENCH_ONLY)' : ''}`,
+    ...(load
+      ? [
+          `- Load: autocannon ${version('autocannon')}, ${CONNECTIONS} connections, pipelining 1, 127.0.0.1`,
+          `- Duration: ${WARMUP} s warm-up per server, then ${ROUNDS} alternating slices of ${SLICE} s per side (${ROUNDS * SLICE} s measured per side)`,
+        ]
+      : []),
+    `- Pinning: ${PIN ? 'load generator on CPU 0, server on CPU 1 (taskset)' : 'none'}`,
+  ].join('\n');
+}
 
+const coreGroups = ONLY.filter((group): group is Group => group === 'core' || group === 'idempotency');
 const summary = table(comparisons);
-console.log(`\n${summary}\n`);
+if (comparisons.length > 0) console.log(`\n${summary}\n`);
+const storeSummary = table(storeComparisons);
+if (storeComparisons.length > 0) console.log(`\n${storeSummary}\n`);
+if (rssRuns.length > 0) console.log(`\n${rssTable(rssRuns)}\n`);
 
-const report = `# express-bgrs benchmark results
+const sections: Record<string, string | null> = {
+  core:
+    coreGroups.length === 0
+      ? null
+      : `## Ratios
 
-Written by \`npm run bench\` (bench/run.ts); do not edit by hand. Every comparison runs its baseline
-and its subject in two fresh server processes (bench/server.ts, \`NODE_ENV=production\`) and loads
-them in alternating slices, one at a time, waiting after each slice until the server is idle. The
-load generator runs on the same machine, so absolute numbers understate the server; the ratios are
-what the goals are about.
-
-${machine}
-
-## Ratios
+${machine(coreGroups, MAJORS, true)}
 
 ${summary}
 
@@ -544,9 +869,96 @@ ${summary}
   so with first-time keys its rate falls as keys pile up during the run (its stddev shows it); that
   ratio therefore grows with \`BENCH_DURATION\`. Ours keeps keys in a \`Map\`.
 
-## Runs
+### Runs
 
-${details(comparisons.flatMap((c) => [c.baseline, c.subject]))}
+${details(comparisons.flatMap((c) => [c.baseline, c.subject]))}`,
+  'stores-rate':
+    storeComparisons.length === 0
+      ? null
+      : `## Stores: detached submissions vs BullMQ
+
+${machine(['stores-rate'], [MAJORS[0]!], true)}
+- Services: Redis ${await redisVersion()}, PostgreSQL ${await postgresVersion()}, both on 127.0.0.1 (same machine, unpinned)
+
+${storeSummary}
+
+- Subject: \`bgrs({ store, maxQueued: Infinity, validations: false })\` with \`new RedisStore({ client:
+  new Redis(), prefix: 'bgrs-bench-<random>:' })\` or \`new PostgresStore({ pool: new pg.Pool(),
+  table: 'bgrs_bench_<random>' })\` (default pool of 10, migrated before the start), the same
+  \`GET /hello?bgrs=yes\` as the core rows: a 202 with the job document, then the job runs in the same
+  process (the route answers \`hello\`) and its status and result go to the store.
+- Baseline (goal row): an Express route doing \`await queue.add('job', { method, url })\` and answering
+  202 with \`{ id, status, links }\` and a Location, with a BullMQ \`Worker\` in the same process,
+  concurrency 64 (bgrs's default), whose processor returns \`'hello'\`. That is the like-for-like
+  comparison: both sides take the job, run it in this process and keep its outcome in Redis (BullMQ
+  keeps completed jobs by default, bgrs keeps finished jobs for its \`ttl\`). Measuring queue.add()
+  without a Worker compares bgrs's whole job with only BullMQ's enqueue; that row is reported too,
+  without a goal, as the ceiling of an ack that defers all work to another process.
+- PostgresStore is compared with the same BullMQ-with-Worker route (no goal): it is the answer to
+  "what does a durable SQL store cost per job next to a Redis queue".
+- *Ratio incl. drain* counts the time each server kept working after its load stopped (jobs still
+  queued behind the acks): the sustainable rate of acks whose jobs are also done.
+- After every slice the runner checks that every 202 became a completed job (bgrs: a counting
+  wrapper around the store's \`finishJob\`; BullMQ: the Worker's \`completed\` events) and none failed.
+  Keys and tables are removed when each server stops.
+- *jobs never completed* (Runs table): accepted jobs still not completed once the server went quiet.
+  Known bgrs bug, not a bench artefact: \`launch()\` (src/detach.ts) creates the job in the store as
+  \`running\` when a slot is free, re-checks admission after the store's round trip, and on finding the
+  slots taken meanwhile enqueues it; the queue later calls \`startJob\`, which only moves \`queued\` jobs,
+  gets \`false\` for this already-\`running\` one and drops it. It stays \`running\` with no result until
+  its lease passes. Only a store whose \`createJob\` really yields hits it (MemoryStore: none lost).
+  The run reports these instead of failing so the rates stay visible; \`BENCH_STRICT_JOBS=1\` fails on them.
+
+### Runs
+
+${details(storeComparisons.flatMap((c) => [c.baseline, c.subject]))}`,
+  'stores-rss':
+    rssRuns.length === 0
+      ? null
+      : `## Stores: peak RSS while a ${RSS_MIB} MiB streamed result is captured
+
+${machine(['stores-rss'], [MAJORS[0]!], false)}
+
+${rssTable(rssRuns)}
+
+- One fresh server per store (\`bgrs({ store, maxQueued: Infinity, validations: false })\`), whose
+  route streams ${RSS_MIB * 16} fresh 64 KiB chunks (random bytes, so TOAST cannot compress them), waiting
+  for \`'drain'\` whenever \`write()\` returns false. It is detached once (\`GET /big?bgrs=yes\`); the
+  runner samples the server's VmRSS from /proc every 100 ms from before the request until GET
+  /bgrs/:id shows the job final, after a 16 MiB warm-up job (code loaded, connections open).
+- Baseline: median of 10 samples over the second before the request. Growth = sampled peak −
+  baseline. *Peak VmHWM* is the kernel's high-water mark over the capture (reset with
+  \`clear_refs\` just before), which also catches spikes between samples; the verdict uses the larger
+  of the two peaks.
+- Checked: the job completed with \`response.size\` = ${(RSS_MIB * 2 ** 20).toLocaleString('en-US')} (GET /bgrs/:id);
+  then DELETE /bgrs/:id answered 204, and the bench's keys / tables were removed.`,
+};
+
+await closeServices();
+
+// Sections this run did not measure keep their previous text, so a BENCH_ONLY run erases nothing.
+const previous = existsSync(here('./RESULTS.md')) ? readFileSync(here('./RESULTS.md'), 'utf8') : '';
+const kept = (name: string): string => {
+  const match = new RegExp(`<!-- bench:${name} -->\\n([\\s\\S]*?)\\n<!-- /bench:${name} -->`).exec(previous);
+  const how = name === 'core' ? 'BENCH_ONLY=core,idempotency' : `BENCH_ONLY=${name}`;
+  return match?.[1] ?? `## ${name}\n\nNot measured yet: run \`${how} npm run bench\`.`;
+};
+const body = Object.entries(sections)
+  .map(([name, text]) => `<!-- bench:${name} -->\n${text ?? kept(name)}\n<!-- /bench:${name} -->`)
+  .join('\n\n');
+
+const report = `# express-bgrs benchmark results
+
+Written by \`npm run bench\` (bench/run.ts); do not edit by hand. Every comparison runs its baseline
+and its subject in two fresh server processes (bench/server.ts, \`NODE_ENV=production\`) and loads
+them in alternating slices, one at a time, waiting after each slice until the server is idle. The
+load generator runs on the same machine, so absolute numbers understate the server; the ratios are
+what the goals are about. Each section below says when it was measured: a run limited with
+\`BENCH_ONLY\` rewrites its own sections and keeps the others. The default run measures core,
+idempotency and stores-rate; stores-rss (about a minute) runs with \`BENCH_ONLY=stores-rss\` (or
+\`stores\` for both store groups).
+
+${body}
 `;
 writeFileSync(here('./RESULTS.md'), report);
 console.log(`Wrote ${here('./RESULTS.md')} (${((Date.now() - started.getTime()) / 1000).toFixed(0)} s)`);

@@ -281,16 +281,15 @@ export async function launch(
   try {
     await config.store.createJob(job);
   } catch (err) {
+    scheduler.cancel(admission);
     config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
     forgetRefused(config, id);
     sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
     return false;
   }
   const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), ...run });
-  // Re-check: the store call above yielded, and other requests may have taken the last slot.
-  const now = scheduler.admit(prepared.owner);
-  if (admission.queued || (now.ok && now.queued)) scheduler.enqueue(id, prepared.owner, start);
-  else scheduler.run(id, prepared.owner, start);
+  // The admission held its place while the job was written, so it is still valid.
+  scheduler.place(admission, id, start);
   if (ack) await answer(rt, res, job, ack);
   return true;
 }

@@ -23,8 +23,12 @@ interface Queued {
 
 type Listener = () => void;
 
-/** The answer to "may this job start or queue here?". */
-export type Admission = { ok: true; queued: boolean } | { ok: false; reason: 'queue-full' | 'owner-limit' };
+/**
+ * The answer to "may this job start or queue here?". An accepted admission holds its place (a
+ * slot or a queue place, and one of the owner's) until `run`, `enqueue` or `cancel` uses it, so
+ * that requests admitted while their job is being written to the store cannot overfill anything.
+ */
+export type Admission = { ok: true; queued: boolean; owner: string | null } | { ok: false; reason: 'queue-full' | 'owner-limit' };
 
 /**
  * Everything this process knows about its own jobs. The store remains the truth that every
@@ -37,34 +41,49 @@ export class Scheduler {
   readonly #queue: Queued[] = [];
   readonly #perOwner = new Map<string | null, number>();
   readonly #listeners = new Map<string, Set<Listener>>();
+  #reservedSlots = 0;
+  #reservedPlaces = 0;
   #heartbeat: NodeJS.Timeout | undefined;
   /** Set by close(): queued jobs no longer start (they would only be aborted). */
   closing = false;
 
   constructor(private readonly config: Configuration) {}
 
-  /** Decides, without side effects, whether a new job of `owner` may run now, queue, or is refused. */
+  /** Decides whether a new job of `owner` may run now, queue, or is refused; an accepted one holds its place. */
   admit(owner: string | null): Admission {
     const { concurrency, maxQueued, maxPerOwner } = this.config;
     if ((this.#perOwner.get(owner) ?? 0) >= maxPerOwner) return { ok: false, reason: 'owner-limit' };
-    if (this.running.size < concurrency && this.#queue.length === 0) return { ok: true, queued: false };
-    if (this.#queue.length >= maxQueued) return { ok: false, reason: 'queue-full' };
-    return { ok: true, queued: true };
+    const queued = this.#queue.length + this.#reservedPlaces;
+    let admission: Admission;
+    if (this.running.size + this.#reservedSlots < concurrency && queued === 0) admission = { ok: true, queued: false, owner };
+    else if (queued >= maxQueued) return { ok: false, reason: 'queue-full' };
+    else admission = { ok: true, queued: true, owner };
+    this.#hold(admission, 1);
+    return admission;
   }
 
-  /** Starts a job now (it was admitted to run). */
-  run(id: string, owner: string | null, start: () => RunningJob): void {
-    this.#count(owner, 1);
-    this.#owners.set(id, { owner });
-    this.#track(id, start());
+  /** Gives back an admission's place (the job could not be recorded). */
+  cancel(admission: Admission): void {
+    if (admission.ok) this.#hold(admission, -1);
   }
 
-  /** Queues a job (it was admitted to queue); `start` runs once a slot frees and the store agrees. */
-  enqueue(id: string, owner: string | null, start: () => RunningJob): void {
-    this.#count(owner, 1);
-    this.#owners.set(id, { owner });
-    this.#queue.push({ id, owner, start });
+  /** Starts or queues a job, as its admission decided. `start` runs it (for a queued job, once a slot frees and the store agrees). */
+  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob): void {
+    this.#hold(admission, -1);
+    this.#count(admission.owner, 1);
+    this.#owners.set(id, { owner: admission.owner });
+    if (!admission.queued) {
+      this.#track(id, start());
+      return;
+    }
+    this.#queue.push({ id, owner: admission.owner, start });
     this.#ensureHeartbeat();
+  }
+
+  #hold(admission: Admission & { ok: true }, delta: number): void {
+    if (admission.queued) this.#reservedPlaces += delta;
+    else this.#reservedSlots += delta;
+    this.#count(admission.owner, delta);
   }
 
   /** 1-based place of a job in this process's queue, or undefined when it is not queued here. */

@@ -47,6 +47,14 @@ for (const kind of await storeKinds()) describe(kind.name, () => forEachExpress(
       res.type('text').send(`slept ${req.query.ms}`);
     });
     app.get('/never', () => undefined);
+    app.get('/steps', async (req, res) => {
+      for (let i = 1; i <= 4; i++) {
+        await gate(`${String(req.query.gate)}-${i}`);
+        req.bgrs.progress(i * 25, `step ${i}`);
+        req.bgrs.log(`line ${i}`, i === 2 ? 'warning' : 'info');
+      }
+      res.send('stepped');
+    });
     app.get('/per-route', background.detachable({ timeout: 200 }, (req) => {
       seen.set(req.bgrs.id!, { aborted: false });
       req.bgrs.signal.addEventListener('abort', () => (seen.get(req.bgrs.id!)!.aborted = true));
@@ -106,6 +114,90 @@ for (const kind of await storeKinds()) describe(kind.name, () => forEachExpress(
       assert.equal((await fetch(server.url + runningAt, user('ann'))).status, 404);
       assert.equal((await fetch(server.url + runningAt, { method: 'DELETE', ...user('ann') })).status, 404);
       assert.equal((await fetch(`${server.url}${runningAt}/result`, user('ann'))).status, 404);
+    });
+  });
+
+  describe('events', () => {
+    type Sse = { id: string; event: string; data: unknown };
+    /** A reader over one event stream: `take(n)` resolves the next n events, `rest()` all until the end. */
+    function sse(res: Response): { take(count: number): Promise<Sse[]>; rest(): Promise<Sse[]>; close(): Promise<void> } {
+      const reader = res.body!.getReader();
+      const decoder = new TextDecoder();
+      const ready: Sse[] = [];
+      let buffer = '';
+      let ended = false;
+      const pull = async (): Promise<void> => {
+        const { value, done } = await reader.read();
+        if (done) {
+          ended = true;
+          return;
+        }
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf('\n\n')) !== -1) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const event = /^event: (.*)$/m.exec(block)?.[1];
+          if (event) ready.push({ id: /^id: (.*)$/m.exec(block)![1]!, event, data: JSON.parse(/^data: (.*)$/m.exec(block)![1]!) });
+        }
+      };
+      return {
+        async take(count) {
+          while (ready.length < count && !ended) await pull();
+          return ready.splice(0, count);
+        },
+        async rest() {
+          while (!ended) await pull();
+          return ready.splice(0);
+        },
+        close: () => reader.cancel(),
+      };
+    }
+    const step = async (name: string): Promise<void> => {
+      for (let i = 0; i < 100 && !gates.has(name); i++) await sleep(10);
+      gates.get(name)!();
+    };
+
+    it('streams status, progress and log events live, then end; Last-Event-ID resumes without gap or repeat', { timeout: 20_000 }, async () => {
+      const ack = await fetch(`${server.url}/steps?bgrs=yes&gate=sse1`, user('ann'));
+      const { links } = (await ack.json()) as JobDoc;
+      const first = await fetch(server.url + links.events, user('ann'));
+      assert.equal(first.status, 200);
+      assert.equal(first.headers.get('content-type'), 'text/event-stream; charset=utf-8');
+      assert.equal(first.headers.get('cache-control'), 'no-store');
+      const stream = sse(first);
+      const [status] = await stream.take(1);
+      assert.deepEqual([status!.event, status!.id, (status!.data as JobDoc).status], ['status', '0', 'running']);
+      await step('sse1-1');
+      const one = await stream.take(2);
+      assert.deepEqual(one.map((e) => [e.event, e.id]), [['progress', '0'], ['log', '1']]);
+      assert.deepEqual(one[0]!.data, { progress: 25, message: 'step 1', resultCount: 0 });
+      await step('sse1-2');
+      const two = await stream.take(2);
+      assert.deepEqual(two.map((e) => [e.event, e.id]), [['progress', '1'], ['log', '2']]);
+      assert.equal((two[1]!.data as { level: string }).level, 'warning');
+      await stream.close();
+      // The client dropped; it reconnects, telling where it was.
+      await step('sse1-3');
+      await step('sse1-4');
+      const rest = await sse(await fetch(server.url + links.events, { headers: { 'x-user': 'ann', 'last-event-id': '2' } })).rest();
+      const lines = rest.filter((e) => e.event === 'log').map((e) => (e.data as { seq: number }).seq);
+      assert.deepEqual(lines, [3, 4], 'the lines after 2, once each');
+      assert.equal(rest[0]!.event, 'status', 'a fresh snapshot first');
+      const end = rest.at(-1)!;
+      assert.equal(end.event, 'end');
+      assert.equal(end.id, '4');
+      assert.equal((end.data as JobDoc).status, 'completed');
+      assert.equal((end.data as JobDoc).warnings, 1);
+    });
+
+    it('answers 404 for a foreign job, and streams a finished one to its end at once', { timeout: 20_000 }, async () => {
+      const ack = await fetch(`${server.url}/quick?bgrs=yes&n=sse`, user('ann'));
+      const { links } = (await ack.json()) as JobDoc;
+      await waitForJob(server.url, links.self, 5000, user('ann'));
+      assert.equal((await fetch(server.url + links.events, user('bob'))).status, 404);
+      const done = await sse(await fetch(server.url + links.events, user('ann'))).rest();
+      assert.deepEqual(done.map((e) => e.event), ['status', 'end']);
     });
   });
 
@@ -207,6 +299,29 @@ for (const kind of await storeKinds()) describe(kind.name, () => forEachExpress(
   });
 }));
 
+describe('event stream heartbeat', () => {
+  it('sends a comment every eventsHeartbeat ms while the job is quiet', async () => {
+    const { default: express } = await import('express');
+    const app = express();
+    app.use(bgrs({ eventsHeartbeat: 100 }));
+    app.get('/quiet', async (_req, res) => {
+      await sleep(450);
+      res.send('done');
+    });
+    const server = await listen(app);
+    try {
+      const ack = await fetch(`${server.url}/quiet?bgrs=yes`);
+      const res = await fetch(`${server.url}${ack.headers.get('location')!}/events`);
+      const text = await res.text();
+      const beats = text.split('\n').filter((line) => line === ': heartbeat').length;
+      assert.ok(beats >= 3, `${beats} heartbeats in ${text}`);
+      assert.match(text, /event: end/);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('queue limits', () => {
   it('queues beyond concurrency with a position, refuses beyond maxQueued with 429, and runs the queue in order', async () => {
     const { default: express } = await import('express');
@@ -244,6 +359,36 @@ describe('queue limits', () => {
       release.shift()!();
       for (const doc of [docs[0]!, docs[2]!]) assert.equal((await waitForJob(server.url, doc.links.self)).status, 'completed');
       assert.equal(((await (await fetch(`${server.url}${docs[1]!.links.self}`)).json()) as JobDoc).status, 'cancelled');
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('never drops a job admitted while others were being written to a slow store', async () => {
+    const { default: express } = await import('express');
+    class SlowStore extends MemoryStore {
+      override async createJob(job: Parameters<MemoryStore['createJob']>[0]): Promise<void> {
+        await sleep(20);
+        return super.createJob(job);
+      }
+    }
+    const app = express();
+    app.use(bgrs({ store: new SlowStore(), concurrency: 2 }));
+    app.get('/n', async (req, res) => {
+      await sleep(10);
+      res.send(String(req.query.n));
+    });
+    const server = await listen(app);
+    try {
+      const acks = await Promise.all(Array.from({ length: 20 }, (_, n) => fetch(`${server.url}/n?bgrs=yes&n=${n}`)));
+      assert.deepEqual(acks.map((a) => a.status), Array(20).fill(202));
+      const docs = (await Promise.all(acks.map((a) => a.json()))) as JobDoc[];
+      assert.equal(docs.filter((d) => d.status === 'running').length, 2, 'exactly `concurrency` run at once');
+      for (const [n, doc] of docs.entries()) {
+        const done = await waitForJob(server.url, doc.links.self, 5000);
+        assert.equal(done.status, 'completed', `job ${n}`);
+        assert.equal(await (await fetch(server.url + doc.links.result)).text(), String(n));
+      }
     } finally {
       await server.close();
     }
