@@ -133,7 +133,9 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       if (err instanceof InvalidCursorError) return sendProblem(res, 'invalid-parameter', '`cursor` is not one this server handed out.');
       throw err;
     }
-    const jobs = await Promise.all(page.jobs.map(async (job) => (isFinal(job.status) ? job : ((await fromStore(readJob(rt, job.id))) ?? job))));
+    // A job whose process died is recorded interrupted as it is read; it then leaves a status filter it no longer matches.
+    const read = await Promise.all(page.jobs.map(async (job) => (isFinal(job.status) ? job : await fromStore(readJob(rt, job.id)))));
+    const jobs = read.filter((job): job is Job => job !== null && (statuses.length === 0 || statuses.includes(job.status)));
     let next: string | null = null;
     if (page.next) {
       const nextParams = new URLSearchParams();

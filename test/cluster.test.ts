@@ -180,6 +180,32 @@ for (const [kind, label, url] of [
       assert.ok((aborted.at as number) - sent <= 1000, `aborted ${(aborted.at as number) - sent} ms after the cancel`);
     });
 
+    it('after kill -9 of A holding an Idempotency-Key, B takes the key over once its lease passes', async () => {
+      const key = `pay-${randomUUID()}`;
+      const pay = (instance: Instance, hang: boolean): Promise<Response> =>
+        fetch(`${instance.url}/pay`, { method: 'POST', headers: { 'idempotency-key': key, ...(hang ? { 'x-hang': '1' } : {}) } });
+      void pay(a, true).catch(() => undefined);
+      await a.next((e) => e.event === 'pay' && e.key === key);
+      const held = await pay(b, false);
+      assert.equal(held.status, 409, 'A still holds the key');
+      await held.arrayBuffer();
+      await a.kill('SIGKILL');
+      // A restarted here later is a new process; this test ends A's life.
+      const deadline = Date.now() + LEASE_MS + 3000;
+      let answer: Response | undefined;
+      while (Date.now() < deadline) {
+        answer = await pay(b, false);
+        if (answer.status !== 409) break;
+        await answer.arrayBuffer();
+        await sleep(200);
+      }
+      assert.equal(answer?.status, 201, 'the key was freed by the lease');
+      assert.deepEqual(await answer!.json(), { paidBy: b.pid });
+      const replay = await pay(b, false);
+      assert.equal(replay.headers.get('idempotent-replayed'), 'true', 'and is held by B now: one execution');
+      a = await startInstance(kind, namespace);
+    });
+
     it('after kill -9 of A, B reports every job A ran failed: interrupted within the lease', async () => {
       const ids: string[] = [];
       for (let i = 0; i < 3; i++) {
