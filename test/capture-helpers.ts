@@ -1,10 +1,24 @@
 // Helpers for the capture tests: one request answered live and detached, and the comparison of both.
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs';
+import type { Express } from 'express';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { detachAndWait, detached, type JobDoc } from './helpers.js';
 
 export const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
+
+/** A tiny `{{name}}` template engine for res.render, with the views in test/fixtures/views. */
+export function useTemplateEngine(app: { engine: Express['engine']; set: Express['set'] }): void {
+  app.engine('tpl', (file: string, options: object, callback: (err: unknown, html?: string) => void) => {
+    readFile(file, 'utf8', (err, text) => {
+      if (err) return callback(err);
+      callback(null, text.replace(/\{\{(\w+)\}\}/g, (_m, key: string) => String((options as Record<string, unknown>)[key])));
+    });
+  });
+  app.set('views', join(FIXTURES, 'views'));
+  app.set('view engine', 'tpl');
+}
 
 /** Headers that differ between a live answer and its replay by design (PROTOCOL.md, "Replayed result headers"). */
 const BY_DESIGN = new Set(['date', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'set-cookie', 'cache-control', 'expires']);

@@ -1,12 +1,11 @@
 // Response-side fidelity, part two: big streamed results, maxResultBytes, and the per-route detachable() form.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs';
 import { join } from 'node:path';
 import type { Request, Response } from 'express';
 import { after, before, describe, it } from 'node:test';
 import { bgrs } from '../src/index.js';
-import { assertSameResponse, FIXTURES, liveAndDetached } from './capture-helpers.js';
+import { assertSameResponse, FIXTURES, liveAndDetached, useTemplateEngine } from './capture-helpers.js';
 import { detachAndWait, detached, forEachExpress, listen, sleep, type Running } from './helpers.js';
 
 const CHUNK = 64 * 1024;
@@ -174,14 +173,7 @@ forEachExpress((express) => {
     let server: Running;
     before(async () => {
       const app = express();
-      app.engine('tpl', (file: string, options: object, callback: (err: unknown, html?: string) => void) => {
-        readFile(file, 'utf8', (err, text) => {
-          if (err) return callback(err);
-          callback(null, text.replace(/\{\{(\w+)\}\}/g, (_m, key: string) => String((options as Record<string, unknown>)[key])));
-        });
-      });
-      app.set('views', join(FIXTURES, 'views'));
-      app.set('view engine', 'tpl');
+      useTemplateEngine(app);
       const background = bgrs();
       app.use(background.router);
       app.get('/pr/json', background.detachable((_req: Request, res: Response) => void res.status(201).json({ per: 'route', n: [1, 2] })));

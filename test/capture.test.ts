@@ -1,12 +1,11 @@
 // Response-side fidelity: every Express response method, detached, replays at /result exactly as it answers live.
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Request, Response } from 'express';
 import { after, before, describe, it } from 'node:test';
 import { bgrs } from '../src/index.js';
-import { assertSameResponse, FIXTURES, liveAndDetached } from './capture-helpers.js';
+import { assertSameResponse, FIXTURES, liveAndDetached, useTemplateEngine } from './capture-helpers.js';
 import { detachAndWait, forEachExpress, listen, type Running } from './helpers.js';
 
 const CSV = 'id,name,amount\n1,alpha,10.50\n2,"beta, gamma",-3\n3,délta,0\n';
@@ -18,14 +17,7 @@ forEachExpress((express) => {
 
   before(async () => {
     const app = express();
-    app.engine('tpl', (file: string, options: object, callback: (err: unknown, html?: string) => void) => {
-      readFile(file, 'utf8', (err, text) => {
-        if (err) return callback(err);
-        callback(null, text.replace(/\{\{(\w+)\}\}/g, (_m, key: string) => String((options as Record<string, unknown>)[key])));
-      });
-    });
-    app.set('views', join(FIXTURES, 'views'));
-    app.set('view engine', 'tpl');
+    useTemplateEngine(app);
     app.use(bgrs());
 
     app.get('/json', (_req, res) => void res.json({ name: 'bgrs', list: [1, 2, 3], nested: { ok: true, none: null }, text: 'é✓' }));
