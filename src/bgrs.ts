@@ -10,7 +10,7 @@ import { createGuard, parseIdempotencyOptions } from './idempotency.js';
 import type { Guard, IdempotencyOptions } from './idempotency.js';
 import type { Options } from './options.js';
 import { parseOptions } from './options.js';
-import { sendProblem } from './problem.js';
+import { sendInvalidBgrs } from './problem.js';
 import { createRoutes, underBasePath } from './routes.js';
 import { PARAM } from './trigger.js';
 import { MemoryStore } from './stores/memory.js';
@@ -82,7 +82,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     if (underBasePath(config.basePath, req.originalUrl ?? req.url)) return routes(req, res, next);
     const decision = decide(config, req);
     if (decision.invalid) {
-      return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+      return sendInvalidBgrs(res);
     }
     const guard = guardFor(req, decision.detach);
     if (guard) return guard.handle(req, res, next, throughApp);
@@ -118,7 +118,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       }
       const decision = decide(config, req);
       if (decision.invalid) {
-        return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+        return sendInvalidBgrs(res);
       }
       if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
         passThrough(req);

@@ -12,7 +12,8 @@ import { BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } fro
 import { jobDocument, newJob } from './job.js';
 import type { Job } from './job.js';
 import type { Configuration } from './options.js';
-import { sendProblem } from './problem.js';
+import { sendJson } from './json.js';
+import { sendProblem, sendStoreUnavailable } from './problem.js';
 import type { Dispatch, RunOptions } from './runner.js';
 import type { Scheduler } from './scheduler.js';
 import { waitForFinal } from './observe.js';
@@ -55,11 +56,15 @@ export function stripInPlace(req: Request): void {
   req.url = stripParam(req.url);
   if (req.originalUrl) req.originalUrl = stripParam(req.originalUrl);
   // Express 4 parsed the query into an own property already; Express 5 re-parses req.url on access.
-  const own = Object.getOwnPropertyDescriptor(req, 'query');
-  if (own && 'value' in own && own.value && typeof own.value === 'object') {
-    const { bgrs: _dropped, ...rest } = own.value as Record<string, unknown>;
-    req.query = rest as Request['query'];
-  }
+  const query = queryWithoutBgrs(Object.getOwnPropertyDescriptor(req, 'query'));
+  if (query) req.query = query;
+}
+
+/** Express 4's already-parsed `req.query` (an own property) without `bgrs`; undefined on Express 5. */
+function queryWithoutBgrs(own: PropertyDescriptor | undefined): Request['query'] | undefined {
+  if (!own || !('value' in own) || !own.value || typeof own.value !== 'object') return undefined;
+  const { bgrs: _dropped, ...rest } = own.value as Record<string, unknown>;
+  return rest as Request['query'];
 }
 
 /**
@@ -147,7 +152,7 @@ export function throughHandlers(handlers: readonly Handler[], route: object): Di
       .map((key) => [key, Object.getOwnPropertyDescriptor(req, key)!] as const);
     const url = stripParam(req.url);
     const originalUrl = stripParam(req.originalUrl ?? req.url);
-    const query = Object.getOwnPropertyDescriptor(req, 'query');
+    const query = queryWithoutBgrs(Object.getOwnPropertyDescriptor(req, 'query'));
     const locals: unknown = res.locals;
     return (rreq, rres, ctx: JobContext) => {
       Object.setPrototypeOf(rreq, reqProto);
@@ -158,10 +163,7 @@ export function throughHandlers(handlers: readonly Handler[], route: object): Di
       const replayed = rreq as AnyRequest;
       replayed.url = url;
       replayed.originalUrl = originalUrl;
-      if (query && 'value' in query && query.value && typeof query.value === 'object') {
-        const { bgrs: _dropped, ...rest } = query.value as Record<string, unknown>;
-        replayed.query = rest as Request['query'];
-      }
+      if (query) replayed.query = query;
       replayed.res = rres as Response;
       (rres as Response).locals = { ...(locals as object) } as Response['locals'];
       replayed[kReplay] = true;
@@ -179,18 +181,10 @@ export function throughHandlers(handlers: readonly Handler[], route: object): Di
 }
 
 /** Answers the client at once: 202, Location, Retry-After, the job document. */
-export function acknowledge(config: Configuration, res: ServerResponse, job: Job, byPrefer: boolean, extra?: Record<string, string>, position?: number): void {
-  const body = JSON.stringify(jobDocument(job, config.basePath, position));
-  res.statusCode = 202;
-  res.setHeader('Location', `${config.basePath}/${job.id}`);
-  res.setHeader('Retry-After', String(config.retryAfter));
-  res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('Vary', 'Prefer');
-  if (byPrefer) res.setHeader('Preference-Applied', 'respond-async');
-  if (extra) for (const [name, value] of Object.entries(extra)) res.setHeader(name, value);
-  res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.end(body);
+export function acknowledge(config: Configuration, res: ServerResponse, job: Job, byPrefer: boolean, position?: number): void {
+  const headers: Record<string, string> = { Location: `${config.basePath}/${job.id}`, 'Retry-After': String(config.retryAfter), Vary: 'Prefer' };
+  if (byPrefer) headers['Preference-Applied'] = 'respond-async';
+  sendJson(res, 202, jobDocument(job, config.basePath, position), headers);
 }
 
 /** A request made ready to run in the background: who owns it, what to replay, how to dispatch it. */
@@ -284,7 +278,7 @@ export async function launch(
     scheduler.cancel(admission);
     config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
     forgetRefused(config, id);
-    sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
+    sendStoreUnavailable(res, config.retryAfter);
     return false;
   }
   const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), ...run });
@@ -323,7 +317,7 @@ async function answer(rt: Runtime, res: Response, job: Job, ack: Acknowledgement
     }
     if (ended) job = ended;
   }
-  acknowledge(rt.config, res, job, ack.byPrefer, undefined, rt.scheduler.position(job.id));
+  acknowledge(rt.config, res, job, ack.byPrefer, rt.scheduler.position(job.id));
 }
 
 /** Detaches one request. Never throws: every failure becomes a problem response or `next(err)`. */

@@ -6,7 +6,8 @@ import { acknowledge, decide, isReplay, launch, prepare, throughApp } from './de
 import { defaultFingerprint, parseIdempotencyKey, recordKey } from './idempotency-key.js';
 import { isFinal, jobDocument } from './job.js';
 import type { Job, JobResponse } from './job.js';
-import { sendProblem } from './problem.js';
+import { sendJson } from './json.js';
+import { sendInvalidBgrs, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
 
 export interface IdempotencyOptions {
@@ -75,8 +76,7 @@ export interface Guard {
 export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
   const { config } = rt;
   const store = config.store;
-  const unavailable = (res: Response): void =>
-    sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
+  const unavailable = (res: Response): void => sendStoreUnavailable(res, config.retryAfter);
 
   /** The first request with this key: it runs, as a job, and its response is stored with the key. */
   async function execute(res: Response, prepared: Prepared, method: string, id: string, name: string, ack: { byPrefer: boolean } | null): Promise<void> {
@@ -163,14 +163,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
 
   /** A finished job, retried with a detach: its document, as the replayed answer. */
   function sendJobDocument(res: Response, job: Job): void {
-    const body = JSON.stringify(jobDocument(job, config.basePath));
-    res.statusCode = 200;
-    res.setHeader('Location', `${config.basePath}/${job.id}`);
-    res.setHeader('Idempotent-Replayed', 'true');
-    res.setHeader('Cache-Control', 'no-store');
-    res.setHeader('Content-Type', 'application/json; charset=utf-8');
-    res.setHeader('Content-Length', Buffer.byteLength(body));
-    res.end(body);
+    sendJson(res, 200, jobDocument(job, config.basePath), { Location: `${config.basePath}/${job.id}`, 'Idempotent-Replayed': 'true' });
   }
 
   function handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void {
@@ -184,7 +177,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
       return sendProblem(res, 'idempotency-key-invalid', 'An Idempotency-Key is 1–255 visible ASCII characters, bare (no quotes or commas) or as a quoted string.');
     }
     if (decide(config, req).invalid) {
-      return sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+      return sendInvalidBgrs(res);
     }
     void keyed(req, res, next, key, factory).catch(next);
   }

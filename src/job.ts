@@ -139,6 +139,12 @@ export function newJob(fields: { id: string; method: string; url: string; owner:
   };
 }
 
+/** `finishedAt` now and `expiresAt` `ttl` ms later: the timestamps of a final transition. */
+export function endingNow(ttl: number): { finishedAt: string; expiresAt: string } {
+  const now = Date.now();
+  return { finishedAt: new Date(now).toISOString(), expiresAt: new Date(now + ttl).toISOString() };
+}
+
 /** A page of jobs, newest first; `next` is an opaque cursor for the following page, or null. */
 export interface JobPage {
   jobs: Job[];

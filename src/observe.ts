@@ -1,6 +1,6 @@
 // Reading jobs as clients see them (a lapsed lease becomes `failed: interrupted`), and waiting for them to change.
 import type { Runtime } from './detach.js';
-import { isFinal } from './job.js';
+import { endingNow, isFinal } from './job.js';
 import type { Job } from './job.js';
 import { leaseExpired } from './scheduler.js';
 
@@ -15,14 +15,13 @@ export const POLL_MS = 250;
 export async function readJob(rt: Runtime, id: string): Promise<Job | null> {
   const job = await rt.config.store.getJob(id);
   if (!job || !leaseExpired(job)) return job;
-  const now = new Date();
+  const ending = endingNow(rt.config.ttl);
   const interrupted = await rt.config.store.finishJob(id, {
     status: 'failed',
-    finishedAt: now.toISOString(),
-    expiresAt: new Date(now.getTime() + rt.config.ttl).toISOString(),
+    ...ending,
     response: null,
     error: { type: 'interrupted', message: 'the process running the job stopped renewing its lease (it crashed or lost the store)' },
-    ifLeaseExpiredBy: now.toISOString(),
+    ifLeaseExpiredBy: ending.finishedAt,
   });
   return interrupted ?? (await rt.config.store.getJob(id));
 }

@@ -71,6 +71,16 @@ export function sendProblem(
   res.end(body);
 }
 
+/** The store failed or timed out: 503 with Retry-After, the same wherever it happens. */
+export function sendStoreUnavailable(res: ServerResponse, retryAfter: number): void {
+  sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter });
+}
+
+/** A `bgrs` query value other than yes, 1, true, no, 0 or false. */
+export function sendInvalidBgrs(res: ServerResponse): void {
+  sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
+}
+
 /** The 404 every job route answers for any id it will not reveal. */
 export function sendNotFound(res: ServerResponse): void {
   sendProblem(res, 'not-found');

@@ -1,13 +1,13 @@
 // The job routes under the base path: list, status, details, result, cancel, delete and events.
 import type { NextFunction, Request, Response } from 'express';
-import type { ServerResponse } from 'node:http';
 import type { Runtime } from './detach.js';
 import { streamEvents } from './events.js';
-import { isFinal, jobDocument } from './job.js';
+import { endingNow, isFinal, jobDocument } from './job.js';
 import type { Job, JobResponse, JobStatus } from './job.js';
 import { readJob, waitForFinal } from './observe.js';
 import type { JobAction } from './options.js';
-import { sendNotFound, sendProblem } from './problem.js';
+import { sendJson } from './json.js';
+import { sendNotFound, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
 import { JobAbortError } from './scheduler.js';
 import { InvalidCursorError } from './stores/store.js';
@@ -38,16 +38,6 @@ function fromStore<T>(promise: Promise<T>): Promise<T> {
     if (err instanceof InvalidCursorError) throw err;
     throw new StoreUnavailable((err as Error)?.message ?? String(err));
   });
-}
-
-function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
-  const body = JSON.stringify(value);
-  res.statusCode = status;
-  res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Cache-Control', 'no-store');
-  for (const [name, header] of Object.entries(headers)) res.setHeader(name, header);
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.end(body);
 }
 
 /** Parses a non-negative integer query value; `undefined` when absent, `null` when invalid. */
@@ -98,16 +88,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       // Queued here, starting, or running in another process: the store's final status is the
       // cancel; that process's next heartbeat (within a second) aborts the handler.
       rt.scheduler.dequeue(job.id);
-      const finishedAt = new Date();
-      await fromStore(
-        config.store.finishJob(job.id, {
-          status: 'cancelled',
-          finishedAt: finishedAt.toISOString(),
-          expiresAt: new Date(finishedAt.getTime() + config.ttl).toISOString(),
-          response: null,
-          error,
-        }),
-      );
+      await fromStore(config.store.finishJob(job.id, { status: 'cancelled', ...endingNow(config.ttl), response: null, error }));
       rt.scheduler.notify(job.id);
     }
     return (await fromStore(config.store.getJob(job.id))) ?? job;
@@ -226,7 +207,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     work.catch((err: unknown) => {
       if (!(err instanceof StoreUnavailable)) return next(err);
       config.logger.error(`express-bgrs: job store failed: ${err.message}`);
-      sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter: config.retryAfter });
+      sendStoreUnavailable(res, config.retryAfter);
     });
   };
 }

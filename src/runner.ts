@@ -5,6 +5,7 @@ import { debuglog } from 'node:util';
 import type { Envelope, Replayer } from './capture.js';
 import { HOP_BY_HOP } from './capture.js';
 import { JobContext } from './context.js';
+import { endingNow } from './job.js';
 import type { Job, JobError, JobFinish, JobResponse } from './job.js';
 import { sendProblem } from './problem.js';
 import { applyHead } from './result.js';
@@ -179,7 +180,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     ended = true;
     if (timer) clearTimeout(timer);
     await ctx.end();
-    const finishedAt = new Date();
+    const ending = endingNow(options.ttl ?? config.ttl);
     let recorded: Job | null = null;
     // The final state is retried through a store outage for up to one lease: after that, other
     // instances have recorded the job interrupted anyway.
@@ -188,8 +189,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       try {
         recorded = await config.store.finishJob(id, {
           status,
-          finishedAt: finishedAt.toISOString(),
-          expiresAt: new Date(finishedAt.getTime() + (options.ttl ?? config.ttl)).toISOString(),
+          ...ending,
           response,
           error,
         });

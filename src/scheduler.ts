@@ -1,4 +1,5 @@
 // The jobs of this process: concurrency and queue limits, the lease heartbeat, local change notifications.
+import { endingNow } from './job.js';
 import type { Job, JobError } from './job.js';
 import type { Configuration } from './options.js';
 import type { RunningJob } from './runner.js';
@@ -127,11 +128,11 @@ export class Scheduler {
   async stopAll(status: 'failed' | 'cancelled', error: JobError, reason: Error): Promise<void> {
     const queued = this.#queue.splice(0);
     for (const entry of queued) this.#release(entry.id, entry.owner);
-    const finishAt = new Date();
+    const ending = endingNow(this.config.ttl);
     await Promise.all([
       ...queued.map((entry) =>
         this.config.store
-          .finishJob(entry.id, { status, finishedAt: finishAt.toISOString(), expiresAt: new Date(finishAt.getTime() + this.config.ttl).toISOString(), response: null, error })
+          .finishJob(entry.id, { status, ...ending, response: null, error })
           .then(() => this.notify(entry.id))
           .catch((err: unknown) => this.config.logger.error(`express-bgrs: could not record the end of job ${entry.id}: ${(err as Error).message}`)),
       ),
