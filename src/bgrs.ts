@@ -53,7 +53,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   const parsed = parseOptions(options);
   // The core reaches the store only through timeouts; users get their own store back as `.store`.
   const config = { ...parsed, store: withTimeouts(parsed.store, parsed.storeTimeout) };
-  const rt: Runtime = { config, replayer: new Replayer(), scheduler: new Scheduler(config), closing: false, warned: new Set() };
+  const rt: Runtime = { config, replayer: new Replayer(), scheduler: new Scheduler(config), closing: false, warned: new Set(), streams: new Map() };
   const routes = createRoutes(rt);
   if (config.validations && parsed.store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
     config.logger.warn(

@@ -44,9 +44,8 @@ interface RunSlot {
 }
 
 const kSlot = Symbol('bgrs.slot');
-const kPartner = Symbol('bgrs.partner');
 type SlotSocket = Duplex & { [kSlot]?: RunSlot };
-type ClientSocket = Duplex & { [kPartner]?: SlotSocket };
+type ClientSocket = Duplex;
 
 /** What the Agent and the http server call on a socket; an in-memory pair has no use for any of it. */
 const SOCKET_NO_OPS = {
@@ -84,55 +83,51 @@ export const HOP_BY_HOP = new Set([
 const MAX_HEADER_SIZE = 1 << 20;
 
 /**
- * One private server per bgrs instance, and a keep-alive Agent whose connections are in-memory
- * pairs, so that consecutive jobs reuse a parser and a connection (DESIGN.md, "Replay cost"). An
- * Agent socket carries one request at a time, so per-request facts (client address, TLS, the
- * handler to run) are set on the server end when the Agent hands the socket to a request.
+ * One private server per bgrs instance. Every job gets a connection of its own, an in-memory pair
+ * made for it and destroyed with it: whatever the app attaches to `req.socket` in one job (an
+ * NTLM identity, a cached user) can never be seen by another, and an idle connection never keeps
+ * a finished job's request alive. (Pooling the pairs replayed faster; it is what let state cross
+ * jobs, so it went. bench/RESULTS.md has the figures.)
  */
 export class Replayer {
   readonly #server: http.Server;
-  readonly #agent: http.Agent;
 
   constructor() {
     this.#server = http.createServer({ maxHeaderSize: MAX_HEADER_SIZE, requestTimeout: 0 }, onReplayedRequest);
     // A parse error must not reach the default 'clientError' handler's console noise; the client side sees it.
     this.#server.on('clientError', (_err, socket) => socket.destroy());
-    this.#agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256 });
-    const server = this.#server;
-    this.#agent.createConnection = function createPair(): Duplex {
-      const [serverSide, clientSide] = duplexPair() as [SlotSocket, ClientSocket];
-      // Node does not carry a destroy across a duplexPair (nodejs/node#61015): link both ways, or a
-      // handler that destroys its socket would leave the job waiting forever.
-      serverSide.once('close', () => clientSide.destroy());
-      clientSide.once('close', () => serverSide.destroy());
-      Object.assign(serverSide, SOCKET_NO_OPS);
-      Object.assign(clientSide, SOCKET_NO_OPS, { [kPartner]: serverSide });
-      server.emit('connection', serverSide);
-      return clientSide;
-    };
   }
 
-  /** Starts one request on a pooled in-memory connection. */
+  /** Starts one request on a fresh in-memory connection. */
   replay(envelope: Envelope, handle: ReplayHandler): Replay {
     const slot: RunSlot = { handle, resource: new AsyncResource('bgrs.job'), envelope };
+    const [serverSide, clientSide] = duplexPair() as [SlotSocket, ClientSocket];
+    // Node does not carry a destroy across a duplexPair (nodejs/node#61015): link both ways, or a
+    // handler that destroys its socket would leave the job waiting forever.
+    serverSide.once('close', () => clientSide.destroy());
+    clientSide.once('close', () => serverSide.destroy());
+    Object.assign(serverSide, SOCKET_NO_OPS, {
+      remoteAddress: envelope.remoteAddress,
+      remotePort: envelope.remotePort,
+      remoteFamily: envelope.remoteFamily,
+      encrypted: envelope.encrypted || undefined,
+      [kSlot]: slot,
+    });
+    Object.assign(clientSide, SOCKET_NO_OPS);
+    this.#server.emit('connection', serverSide);
     const request = http.request({
       method: envelope.method,
       path: envelope.url,
       headers: envelope.rawHeaders,
-      agent: this.#agent,
+      createConnection: () => clientSide,
       maxHeaderSize: MAX_HEADER_SIZE,
     });
-    request.once('socket', (socket: ClientSocket) => {
-      Object.assign(socket[kPartner]!, {
-        remoteAddress: envelope.remoteAddress,
-        remotePort: envelope.remotePort,
-        remoteFamily: envelope.remoteFamily,
-        encrypted: envelope.encrypted || undefined,
-        [kSlot]: slot,
-      });
-    });
     const response = new Promise<IncomingMessage>((resolve, reject) => {
-      request.once('response', resolve);
+      request.once('response', (res: IncomingMessage) => {
+        // The connection serves this one job: once its response is over, both ends go.
+        res.once('close', () => clientSide.destroy());
+        resolve(res);
+      });
       request.once('error', reject);
     });
     // Handled by whoever awaits it; this keeps an early failure from counting as unhandled meanwhile.
@@ -141,9 +136,8 @@ export class Replayer {
     return {
       response,
       abort() {
-        const socket = request.socket as ClientSocket | null;
         request.destroy();
-        socket?.[kPartner]?.destroy();
+        serverSide.destroy();
       },
     };
   }

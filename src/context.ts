@@ -23,9 +23,22 @@ export interface BgrsContext {
 
 const LEVELS: ReadonlySet<string> = new Set(['info', 'warning', 'error']);
 
-/** Text as every store can keep it: PostgreSQL's text type cannot hold NUL, so it becomes U+FFFD everywhere. */
-function storable(text: unknown): string {
-  return String(text).replace(/\u0000/g, '\uFFFD');
+/** The caps a running job's writes keep to (from the bgrs options). */
+export interface ContextLimits {
+  maxLogLines: number;
+  maxMessageLength: number;
+}
+
+const NO_LIMITS: ContextLimits = { maxLogLines: Number.POSITIVE_INFINITY, maxMessageLength: Number.POSITIVE_INFINITY };
+
+/**
+ * Text as every store can keep it: PostgreSQL's text type cannot hold NUL, so it becomes U+FFFD
+ * everywhere; longer than `max` characters, it is cut and ends in `…`.
+ */
+function storable(text: unknown, max: number): string {
+  let value = String(text);
+  if (value.length > max) value = `${value.slice(0, Math.max(0, max - 1))}…`;
+  return value.replace(/\u0000/g, '\uFFFD');
 }
 
 /** One shared, frozen context for every request that was not detached: calls cost nothing. */
@@ -51,6 +64,7 @@ export class JobContext implements BgrsContext {
   #logs: Promise<unknown> = Promise.resolve();
   #ended = false;
   #controller: AbortController | undefined;
+  #lines = 0;
 
   constructor(
     readonly id: string,
@@ -59,7 +73,16 @@ export class JobContext implements BgrsContext {
     private readonly onChange: () => void = () => undefined,
     /** Replaces the job's timeout, counted from its start (a route's own `timeout`). */
     readonly retime: (ms: number) => void = () => undefined,
+    /** Awaited before the first write: records whose job this is (see RunOptions.deriveOwner). */
+    private readonly beforeWrites: (() => Promise<void>) | undefined = undefined,
+    private readonly limits: ContextLimits = NO_LIMITS,
   ) {}
+
+  /** The first write waits for beforeWrites; later ones chain behind it. */
+  #ready: Promise<void> | undefined;
+  #first(): Promise<void> {
+    return (this.#ready ??= this.beforeWrites ? this.beforeWrites() : Promise.resolve());
+  }
 
   /** Created on first use: most handlers never look, and an AbortController per job is measurable. */
   get signal(): AbortSignal {
@@ -75,7 +98,7 @@ export class JobContext implements BgrsContext {
     if (this.#ended || typeof percent !== 'number' || Number.isNaN(percent)) return;
     this.#percent = Math.max(this.#percent, Math.min(100, Math.max(0, percent)));
     const update: JobProgressUpdate = { progress: this.#percent };
-    if (message !== undefined) update.message = storable(message);
+    if (message !== undefined) update.message = storable(message, this.limits.maxMessageLength);
     this.#queue(update);
   }
 
@@ -85,9 +108,16 @@ export class JobContext implements BgrsContext {
   }
 
   log(message: string, level: LogLevel = 'info'): void {
-    if (this.#ended) return;
-    const line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: storable(message) };
+    if (this.#ended || this.#lines >= this.limits.maxLogLines) return;
+    let line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: storable(message, this.limits.maxMessageLength) };
+    if (++this.#lines === this.limits.maxLogLines && this.limits.maxLogLines > 1) {
+      line = { at: line.at, level: 'warning', message: `log truncated: this job keeps at most ${this.limits.maxLogLines} lines (option maxLogLines); later lines are dropped` };
+    }
+    // A line waits for the progress write already under way, so the store sees them in call order.
+    const writing = this.#writing;
     this.#logs = this.#logs
+      .then(() => this.#first())
+      .then(() => writing)
       .then(() => this.store.appendLog(this.id, line))
       .then(() => this.onChange())
       .catch((err: unknown) => debug('job %s: log write failed: %o', this.id, err));
@@ -105,6 +135,7 @@ export class JobContext implements BgrsContext {
   }
 
   async #drain(): Promise<void> {
+    await this.#first();
     while (this.#pending) {
       const update = this.#pending;
       this.#pending = null;

@@ -8,14 +8,15 @@ import type { Handler } from './compose.js';
 import { finalResponder, runHandlers } from './compose.js';
 import { DETACHED_NOT } from './context.js';
 import type { JobContext } from './context.js';
-import { BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from './envelope.js';
+import { BodyBudgetError, BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from './envelope.js';
+import { limitKey, resolveOwner } from './owner.js';
 import { jobDocument, newJob } from './job.js';
 import type { Job } from './job.js';
 import type { Configuration } from './options.js';
 import { sendJson } from './json.js';
 import { sendProblem, sendStoreUnavailable } from './problem.js';
 import type { Dispatch, RunOptions } from './runner.js';
-import type { Scheduler } from './scheduler.js';
+import type { Admission, Scheduler } from './scheduler.js';
 import { waitForFinal } from './observe.js';
 import { replayResult } from './result.js';
 import { isFinal } from './job.js';
@@ -36,6 +37,8 @@ export interface Runtime {
   scheduler: Scheduler;
   closing: boolean;
   warned: Set<string>;
+  /** Open `/events` streams per caller (limitKey), for `maxEventStreams`. */
+  streams: Map<string, number>;
 }
 
 type AnyRequest = Request & { [kReplay]?: true; [kResume]?: { route: object; err: unknown }; _body?: boolean };
@@ -190,6 +193,8 @@ export function acknowledge(config: Configuration, res: ServerResponse, job: Job
 /** A request made ready to run in the background: who owns it, what to replay, how to dispatch it. */
 export interface Prepared {
   owner: string | null;
+  /** The place this job holds in the scheduler (a slot or a queue place, and its body bytes): used by launch, or given back. */
+  admission: Admission & { ok: true };
   preParsed: boolean;
   /** The raw body when bgrs read it; `null` when a parser had read it first (see `parsedBody`) or there was none. */
   body: Buffer | null;
@@ -215,21 +220,50 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
   }
   // A parser mounted before bgrs already read the body: carry the parsed value, send no bytes.
   const preParsed = bodyConsumed(req) && hasBody(req);
+  let owner: string | null;
   try {
-    const owner = (await config.owner(req)) ?? null;
-    const body = !preParsed && hasBody(req) ? await readBody(req, config.maxBodyBytes) : null;
+    owner = await resolveOwner(config.owner, req);
+  } catch (err) {
+    next(err);
+    return null;
+  }
+  // Admission comes before the body: a refused request costs no memory.
+  const admission = rt.scheduler.admit(limitKey(owner, req));
+  if (!admission.ok) {
+    sendQueueFull(config, res, admission.reason);
+    return null;
+  }
+  try {
+    const hold = (bytes: number): boolean => rt.scheduler.holdBody(admission, bytes);
+    if (preParsed && !hold(Number(req.headers['content-length']) || 0)) throw new BodyBudgetError();
+    const body = !preParsed && hasBody(req) ? await readBody(req, config.maxBodyBytes, hold) : null;
     const dispatch = factory(req, res, preParsed);
     const clientUrl = req.originalUrl ?? req.url;
     const envelope = buildEnvelope(req, stripParam(clientUrl), body, preParsed);
-    return { owner, preParsed, body, parsedBody: preParsed ? req.body : undefined, clientUrl, envelope, dispatch };
+    return { owner, admission, preParsed, body, parsedBody: preParsed ? req.body : undefined, clientUrl, envelope, dispatch };
   } catch (err) {
+    rt.scheduler.cancel(admission);
     if (err instanceof BodyTooLargeError) {
       sendProblem(res, 'body-too-large', `A detached request body may be at most ${err.limit} bytes (option maxBodyBytes).`);
+      return null;
+    }
+    if (err instanceof BodyBudgetError) {
+      sendProblem(res, 'server-busy', 'This server holds as many request bodies for background requests as it may (option maxHeldBodyBytes); try again later.', {
+        retryAfter: config.retryAfter,
+      });
       return null;
     }
     next(err);
     return null;
   }
+}
+
+function sendQueueFull(config: Configuration, res: Response, reason: 'queue-full' | 'owner-limit'): void {
+  const detail =
+    reason === 'queue-full'
+      ? `This server runs ${config.concurrency} background requests at once and has ${config.maxQueued} waiting; try again later.`
+      : `You have ${config.maxPerOwner} background requests queued or running here; wait for one to finish.`;
+  sendProblem(res, 'queue-full', detail, { retryAfter: config.retryAfter });
 }
 
 /** How the client of a new job is answered: at once with 202, or after up to `wait` seconds with the real response. */
@@ -255,15 +289,7 @@ export async function launch(
   run: RunOptions = {},
 ): Promise<boolean> {
   const { config, scheduler } = rt;
-  const admission = scheduler.admit(prepared.owner);
-  if (!admission.ok) {
-    const detail =
-      admission.reason === 'queue-full'
-        ? `This server runs ${config.concurrency} background requests at once and has ${config.maxQueued} waiting; try again later.`
-        : `You have ${config.maxPerOwner} background requests queued or running here; wait for one to finish.`;
-    sendProblem(res, 'queue-full', detail, { retryAfter: config.retryAfter });
-    return false;
-  }
+  const { admission } = prepared;
   const job = newJob({
     id,
     method,
@@ -281,7 +307,9 @@ export async function launch(
     sendStoreUnavailable(res, config.retryAfter);
     return false;
   }
-  const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), ...run });
+  // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
+  const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
+  const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), deriveOwner, ...run });
   // The admission held its place while the job was written, so it is still valid.
   scheduler.place(admission, id, start);
   if (ack) await answer(rt, res, job, ack);

@@ -42,12 +42,28 @@ export function bodyConsumed(req: ParsedRequest): boolean {
   return req._body === true || req.readableEnded;
 }
 
-/** Reads the raw body into memory, refusing more than `limit` bytes. */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/** The server holds as many request bodies as `maxHeldBodyBytes` allows. */
+export class BodyBudgetError extends Error {
+  constructor() {
+    super('the request bodies held for background requests reached maxHeldBodyBytes');
+  }
+}
+
+/**
+ * Reads the raw body into memory, refusing more than `limit` bytes. `hold(bytes)` is asked before
+ * each piece is kept (a declared length at once): `false` refuses the body with BodyBudgetError.
+ */
+export function readBody(req: IncomingMessage, limit: number, hold: (bytes: number) => boolean = () => true): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) {
     req.resume();
     return Promise.reject(new BodyTooLargeError(limit));
+  }
+  // A declared length is held in full before the first byte is read; a chunked body piece by piece.
+  const upfront = Number.isFinite(declared) && declared > 0 ? declared : 0;
+  if (upfront > 0 && !hold(upfront)) {
+    req.resume();
+    return Promise.reject(new BodyBudgetError());
   }
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
@@ -64,6 +80,12 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
         cleanup();
         req.resume();
         reject(new BodyTooLargeError(limit));
+        return;
+      }
+      if (size > upfront && !hold(Math.min(chunk.length, size - upfront))) {
+        cleanup();
+        req.resume();
+        reject(new BodyBudgetError());
         return;
       }
       chunks.push(chunk);

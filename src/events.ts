@@ -1,5 +1,5 @@
 // GET <base>/:id/events: Server-Sent Events with a job's status, progress and log lines, live until it ends.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { Runtime } from './detach.js';
 import { isFinal, jobDocument } from './job.js';
 import type { Job } from './job.js';
@@ -16,10 +16,9 @@ const LOG_PAGE = 1000;
  * that are deltas; status and progress are snapshots. So a client that reconnects with
  * `Last-Event-ID` gets the lines after that seq (no gap, no repeat) and fresh snapshots.
  */
-export async function streamEvents(rt: Runtime, req: IncomingMessage, res: ServerResponse, first: Job): Promise<void> {
+export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job, lastEventId: number): Promise<void> {
   const { config } = rt;
-  const lastEventId = Number(req.headers['last-event-id']);
-  let cursor = Number.isInteger(lastEventId) && lastEventId > 0 ? lastEventId : 0;
+  let cursor = lastEventId;
   const closed = new AbortController();
   res.once('close', () => closed.abort());
 

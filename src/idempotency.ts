@@ -9,6 +9,8 @@ import type { Job, JobResponse } from './job.js';
 import { sendJson } from './json.js';
 import { sendInvalidBgrs, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
+import { credentialScope, resolveOwner } from './owner.js';
+import { StoreFullError } from './stores/store.js';
 
 export interface IdempotencyOptions {
   /** Whether a request without an `Idempotency-Key` is refused with 400 `idempotency-key-missing`. Defaults to `false`. */
@@ -23,8 +25,11 @@ export interface IdempotencyOptions {
   storeResponse: (status: number) => boolean;
   /** Replaces the default fingerprint (method, path, canonical query, body digest). Defaults to none. */
   fingerprint: ((req: Request) => string | Promise<string>) | undefined;
-  /** Who a key belongs to: two scopes never share a record. Defaults to the bgrs `owner`. */
-  scope: ((req: Request) => string | null | Promise<string | null>) | undefined;
+  /**
+   * Who a key belongs to: two scopes never share a record. Defaults to the bgrs `owner`, and for a
+   * caller without one to a digest of its `Authorization` and `Cookie` headers (never stored in clear).
+   */
+  scope: ((req: Request) => string | null | undefined | Promise<string | null | undefined>) | undefined;
 }
 
 export interface GuardConfig extends Omit<IdempotencyOptions, 'methods'> {
@@ -105,18 +110,29 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
     const ack = decision.detach ? { byPrefer: decision.byPrefer } : null;
     const prepared = await prepare(rt, req, res, next, factory);
     if (!prepared) return;
+    let handedOver = false;
+    try {
+      handedOver = await claimAndAnswer(req, res, next, key, prepared, ack);
+    } finally {
+      // Answered from the record (a replay, 409, 422, 503): the place admission held is given back.
+      if (!handedOver) rt.scheduler.cancel(prepared.admission);
+    }
+  }
+
+  /** Claims the key and answers; resolves `true` when the request went on to run as the key's execution. */
+  async function claimAndAnswer(req: Request, res: Response, next: NextFunction, key: string, prepared: Prepared, ack: { byPrefer: boolean } | null): Promise<boolean> {
     let fingerprint: string;
     let scope: string | null;
     try {
       fingerprint = guard.fingerprint
         ? String(await guard.fingerprint(req))
         : defaultFingerprint(req, prepared.body, prepared.parsedBody, prepared.preParsed);
-      scope = guard.scope ? await guard.scope(req) : prepared.owner;
+      scope = await keyScope(req, prepared.owner);
     } catch (err) {
       next(err);
-      return;
+      return false;
     }
-    const name = recordKey(scope ?? null, req.method, prepared.clientUrl, key);
+    const name = recordKey(scope, req.method, prepared.clientUrl, key);
     // A record whose execution vanished (job expired or ended without a response) is freed and claimed again.
     for (let attempt = 0; attempt < 3; attempt++) {
       const id = uuidv4();
@@ -125,13 +141,22 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
       try {
         claim = await store.claimIdempotencyKey(name, { fingerprint, jobId: id, state: 'running', leaseUntil: now + guard.lease, expiresAt: now + guard.ttl });
       } catch (err) {
+        if (err instanceof StoreFullError) {
+          sendProblem(res, 'server-busy', 'This server keeps as many Idempotency-Key records as it may; try again later.', { retryAfter: config.retryAfter });
+          return false;
+        }
         config.logger.error(`express-bgrs: idempotency claim failed: ${(err as Error).message}`);
-        return unavailable(res);
+        unavailable(res);
+        return false;
       }
-      if (claim.won) return execute(res, prepared, req.method, id, name, ack);
+      if (claim.won) {
+        await execute(res, prepared, req.method, id, name, ack);
+        return true;
+      }
       const { record } = claim;
       if (record.fingerprint !== fingerprint) {
-        return sendProblem(res, 'idempotency-key-reused', 'This Idempotency-Key was used with a different request (method, path, query or body).');
+        sendProblem(res, 'idempotency-key-reused', 'This Idempotency-Key was used with a different request (method, path, query or body).');
+        return false;
       }
       let job: Job | null;
       let body: AsyncIterable<Uint8Array> | null = null;
@@ -139,7 +164,8 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
         job = await store.getJob(record.jobId);
         if (job && isFinal(job.status) && job.response && !ack) body = await store.readResult(job.id);
       } catch {
-        return unavailable(res);
+        unavailable(res);
+        return false;
       }
       // Gone, ended without a response, or ended with one that is not to be kept (storeResponse):
       // its holder is about to free the key, so free it and claim again.
@@ -152,13 +178,28 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
       const current = job!;
       if (!isFinal(current.status)) {
         // Re-attach: a client whose first call was cut off gets the job that tracks that execution.
-        if (ack) return acknowledge(config, res, current, ack.byPrefer);
-        return sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+        if (ack) acknowledge(config, res, current, ack.byPrefer);
+        else sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+        return false;
       }
-      if (ack) return sendJobDocument(res, current);
-      return replayResult(res, current as Job & { response: JobResponse }, body!, config.replayCookies, REPLAYED);
+      if (ack) sendJobDocument(res, current);
+      else await replayResult(res, current as Job & { response: JobResponse }, body!, config.replayCookies, REPLAYED);
+      return false;
     }
     sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+    return false;
+  }
+
+  /**
+   * Whose keys these are: the `scope` option, else the owner, else (an anonymous caller) a digest
+   * of its credentials. Each kind is tagged so that no owner name can collide with another kind.
+   */
+  async function keyScope(req: Request, owner: string | null): Promise<string | null> {
+    if (guard.scope) {
+      const scope = await resolveOwner(guard.scope, req);
+      return scope === null ? null : `scope:${scope}`;
+    }
+    return owner !== null ? `owner:${owner}` : credentialScope(req);
   }
 
   /** A finished job, retried with a detach: its document, as the replayed answer. */

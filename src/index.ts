@@ -11,5 +11,5 @@ export { PROBLEM_TYPE_PREFIX, problems } from './problem.js';
 export type { ProblemCode, ProblemDocument } from './problem.js';
 export { MemoryStore } from './stores/memory.js';
 export type { MemoryStoreOptions } from './stores/memory.js';
-export { InvalidCursorError } from './stores/store.js';
+export { InvalidCursorError, StoreFullError } from './stores/store.js';
 export type { IdempotencyClaimResult, IdempotencyRecord, Store } from './stores/store.js';

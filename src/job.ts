@@ -65,6 +65,11 @@ export interface JobProgressUpdate {
   progress?: number;
   message?: string | null;
   resultCount?: number;
+  /**
+   * The owner the app's own auth established on the replayed request (see `owner`): given to a job
+   * that has none yet (`owner` null); ignored when the job already has an owner.
+   */
+  owner?: string;
 }
 
 /** The final transition of a job: applied once, only from a non-final status. */

@@ -20,10 +20,13 @@ export interface Options {
   /** Where the job routes live, relative to where bgrs is mounted. Defaults to `'/bgrs'`. */
   basePath: string;
   /**
-   * Who owns the job a request starts; only that owner may see it. `null` means anonymous: such
-   * jobs are reachable by anyone who holds their (unguessable) id. Defaults to `() => null`.
+   * Who owns the job a request starts; only that owner may see it. `null`, `undefined` or `''`
+   * mean anonymous: such jobs are reachable by whoever holds their (unguessable) id, and never
+   * listed. It is asked again on the replayed request once the route's own middleware ran, so a
+   * job detached before route-level auth still belongs to the user that auth established.
+   * Defaults to `() => null`.
    */
-  owner: (req: Request) => string | null | Promise<string | null>;
+  owner: (req: Request) => string | null | undefined | Promise<string | null | undefined>;
   /**
    * Decides instead of the default rule (the caller's owner equals `job.owner`). A refusal answers
    * exactly like a missing job (404). `job` is `null` for `list-all`. Defaults to the owner rule.
@@ -47,8 +50,24 @@ export interface Options {
   concurrency: number;
   /** How many jobs may wait in this process's queue; beyond it a detach gets 429 `queue-full`. Defaults to `1000`. */
   maxQueued: number;
-  /** How many jobs one owner may have queued or running in this process; beyond it, 429. Defaults to `Infinity`. */
+  /**
+   * How many jobs one owner (an anonymous caller: one client address) may have queued or running in
+   * this process; beyond it, 429. Kept well below `maxQueued` so one caller cannot fill the queue
+   * for everyone. Defaults to `100`.
+   */
   maxPerOwner: number;
+  /**
+   * How many bytes of request bodies detached jobs may hold in this process, all together, from
+   * the moment bgrs reads them until their job ends; beyond it a detach gets 503 `server-busy`
+   * with `Retry-After`. Defaults to 256 MiB.
+   */
+  maxHeldBodyBytes: number;
+  /** How many log lines one job keeps; later lines are dropped (one warning line says so). Defaults to `10000`. */
+  maxLogLines: number;
+  /** The longest progress message or log line kept, in characters; longer ones are cut (ending in `…`). Defaults to `2000`. */
+  maxMessageLength: number;
+  /** How many `/events` streams one owner (an anonymous caller: one client address) may have open in this process; beyond it, 429. Defaults to `16`. */
+  maxEventStreams: number;
   /**
    * How long a process may stay silent about a job it runs before other processes record it
    * `failed: interrupted`, in ms. The process renews its leases every third of it (at least every second).
@@ -99,7 +118,11 @@ function defaults(): Options {
     timeout: HOUR,
     concurrency: 64,
     maxQueued: 1000,
-    maxPerOwner: Number.POSITIVE_INFINITY,
+    maxPerOwner: 100,
+    maxHeldBodyBytes: 256 * 2 ** 20,
+    maxLogLines: 10_000,
+    maxMessageLength: 2000,
+    maxEventStreams: 16,
     lease: 30_000,
     maxWait: 60,
     eventsHeartbeat: 15_000,
@@ -189,7 +212,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   positive('ttl', config.ttl);
   positive('timeout', config.timeout, true);
   positive('maxResultBytes', config.maxResultBytes);
-  for (const name of ['concurrency', 'maxPerOwner'] as const) {
+  for (const name of ['concurrency', 'maxPerOwner', 'maxLogLines', 'maxMessageLength', 'maxEventStreams'] as const) {
     const value = config[name];
     if (!(value === Number.POSITIVE_INFINITY || (Number.isInteger(value) && value >= 1))) fail(name, value, 'a whole number ≥ 1 (or Infinity)');
   }
@@ -202,6 +225,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   positive('eventsHeartbeat', config.eventsHeartbeat);
   positive('storeTimeout', config.storeTimeout);
   positive('maxBodyBytes', config.maxBodyBytes);
+  positive('maxHeldBodyBytes', config.maxHeldBodyBytes);
   if (typeof config.replayCookies !== 'boolean') fail('replayCookies', config.replayCookies, 'a boolean');
   if (typeof config.validations !== 'boolean') fail('validations', config.validations, 'a boolean');
   if (!config.logger || typeof config.logger.warn !== 'function' || typeof config.logger.error !== 'function') {

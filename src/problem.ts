@@ -16,6 +16,8 @@ export const problems = {
   'store-unavailable': { status: 503, title: 'Job store unavailable' },
   'shutting-down': { status: 503, title: 'Shutting down' },
   'queue-full': { status: 429, title: 'Too many background requests' },
+  'too-many-streams': { status: 429, title: 'Too many event streams' },
+  'server-busy': { status: 503, title: 'Server busy' },
   'idempotency-key-missing': { status: 400, title: 'Idempotency-Key header missing' },
   'idempotency-key-invalid': { status: 400, title: 'Idempotency-Key header invalid' },
   'idempotency-key-in-use': { status: 409, title: 'A request with this Idempotency-Key is in progress' },

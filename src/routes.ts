@@ -11,6 +11,7 @@ import { sendNotFound, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
 import { JobAbortError } from './scheduler.js';
 import { InvalidCursorError } from './stores/store.js';
+import { limitKey, resolveOwner } from './owner.js';
 import { parsePrefer } from './trigger.js';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
@@ -40,12 +41,22 @@ function fromStore<T>(promise: Promise<T>): Promise<T> {
   });
 }
 
+/** The largest integer a client may send (`after`, `limit`, `Last-Event-ID`): what every store's integer columns hold. */
+export const MAX_CLIENT_INTEGER = 2 ** 31 - 1;
+
+/** A non-negative integer from the client, at most MAX_CLIENT_INTEGER; `null` when it is anything else. */
+export function clientInteger(text: string): number | null {
+  if (!/^\d{1,10}$/.test(text)) return null;
+  const value = Number(text);
+  return value <= MAX_CLIENT_INTEGER ? value : null;
+}
+
 /** Parses a non-negative integer query value; `undefined` when absent, `null` when invalid. */
 function integerParam(params: URLSearchParams, name: string): number | undefined | null {
   const values = params.getAll(name);
   if (values.length === 0) return undefined;
-  if (values.length > 1 || !/^\d{1,15}$/.test(values[0]!)) return null;
-  return Number(values[0]);
+  if (values.length > 1) return null;
+  return clientInteger(values[0]!);
 }
 
 /** Whether a URL falls under the job routes' base path (which is never detached). */
@@ -60,9 +71,13 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
   const { config } = rt;
   const base = config.basePath;
 
+  /**
+   * The default rule: an owned job is its owner's alone; an anonymous job is a capability URL,
+   * open to whoever holds its (unguessable) id, and never listed.
+   */
   async function allowed(req: Request, job: Job, action: JobAction): Promise<boolean> {
     if (config.authorize) return Boolean(await config.authorize(req, job, action));
-    return (await config.owner(req)) === job.owner;
+    return job.owner === null || (await resolveOwner(config.owner, req)) === job.owner;
   }
 
   /** `?wait=N` or `Prefer: wait=N`, in seconds, capped by `maxWait`; `null` when `?wait` is invalid. */
@@ -105,7 +120,9 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     if (unknown !== undefined) return sendProblem(res, 'invalid-parameter', `Unknown status \`${unknown}\`; use ${[...STATUSES].join(', ')}.`);
     const cursor = params.get('cursor');
     const everyone = config.authorize ? Boolean(await config.authorize(req, null, 'list-all')) : false;
-    const owner = everyone ? undefined : await config.owner(req);
+    const owner = everyone ? undefined : await resolveOwner(config.owner, req);
+    // A caller without an identity has no jobs to list: anonymous jobs are reachable only by their id.
+    if (owner === null) return sendJson(res, 200, { items: [], next: null });
     const pageSize = limit ?? LIST_DEFAULT_LIMIT;
     let page;
     try {
@@ -148,7 +165,23 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       return sendJson(res, 202, jobDocument(cancelled, base), retryHeaders(cancelled));
     }
 
-    if (sub === 'events') return streamEvents(rt, req, res, job);
+    if (sub === 'events') {
+      const header = req.headers['last-event-id'];
+      const lastEventId = header === undefined || header === '' ? 0 : clientInteger(String(header).trim());
+      if (lastEventId === null) return sendProblem(res, 'invalid-parameter', `\`Last-Event-ID\` must be an integer from 0 to ${MAX_CLIENT_INTEGER} (an event id this server sent).`);
+      const key = limitKey(await resolveOwner(config.owner, req), req);
+      const open = rt.streams.get(key) ?? 0;
+      if (open >= config.maxEventStreams) {
+        return sendProblem(res, 'too-many-streams', `You have ${config.maxEventStreams} event streams open here; close one first.`, { retryAfter: config.retryAfter });
+      }
+      rt.streams.set(key, open + 1);
+      res.once('close', () => {
+        const left = (rt.streams.get(key) ?? 1) - 1;
+        if (left <= 0) rt.streams.delete(key);
+        else rt.streams.set(key, left);
+      });
+      return streamEvents(rt, res, job, lastEventId);
+    }
 
     if (sub === '' || sub === 'result') {
       const wait = waitSeconds(req, params);
@@ -165,7 +198,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     if (sub === 'details') {
       const after = integerParam(params, 'after');
       const limit = integerParam(params, 'limit');
-      if (after === null) return sendProblem(res, 'invalid-parameter', '`after` must be a non-negative integer (a log line seq).');
+      if (after === null) return sendProblem(res, 'invalid-parameter', `\`after\` must be an integer from 0 to ${MAX_CLIENT_INTEGER} (a log line seq).`);
       if (limit === null || limit === 0 || (limit !== undefined && limit > DETAILS_MAX_LIMIT)) {
         return sendProblem(res, 'invalid-parameter', `\`limit\` must be an integer from 1 to ${DETAILS_MAX_LIMIT}.`);
       }

@@ -161,16 +161,34 @@ export interface RunOptions {
   timeout?: number;
   /** Called after each progress or log write lands. */
   onChange?: () => void;
+  /**
+   * For a job recorded without an owner: asks the replayed request whose it is, once the route's
+   * own middleware ran (the first `req.bgrs` call or the response head, whichever comes first), and
+   * records a non-null answer before any of it is stored.
+   */
+  deriveOwner?: (replayed: IncomingMessage) => Promise<string | null>;
 }
 
 export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch, options: RunOptions = {}): RunningJob {
   const { live } = options;
   const startedAt = Date.now();
-  const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms));
+  let replayed: IncomingMessage | undefined;
+  let owned: Promise<void> | undefined;
+  /** Runs deriveOwner once, on the replayed request as the route's middleware left it. */
+  const settleOwner = (): Promise<void> =>
+    (owned ??= (async () => {
+      if (!options.deriveOwner || !replayed) return;
+      const owner = await options.deriveOwner(replayed);
+      if (owner !== null) await config.store.updateProgress(id, { owner });
+    })().catch((err: unknown) => config.logger.error(`express-bgrs: could not record the owner of job ${id}: ${(err as Error)?.message ?? String(err)}`)));
+  const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms), options.deriveOwner ? settleOwner : undefined, config);
   let timer: NodeJS.Timeout | undefined;
   let writer: ResultWriter | undefined;
   let liveStarted = false;
-  const replay = replayer.replay(envelope, (req, res) => dispatch(req, res, ctx));
+  const replay = replayer.replay(envelope, (req, res) => {
+    replayed = req;
+    dispatch(req, res, ctx);
+  });
   let ended = false;
   let resolveDone!: () => void;
   const done = new Promise<void>((resolve) => (resolveDone = resolve));
@@ -243,6 +261,8 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
 
   replay.response
     .then(async (res) => {
+      // Whose result this is must be on record before any byte of it is.
+      await settleOwner();
       writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);
       if (live) {
         writeLiveHead(live, res);

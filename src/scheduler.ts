@@ -18,8 +18,14 @@ export class JobAbortError extends Error {
 
 interface Queued {
   id: string;
-  owner: string | null;
+  held: Held;
   start(): RunningJob;
+}
+
+/** What one job holds here while queued or running: a place in its caller's limit, and body bytes. */
+interface Held {
+  key: string;
+  bodyBytes: number;
 }
 
 type Listener = () => void;
@@ -29,7 +35,7 @@ type Listener = () => void;
  * slot or a queue place, and one of the owner's) until `run`, `enqueue` or `cancel` uses it, so
  * that requests admitted while their job is being written to the store cannot overfill anything.
  */
-export type Admission = { ok: true; queued: boolean; owner: string | null } | { ok: false; reason: 'queue-full' | 'owner-limit' };
+export type Admission = { ok: true; queued: boolean; held: Held } | { ok: false; reason: 'queue-full' | 'owner-limit' };
 
 /**
  * Everything this process knows about its own jobs. The store remains the truth that every
@@ -38,9 +44,11 @@ export type Admission = { ok: true; queued: boolean; owner: string | null } | { 
  */
 export class Scheduler {
   readonly running = new Map<string, RunningJob>();
-  readonly #owners = new Map<string, { owner: string | null }>();
+  readonly #owners = new Map<string, Held>();
   readonly #queue: Queued[] = [];
-  readonly #perOwner = new Map<string | null, number>();
+  readonly #perOwner = new Map<string, number>();
+  /** Request body bytes held by admitted jobs, all together (`maxHeldBodyBytes`). */
+  #bodyBytes = 0;
   readonly #listeners = new Map<string, Set<Listener>>();
   #reservedSlots = 0;
   #reservedPlaces = 0;
@@ -50,41 +58,65 @@ export class Scheduler {
 
   constructor(private readonly config: Configuration) {}
 
-  /** Decides whether a new job of `owner` may run now, queue, or is refused; an accepted one holds its place. */
-  admit(owner: string | null): Admission {
+  /**
+   * Decides whether a new job of one caller (`key`: see limitKey) may run now, queue, or is
+   * refused; an accepted one holds its place. Asked before the request body is read, so a refused
+   * request costs no body.
+   */
+  admit(key: string): Admission {
     const { concurrency, maxQueued, maxPerOwner } = this.config;
-    if ((this.#perOwner.get(owner) ?? 0) >= maxPerOwner) return { ok: false, reason: 'owner-limit' };
+    if ((this.#perOwner.get(key) ?? 0) >= maxPerOwner) return { ok: false, reason: 'owner-limit' };
     const queued = this.#queue.length + this.#reservedPlaces;
     let admission: Admission;
-    if (this.running.size + this.#reservedSlots < concurrency && queued === 0) admission = { ok: true, queued: false, owner };
+    if (this.running.size + this.#reservedSlots < concurrency && queued === 0) admission = { ok: true, queued: false, held: { key, bodyBytes: 0 } };
     else if (queued >= maxQueued) return { ok: false, reason: 'queue-full' };
-    else admission = { ok: true, queued: true, owner };
+    else admission = { ok: true, queued: true, held: { key, bodyBytes: 0 } };
     this.#hold(admission, 1);
     return admission;
   }
 
-  /** Gives back an admission's place (the job could not be recorded). */
+  /** Counts `bytes` more of an admitted job's request body; `false` (counting nothing) when that would pass `maxHeldBodyBytes`. */
+  holdBody(admission: Admission & { ok: true }, bytes: number): boolean {
+    if (this.#bodyBytes + bytes > this.config.maxHeldBodyBytes) return false;
+    this.#bodyBytes += bytes;
+    admission.held.bodyBytes += bytes;
+    return true;
+  }
+
+  /** Request body bytes held here now, all jobs together. */
+  get heldBodyBytes(): number {
+    return this.#bodyBytes;
+  }
+
+  /** Gives back an admission's place and body bytes (the job could not be recorded or was answered without running). */
   cancel(admission: Admission): void {
-    if (admission.ok) this.#hold(admission, -1);
+    if (!admission.ok) return;
+    this.#hold(admission, -1);
+    this.#releaseBody(admission.held);
+  }
+
+  #releaseBody(held: Held): void {
+    this.#bodyBytes -= held.bodyBytes;
+    held.bodyBytes = 0;
   }
 
   /** Starts or queues a job, as its admission decided. `start` runs it (for a queued job, once a slot frees and the store agrees). */
   place(admission: Admission & { ok: true }, id: string, start: () => RunningJob): void {
     this.#hold(admission, -1);
-    this.#count(admission.owner, 1);
-    this.#owners.set(id, { owner: admission.owner });
+    this.#count(admission.held.key, 1);
+    this.#owners.set(id, admission.held);
     if (!admission.queued) {
       this.#track(id, start());
       return;
     }
-    this.#queue.push({ id, owner: admission.owner, start });
+    this.#queue.push({ id, held: admission.held, start });
     this.#ensureHeartbeat();
   }
 
   #hold(admission: Admission & { ok: true }, delta: number): void {
     if (admission.queued) this.#reservedPlaces += delta;
     else this.#reservedSlots += delta;
-    this.#count(admission.owner, delta);
+    this.#count(admission.held.key, delta);
   }
 
   /** 1-based place of a job in this process's queue, or undefined when it is not queued here. */
@@ -98,7 +130,7 @@ export class Scheduler {
     const index = this.#queue.findIndex((entry) => entry.id === id);
     if (index === -1) return false;
     const [entry] = this.#queue.splice(index, 1);
-    this.#release(entry!.id, entry!.owner);
+    this.#release(entry!.id, entry!.held);
     return true;
   }
 
@@ -127,7 +159,7 @@ export class Scheduler {
   /** Stops every job of this process with the same final status (shutdown). */
   async stopAll(status: 'failed' | 'cancelled', error: JobError, reason: Error): Promise<void> {
     const queued = this.#queue.splice(0);
-    for (const entry of queued) this.#release(entry.id, entry.owner);
+    for (const entry of queued) this.#release(entry.id, entry.held);
     const ending = endingNow(this.config.ttl);
     await Promise.all([
       ...queued.map((entry) =>
@@ -152,21 +184,23 @@ export class Scheduler {
     void job.done.then(() => {
       this.running.delete(id);
       const held = this.#owners.get(id);
-      if (held) this.#release(id, held.owner);
+      if (held) this.#release(id, held);
       this.notify(id);
       this.#startNext();
     });
   }
 
-  #release(id: string, owner: string | null): void {
+  #release(id: string, held: Held): void {
+    if (this.#owners.get(id) !== held) return;
     this.#owners.delete(id);
-    this.#count(owner, -1);
+    this.#count(held.key, -1);
+    this.#releaseBody(held);
   }
 
-  #count(owner: string | null, delta: number): void {
-    const next = (this.#perOwner.get(owner) ?? 0) + delta;
-    if (next <= 0) this.#perOwner.delete(owner);
-    else this.#perOwner.set(owner, next);
+  #count(key: string, delta: number): void {
+    const next = (this.#perOwner.get(key) ?? 0) + delta;
+    if (next <= 0) this.#perOwner.delete(key);
+    else this.#perOwner.set(key, next);
   }
 
   /** Starts queued jobs while there are free slots; a job cancelled while queued is skipped. */
@@ -186,7 +220,7 @@ export class Scheduler {
               this.notify(entry.id);
               this.#track(entry.id, entry.start());
             } else {
-              this.#release(entry.id, entry.owner);
+              this.#release(entry.id, entry.held);
               this.#startNext();
             }
           },

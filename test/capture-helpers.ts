@@ -1,5 +1,6 @@
 // Helpers for the capture tests: one request answered live and detached, and the comparison of both.
 import assert from 'node:assert/strict';
+import { privateCacheControl } from '../src/result.js';
 import { readFile } from 'node:fs';
 import type { Express } from 'express';
 import { dirname, join } from 'node:path';
@@ -55,7 +56,9 @@ export function assertSameResponse(live: Captured, replay: Captured, job: JobDoc
   assert.equal(replay.status, live.status, 'status');
   assert.deepEqual(replay.body, live.body, 'body bytes');
   assert.deepEqual(comparable(replay.headers), comparable(live.headers), 'headers');
-  assert.equal(replay.headers.get('cache-control'), live.headers.get('cache-control') ?? 'no-store', 'cache-control');
+  // A result is never shared-cacheable: `public` is served as `private` (the security model).
+  const liveCache = live.headers.get('cache-control');
+  assert.equal(replay.headers.get('cache-control'), liveCache === null ? 'no-store' : privateCacheControl(liveCache), 'cache-control');
   const bodyless = live.status === 204 || live.status === 304;
   assert.equal(replay.headers.get('content-length'), bodyless ? null : String(live.body.length), 'content-length is the stored size');
   if (live.headers.has('content-length')) assert.equal(replay.headers.get('content-length'), live.headers.get('content-length'));

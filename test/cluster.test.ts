@@ -130,19 +130,21 @@ for (const [kind, label, url] of [
     });
 
     it('detaches on A; B reports the job, its log and its result', async () => {
-      const ack = await fetch(`${a.url}/work?bgrs=yes&steps=4&ms=50`);
+      const ann = { headers: { 'x-user': 'ann' } };
+      const ack = await fetch(`${a.url}/work?bgrs=yes&steps=4&ms=50`, ann);
       assert.equal(ack.status, 202);
       const location = ack.headers.get('location')!;
-      const job = await waitForJob(b.url, location);
+      const job = await waitForJob(b.url, location, 10_000, ann);
       assert.equal(job.status, 'completed');
       assert.equal(job.progress, 100);
-      const details = (await (await fetch(`${b.url}${location}/details`)).json()) as { items: Array<{ message: string }> };
+      const details = (await (await fetch(`${b.url}${location}/details`, ann)).json()) as { items: Array<{ message: string }> };
       assert.deepEqual(details.items.map((l) => l.message), ['step 1 of 4', 'step 2 of 4', 'step 3 of 4', 'step 4 of 4']);
-      const result = await fetch(`${b.url}${location}/result`);
+      const result = await fetch(`${b.url}${location}/result`, ann);
       assert.equal(result.status, 200);
       assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
       assert.equal(await result.text(), 'n,square\n1,1\n2,4\n3,9\n4,16\n');
-      const listed = (await (await fetch(`${b.url}/bgrs?limit=100`)).json()) as { items: JobDoc[] };
+      assert.equal((await fetch(`${b.url}${location}/result`)).status, 404, 'not to a caller without the owner');
+      const listed = (await (await fetch(`${b.url}/bgrs?limit=100`, ann)).json()) as { items: JobDoc[] };
       assert.ok(listed.items.some((item) => item.id === job.id), 'B lists the job A started');
     });
 

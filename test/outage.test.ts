@@ -74,6 +74,8 @@ async function startApp(store: Store): Promise<Harness> {
     storeTimeout: STORE_TIMEOUT,
     lease: LEASE,
     validations: false,
+    // One caller: its list is what these tests read.
+    owner: () => 'tester',
     logger: { warn: (message: string) => logged.push(message), error: (message: string) => logged.push(message) },
   });
   const app = express();

@@ -2,7 +2,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
 import { isFinal } from '../job.js';
-import { InvalidCursorError } from './store.js';
+import { InvalidCursorError, StoreFullError } from './store.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 
 export interface MemoryStoreOptions {
@@ -12,6 +12,12 @@ export interface MemoryStoreOptions {
   maxBytes?: number;
   /** An upper bound on how long a finished job is kept (ms), on top of the expiry bgrs sets. Defaults to none. */
   ttl?: number;
+  /**
+   * How many Idempotency-Key records are kept at most; when they are all live, a new key is refused
+   * (the guard answers 503 `server-busy`) rather than an old one dropped, which would let its request
+   * run twice. Defaults to `50000`.
+   */
+  maxKeys?: number;
 }
 
 /** A deep copy of a job, field by field: its shape is known, and structuredClone costs several times more. */
@@ -51,6 +57,8 @@ interface Entry {
 
 /** Fixed per-entry weight so that jobs without results still count against `maxBytes`. */
 const ENTRY_OVERHEAD = 1024;
+/** What a log line weighs beyond its text (UTF-16 code units count as 2 bytes), for `maxBytes`. */
+const LINE_OVERHEAD = 96;
 
 /**
  * Keeps jobs in this process. Running jobs sit in a plain Map and are never evicted (evicting one
@@ -62,6 +70,7 @@ export class MemoryStore implements Store {
   private readonly finished: LRUCache<string, Entry>;
   private readonly ttlCap: number | undefined;
   private readonly keys = new Map<string, IdempotencyRecord>();
+  private readonly maxKeys: number;
   private claimsSincePurge = 0;
   private finishesSincePurge = 0;
   /** Drops expired jobs that nobody reads again; unref'd so it never keeps the process alive. */
@@ -70,7 +79,9 @@ export class MemoryStore implements Store {
   constructor(options: MemoryStoreOptions = {}) {
     const max = options.max ?? 10_000;
     const maxBytes = options.maxBytes ?? 512 * 2 ** 20;
-    for (const [name, value] of [['max', max], ['maxBytes', maxBytes]] as const) {
+    const maxKeys = options.maxKeys ?? 50_000;
+    this.maxKeys = maxKeys;
+    for (const [name, value] of [['max', max], ['maxBytes', maxBytes], ['maxKeys', maxKeys]] as const) {
       if (!Number.isInteger(value) || value < 1) {
         throw new TypeError(`MemoryStore: \`${name}\` must be a positive integer, received \`${String(value)}\`.`);
       }
@@ -118,6 +129,7 @@ export class MemoryStore implements Store {
     if (update.progress !== undefined) entry.job.progress = update.progress;
     if (update.message !== undefined) entry.job.message = update.message;
     if (update.resultCount !== undefined) entry.job.resultCount = update.resultCount;
+    if (update.owner != null && entry.job.owner === null) entry.job.owner = update.owner;
     return true;
   }
 
@@ -187,6 +199,8 @@ export class MemoryStore implements Store {
     if (!entry || isFinal(entry.job.status)) return null;
     const seq = entry.logs.length + 1;
     entry.logs.push({ seq, at: line.at, level: line.level, message: line.message });
+    // Log lines count against maxBytes like result bytes do.
+    entry.size += LINE_OVERHEAD + line.message.length * 2;
     if (line.level === 'warning') entry.job.warnings += 1;
     else if (line.level === 'error') entry.job.errors += 1;
     return seq;
@@ -239,6 +253,10 @@ export class MemoryStore implements Store {
     }
     const current = this.liveKey(key, now);
     if (current && !(current.state === 'running' && current.leaseUntil <= now)) return { won: false, record: { ...current } };
+    if (!current && this.keys.size >= this.maxKeys) {
+      for (const [name, held] of this.keys) if (held.expiresAt <= now) this.keys.delete(name);
+      if (this.keys.size >= this.maxKeys) throw new StoreFullError(`MemoryStore: ${this.maxKeys} Idempotency-Key records are live (option maxKeys)`);
+    }
     this.keys.set(key, { ...record, state: 'running' });
     return { won: true };
   }

@@ -114,7 +114,8 @@ export function statements(table: string) {
     updateProgress: `UPDATE ${jobs} SET
         progress = CASE WHEN $2::boolean THEN $3::double precision ELSE progress END,
         message = CASE WHEN $4::boolean THEN $5::text ELSE message END,
-        result_count = CASE WHEN $6::boolean THEN $7::double precision ELSE result_count END
+        result_count = CASE WHEN $6::boolean THEN $7::double precision ELSE result_count END,
+        owner = COALESCE(owner, $8::text)
       WHERE id = $1 AND status IN ${LIVE}`,
 
     /** $1 id, $2 startedAt, $3 leaseUntil; rowCount 1 when the job was queued. */

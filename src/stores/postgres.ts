@@ -192,8 +192,8 @@ export class PostgresStore implements Store {
   }
 
   async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
-    const { progress, message, resultCount } = update;
-    const values = [id, progress !== undefined, progress ?? null, message !== undefined, message ?? null, resultCount !== undefined, resultCount ?? null];
+    const { progress, message, resultCount, owner } = update;
+    const values = [id, progress !== undefined, progress ?? null, message !== undefined, message ?? null, resultCount !== undefined, resultCount ?? null, owner ?? null];
     return (await this.query(this.sql.updateProgress, values)).rowCount > 0;
   }
 

@@ -36,12 +36,18 @@ export const UPDATE_PROGRESS = script(
   `--[[
   Applies progress fields to a job that is not final.
   KEYS[1] job hash
-  ARGV[1..] field, value pairs (may be none)
-  Returns 1 when applied, 0 when the job is unknown or final.
+  ARGV[1] the owner to give a job that has none (JSON), or '' to leave the owner alone
+  ARGV[2..] field, value pairs (may be none)
+  Returns 0 when the job is unknown or final; else 1, or the job's createdAt (JSON) when ARGV[1]
+  became its owner (the caller then moves its index entry).
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
-if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') == 'null' then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+  return redis.call('HGET', KEYS[1], 'createdAt')
+end
 return 1`,
 );
 

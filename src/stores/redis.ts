@@ -183,7 +183,14 @@ export class RedisStore implements Store {
     for (const field of ['progress', 'message', 'resultCount'] as const) {
       if (update[field] !== undefined) args.push(field, JSON.stringify(update[field]));
     }
-    return (await this.run(scripts.UPDATE_PROGRESS, [this.jobKeys(id)[0]], args)) === 1;
+    const owner = update.owner ?? null;
+    const answer = await this.run(scripts.UPDATE_PROGRESS, [this.jobKeys(id)[0]], [owner === null ? '' : JSON.stringify(owner), ...args]);
+    if (typeof answer === 'string' && owner !== null) {
+      // The job was anonymous: it leaves the anonymous index for its owner's.
+      const member = indexMember(JSON.parse(answer) as string, id);
+      await Promise.all([this.client.zadd(this.ownerKey(owner), 0, member), this.client.zrem(this.ownerKey(null), member)]);
+    }
+    return answer !== 0;
   }
 
   async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {

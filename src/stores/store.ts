@@ -9,6 +9,14 @@ export class InvalidCursorError extends TypeError {
   }
 }
 
+/**
+ * What a store rejects with when it is full by its own limits (not broken): the core answers 503
+ * `server-busy` with Retry-After instead of `store-unavailable`.
+ */
+export class StoreFullError extends Error {
+  readonly code = 'BGRS_STORE_FULL';
+}
+
 /** What an Idempotency-Key claim records: which execution (job) owns the key, and for how long. */
 export interface IdempotencyRecord {
   /** Digest of the request (method, path, query, body) that first used the key. */

@@ -291,6 +291,25 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.equal(page.jobs[0]?.id, anonymous.id);
         assert.equal(page.jobs[0]?.owner, null);
       });
+
+      it('gives an anonymous job the owner its replay established, once, and lists it under that owner only', async () => {
+        const owner = `owner-${randomUUID()}`;
+        const anonymous = job({ owner: null, createdAt: '2032-01-01T00:00:00.000Z' });
+        await store.createJob(anonymous);
+        assert.equal(await store.updateProgress(anonymous.id, { progress: 5, owner }), true);
+        const read = await store.getJob(anonymous.id);
+        assert.equal(read?.owner, owner);
+        assert.equal(read?.progress, 5);
+        assert.deepEqual((await store.listJobs({ owner, limit: 5 })).jobs.map((j) => j.id), [anonymous.id]);
+        assert.ok(!(await store.listJobs({ owner: null, limit: 50 })).jobs.some((j) => j.id === anonymous.id), 'no longer listed as anonymous');
+        // An owned job keeps its owner.
+        await store.updateProgress(anonymous.id, { owner: 'someone-else' });
+        assert.equal((await store.getJob(anonymous.id))?.owner, owner);
+        assert.equal((await store.listJobs({ owner: 'someone-else', limit: 5 })).jobs.length, 0);
+        // And it finishes, expires and is listed under that owner.
+        await store.finishJob(anonymous.id, finish('completed'));
+        assert.equal((await store.listJobs({ owner, limit: 5 })).jobs[0]?.status, 'completed');
+      });
     });
 
     describe('idempotency keys', () => {
