@@ -10,6 +10,7 @@ import { createGuard, parseIdempotencyOptions } from './idempotency.js';
 import type { Guard, IdempotencyOptions } from './idempotency.js';
 import type { Options } from './options.js';
 import { parseOptions } from './options.js';
+import { checkKnown } from './known-options.js';
 import { sendInvalidBgrs } from './problem.js';
 import { createRoutes, underBasePath } from './routes.js';
 import { PARAM } from './trigger.js';
@@ -61,6 +62,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     );
   }
 
+  const customTrigger = config.trigger !== undefined;
   const globalGuard = config.idempotency ? createGuard(rt, parseIdempotencyOptions(config.idempotency, 'bgrs({ idempotency })')) : null;
   // A detached request with a key claims it before its 202, so a retry gets the same job.
   const detachGuard = globalGuard ?? createGuard(rt, parseIdempotencyOptions(undefined, 'bgrs()'));
@@ -74,8 +76,9 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
     ensureDefaultContext(req);
-    // The common request asks for nothing: no parameter, no Prefer header, no guard to apply.
-    if (globalGuard === null && req.url.indexOf(PARAM) === -1 && req.headers.prefer === undefined) {
+    // The common request asks for nothing: no parameter, no Prefer header, no guard to apply. A
+    // custom trigger is the one rule instead, so it is asked on every request.
+    if (globalGuard === null && config.trigger === undefined && req.url.indexOf(PARAM) === -1 && req.headers.prefer === undefined) {
       return underBasePath(config.basePath, req.originalUrl ?? req.url) ? routes(req, res, next) : next();
     }
     if (isReplay(req)) return next();
@@ -87,7 +90,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     const guard = guardFor(req, decision.detach);
     if (guard) return guard.handle(req, res, next, throughApp);
     if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
-      passThrough(req);
+      passThrough(req, customTrigger);
       return next();
     }
     void detach(rt, req, res, next, decision, throughApp);
@@ -95,9 +98,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   function detachable(...args: Array<RouteOptions | RequestHandler | ErrorRequestHandler>): RequestHandler {
     const routeOptions: RouteOptions = typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0]) ? (args.shift() as RouteOptions) : {};
-    for (const name of Object.keys(routeOptions)) {
-      if (name !== 'timeout') throw new TypeError(`detachable(): unknown option \`${name}\` (known: timeout).`);
-    }
+    checkKnown('detachable()', routeOptions, ['timeout']);
     if (routeOptions.timeout !== undefined && !(typeof routeOptions.timeout === 'number' && routeOptions.timeout >= 0 && Number.isFinite(routeOptions.timeout))) {
       throw new TypeError(`detachable(): \`timeout\` must be a number of milliseconds ≥ 0, received \`${String(routeOptions.timeout)}\`.`);
     }
@@ -107,7 +108,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       if (typeof handler !== 'function') throw new TypeError(`detachable(): every handler must be a function, received \`${String(handler)}\`.`);
     }
     const route = {};
-    const factory: DispatchFactory = throughHandlers(list, route);
+    const factory: DispatchFactory = throughHandlers(list, route, customTrigger);
     return function bgrsDetachable(req: Request, res: Response, next: NextFunction): void {
       if (isReplay(req)) {
         const resume = takeResume(req, route);
@@ -121,7 +122,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
         return sendInvalidBgrs(res);
       }
       if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
-        passThrough(req);
+        passThrough(req, customTrigger);
         return runHandlers(list, req, res, next);
       }
       const guard = req.headers['idempotency-key'] !== undefined && detachGuard.applies(req) ? detachGuard : null;
@@ -150,6 +151,8 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       new JobAbortError('BGRS_SHUTDOWN', 'the server is shutting down'),
     );
     rt.scheduler.dispose();
+    // The default MemoryStore is bgrs' own; a store the app passed is the app's to close.
+    if (config.ownsStore) await parsed.store.close?.();
   }
 
   Object.defineProperties(middleware, {

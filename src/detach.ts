@@ -90,10 +90,18 @@ export function ensureDefaultContext(req: Request): void {
   }
 }
 
-/** Passes a request through without detaching it: the handler sees no `bgrs` parameter. */
-export function passThrough(req: Request): void {
-  stripInPlace(req);
+/**
+ * Passes a request through without detaching it: the handler sees no `bgrs` parameter. With a
+ * custom `trigger`, `bgrs` is just a query parameter like any other, and is left alone.
+ */
+export function passThrough(req: Request, keepParam = false): void {
+  if (!keepParam) stripInPlace(req);
   ensureDefaultContext(req);
+}
+
+/** The URL the background run sees: without the `bgrs` parameter, unless a custom trigger makes it an ordinary one. */
+function jobUrl(config: Configuration, url: string): string {
+  return config.trigger ? url : stripParam(url);
 }
 
 function warnOnce(rt: Runtime, code: string, message: string): void {
@@ -145,7 +153,7 @@ const NOT_COPIED = new Set<PropertyKey>(['res', 'next', 'bgrs', 'route', 'url', 
  * dispatched through the root app again, and resumed at this route (`route`) to reach the app's
  * later routes and error handlers.
  */
-export function throughHandlers(handlers: readonly Handler[], route: object): DispatchFactory {
+export function throughHandlers(handlers: readonly Handler[], route: object, keepParam = false): DispatchFactory {
   return (req, res) => {
     const root = rootApp(req);
     const reqProto = Object.getPrototypeOf(req) as object;
@@ -153,9 +161,9 @@ export function throughHandlers(handlers: readonly Handler[], route: object): Di
     const props = Reflect.ownKeys(req)
       .filter((key) => !NOT_COPIED.has(key))
       .map((key) => [key, Object.getOwnPropertyDescriptor(req, key)!] as const);
-    const url = stripParam(req.url);
-    const originalUrl = stripParam(req.originalUrl ?? req.url);
-    const query = queryWithoutBgrs(Object.getOwnPropertyDescriptor(req, 'query'));
+    const url = keepParam ? req.url : stripParam(req.url);
+    const originalUrl = keepParam ? (req.originalUrl ?? req.url) : stripParam(req.originalUrl ?? req.url);
+    const query = keepParam ? undefined : queryWithoutBgrs(Object.getOwnPropertyDescriptor(req, 'query'));
     const locals: unknown = res.locals;
     return (rreq, rres, ctx: JobContext) => {
       Object.setPrototypeOf(rreq, reqProto);
@@ -239,7 +247,7 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
     const body = !preParsed && hasBody(req) ? await readBody(req, config.maxBodyBytes, hold) : null;
     const dispatch = factory(req, res, preParsed);
     const clientUrl = req.originalUrl ?? req.url;
-    const envelope = buildEnvelope(req, stripParam(clientUrl), body, preParsed);
+    const envelope = buildEnvelope(req, jobUrl(config, clientUrl), body, preParsed);
     return { owner, admission, preParsed, body, parsedBody: preParsed ? req.body : undefined, clientUrl, envelope, dispatch };
   } catch (err) {
     rt.scheduler.cancel(admission);
@@ -310,8 +318,18 @@ export async function launch(
   // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
   const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
   const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), deriveOwner, ...run });
+  // Ended before it started (cancelled while queued, shut down): the run's end hooks still run,
+  // and a client waiting for its response gets an answer.
+  const skipped = (): void => {
+    void (async () => {
+      const ended = await config.store.getJob(id).catch(() => null);
+      const final = ended && isFinal(ended.status) ? ended : null;
+      await run.onEnd?.(final, false);
+      if (run.live) sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, { extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } } });
+    })().catch((err: unknown) => config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error)?.message ?? String(err)}`));
+  };
   // The admission held its place while the job was written, so it is still valid.
-  scheduler.place(admission, id, start);
+  scheduler.place(admission, id, start, skipped);
   if (ack) await answer(rt, res, job, ack);
   return true;
 }

@@ -61,18 +61,74 @@ function canonicalQuery(url: string): string {
   return params.toString();
 }
 
+function mediaType(header: string | string[] | undefined): string {
+  const value = Array.isArray(header) ? header[0] : header;
+  return (value ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+function isJsonType(type: string): boolean {
+  return type === 'application/json' || type.endsWith('+json');
+}
+
+const FORM = 'application/x-www-form-urlencoded';
+
+/** A form's pairs in one order, with `a[]`, `a[0]` and `a` read alike (as qs and querystring parse them). */
+function canonicalForm(pairs: Array<[string, string]>): string {
+  const normalised = pairs.map(([key, value]) => [key.replace(/\[\d*\]/g, ''), value] as [string, string]);
+  // A stable sort by name keeps the order of repeated names, which is the order of array items.
+  normalised.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return JSON.stringify(normalised);
+}
+
+/** A parsed form (`express.urlencoded`, extended or not) back into name/value pairs, nested names in brackets. */
+function formPairs(value: unknown, prefix: string, out: Array<[string, string]>): Array<[string, string]> {
+  if (Array.isArray(value)) {
+    for (const item of value) formPairs(item, prefix, out);
+  } else if (value !== null && typeof value === 'object') {
+    for (const key of Object.keys(value)) formPairs((value as Record<string, unknown>)[key], prefix ? `${prefix}[${key}]` : key, out);
+  } else {
+    out.push([prefix, value === null || value === undefined ? '' : String(value)]);
+  }
+  return out;
+}
+
 /**
- * The default fingerprint: method, path, canonical query and a body digest (canonical JSON for a
- * parsed body, the raw bytes otherwise). The `bgrs` parameter and the `Prefer` header are not part
- * of it: detaching is how the client wants the answer delivered, not a different request.
+ * What the fingerprint takes of the body, the same whether a body parser ran before the guard or
+ * not: canonical JSON for a JSON body, canonical pairs for a form, the raw bytes otherwise (a
+ * parser that kept bytes or text gives those bytes back).
+ */
+function bodyDigestInput(contentType: string | string[] | undefined, raw: Buffer | null, parsed: unknown, preParsed: boolean): Buffer | string | null {
+  const type = mediaType(contentType);
+  if (preParsed) {
+    if (Buffer.isBuffer(parsed)) return parsed;
+    if (typeof parsed === 'string') return Buffer.from(parsed);
+    if (type === FORM) return `form:${canonicalForm(formPairs(parsed, '', []))}`;
+    return `json:${canonicalJson(parsed)}`;
+  }
+  if (!raw) return null;
+  if (isJsonType(type)) {
+    try {
+      return `json:${canonicalJson(JSON.parse(raw.toString('utf8')))}`;
+    } catch {
+      return raw;
+    }
+  }
+  if (type === FORM) return `form:${canonicalForm([...new URLSearchParams(raw.toString('utf8'))])}`;
+  return raw;
+}
+
+/**
+ * The default fingerprint: method, path, canonical query and the body (see bodyDigestInput). The
+ * `bgrs` parameter and the `Prefer` header are not part of it: detaching is how the client wants
+ * the answer delivered, not a different request.
  */
 export function defaultFingerprint(req: IncomingMessage & { originalUrl?: string }, raw: Buffer | null, parsed: unknown, preParsed: boolean): string {
   const url = req.originalUrl ?? req.url ?? '/';
   const q = url.indexOf('?');
   const hash = createHash('sha256');
   hash.update(`${req.method}\n${q === -1 ? url : url.slice(0, q)}\n${canonicalQuery(url)}\n`);
-  if (preParsed) hash.update(`json:${canonicalJson(parsed)}`);
-  else if (raw) hash.update(raw);
+  const body = bodyDigestInput(req.headers['content-type'], raw, parsed, preParsed);
+  if (body !== null) hash.update(body);
   return hash.digest('base64url');
 }
 

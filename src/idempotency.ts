@@ -9,6 +9,8 @@ import type { Job, JobResponse } from './job.js';
 import { sendJson } from './json.js';
 import { sendInvalidBgrs, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
+import { readJob } from './observe.js';
+import { checkKnown } from './known-options.js';
 import { credentialScope, resolveOwner } from './owner.js';
 import { StoreFullError } from './stores/store.js';
 
@@ -41,9 +43,7 @@ const KNOWN: ReadonlyArray<keyof IdempotencyOptions> = ['required', 'methods', '
 export function parseIdempotencyOptions(input: Partial<IdempotencyOptions> | undefined, where: string): GuardConfig {
   const options = input ?? {};
   if (typeof options !== 'object' || options === null) throw new TypeError(`${where}: options must be an object.`);
-  for (const name of Object.keys(options)) {
-    if (!(KNOWN as string[]).includes(name)) throw new TypeError(`${where}: unknown option \`${name}\` (known: ${KNOWN.join(', ')}).`);
-  }
+  checkKnown(where, options, KNOWN);
   const methods = options.methods ?? ['POST', 'PATCH'];
   if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string')) throw new TypeError(`${where}: \`methods\` must be an array of method names.`);
   const config: GuardConfig = {
@@ -93,10 +93,15 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
       live: ack ? undefined : res,
       // The stored response must outlive the key that replays it.
       ttl: Math.max(config.ttl, guard.ttl),
-      onEnd: async (job: Job | null) => {
+      onEnd: async (job: Job | null, answered: boolean) => {
         clearInterval(renew);
-        if (job?.response && guard.storeResponse(job.response.status)) await store.completeIdempotencyKey(name, id, Date.now() + guard.ttl);
-        else await store.releaseIdempotencyKey(name, id);
+        const excluded = job?.response ? !guard.storeResponse(job.response.status) : false;
+        // The handler answered: the key is done even if its response could not be kept (a retry
+        // then gets 410, never a second run). Excluded by storeResponse: freed, as the app asked.
+        if (answered && !excluded) await store.completeIdempotencyKey(name, id, Date.now() + guard.ttl);
+        // Not known how it ended (the store is away): the key is left to its lease, and the next
+        // claim looks at the job before anything runs again.
+        else if (job !== null) await store.releaseIdempotencyKey(name, id);
       },
     });
     if (!started) {
@@ -154,40 +159,76 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
         return true;
       }
       const { record } = claim;
-      if (record.fingerprint !== fingerprint) {
+      // Another request's key (422), unless its execution ended without an answer: then it is free.
+      const reused = (): boolean => {
+        if (record.fingerprint === fingerprint) return false;
         sendProblem(res, 'idempotency-key-reused', 'This Idempotency-Key was used with a different request (method, path, query or body).');
-        return false;
-      }
+        return true;
+      };
       let job: Job | null;
       let body: AsyncIterable<Uint8Array> | null = null;
       try {
-        job = await store.getJob(record.jobId);
+        // readJob: a job whose process died is recorded interrupted here, so it reads as ended.
+        job = await readJob(rt, record.jobId);
         if (job && isFinal(job.status) && job.response && !ack) body = await store.readResult(job.id);
       } catch {
         unavailable(res);
         return false;
       }
-      // Gone, ended without a response, or ended with one that is not to be kept (storeResponse):
-      // its holder is about to free the key, so free it and claim again.
-      const vanished =
-        !job || (isFinal(job.status) && (!job.response || !guard.storeResponse(job.response.status) || (!ack && !body)));
-      if (vanished) {
+      const lapsed = record.state === 'running' && record.leaseUntil <= Date.now();
+      if (job && isFinal(job.status) && job.response) {
+        // Its execution answered. A response storeResponse excludes frees the key (the app's choice).
+        if (!guard.storeResponse(job.response.status)) {
+          await store.releaseIdempotencyKey(name, record.jobId).catch(() => false);
+          continue;
+        }
+        if (reused()) return false;
+        // Its holder's completion may have been lost (a store fault, a crash): complete it now.
+        if (record.state === 'running') await store.completeIdempotencyKey(name, record.jobId, Date.now() + guard.ttl).catch(() => false);
+        if (ack) sendJobDocument(res, job);
+        else if (body) await replayResult(res, job as Job & { response: JobResponse }, body, config.replayCookies, REPLAYED);
+        else sendResultGone(res);
+        return false;
+      }
+      if (!job) {
+        // A completed execution whose job was deleted or expired early: never run it again.
+        if (record.state === 'done') {
+          if (!reused()) sendResultGone(res);
+          return false;
+        }
+        // Claimed, and its job not written yet (or refused): in use until its lease says otherwise.
+        if (!lapsed) {
+          if (!reused()) sendInUse(res);
+          return false;
+        }
         await store.releaseIdempotencyKey(name, record.jobId).catch(() => false);
         continue;
       }
-      const current = job!;
-      if (!isFinal(current.status)) {
+      if (!isFinal(job.status)) {
+        if (reused()) return false;
         // Re-attach: a client whose first call was cut off gets the job that tracks that execution.
-        if (ack) acknowledge(config, res, current, ack.byPrefer);
-        else sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+        if (ack) acknowledge(config, res, job, ack.byPrefer);
+        else sendInUse(res);
         return false;
       }
-      if (ack) sendJobDocument(res, current);
-      else await replayResult(res, current as Job & { response: JobResponse }, body!, config.replayCookies, REPLAYED);
-      return false;
+      // A completed key whose response was not kept (the store failed under it): never run again.
+      if (record.state === 'done') {
+        if (!reused()) sendResultGone(res);
+        return false;
+      }
+      // Ended without a response (timeout, cancel, a crash before any answer): the key is new again.
+      await store.releaseIdempotencyKey(name, record.jobId).catch(() => false);
     }
-    sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+    sendInUse(res);
     return false;
+  }
+
+  function sendInUse(res: Response): void {
+    sendProblem(res, 'idempotency-key-in-use', 'A request with this Idempotency-Key is still being processed.', { retryAfter: config.retryAfter });
+  }
+
+  function sendResultGone(res: Response): void {
+    sendProblem(res, 'idempotency-key-result-gone', 'The request with this Idempotency-Key was processed, and its stored response is no longer kept; it is not run again.');
   }
 
   /**

@@ -2,6 +2,11 @@
 import type { ServerResponse } from 'node:http';
 
 export function sendJson(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  // Too late for an answer of ours (the handler's own went out): cut it rather than throw.
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
   const body = JSON.stringify(value);
   res.statusCode = status;
   res.setHeader('Content-Type', 'application/json; charset=utf-8');

@@ -2,6 +2,7 @@
 import type { Request } from 'express';
 import type { IdempotencyOptions } from './idempotency.js';
 import type { Job } from './job.js';
+import { checkKnown } from './known-options.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
 
@@ -17,7 +18,11 @@ export interface Logger {
 export interface Options {
   /** Where jobs, log lines and results are kept. Defaults to `new MemoryStore()`. */
   store: Store;
-  /** Where the job routes live, relative to where bgrs is mounted. Defaults to `'/bgrs'`. */
+  /**
+   * Where the job routes live: an absolute path, which the links bgrs hands out use as they are.
+   * Mounting bgrs under a prefix (`app.use('/api', bgrs())`) needs the prefix here too
+   * (`basePath: '/api/bgrs'`). Defaults to `'/bgrs'`.
+   */
   basePath: string;
   /**
    * Who owns the job a request starts; only that owner may see it. `null`, `undefined` or `''`
@@ -102,13 +107,15 @@ export interface Options {
 export interface Configuration extends Options {
   /** `basePath` without a trailing slash. */
   basePath: string;
+  /** Whether bgrs made the store itself (the default MemoryStore), so `close()` closes it. */
+  ownsStore: boolean;
 }
 
 const HOUR = 3_600_000;
 
-function defaults(): Options {
+/** Every option but `store`, whose default (a MemoryStore) is only built when no store is given. */
+function defaults(): Omit<Options, 'store'> {
   return {
-    store: new MemoryStore(),
     basePath: '/bgrs',
     owner: () => null,
     authorize: undefined,
@@ -136,26 +143,27 @@ function defaults(): Options {
   };
 }
 
-const KNOWN = Object.keys(defaults()) as Array<keyof Options>;
+const KNOWN = ['store', ...Object.keys(defaults())] as Array<keyof Options>;
 
-function closest(name: string): string | undefined {
-  const lower = name.toLowerCase();
-  return KNOWN.find((known) => known.toLowerCase() === lower || distance(known.toLowerCase(), lower) <= 2);
-}
-
-function distance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    let previous = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const current = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
-      previous = current;
-    }
-  }
-  return row[b.length]!;
-}
+/** What every store must implement (the Store interface's required methods). */
+const STORE_METHODS = [
+  'createJob',
+  'getJob',
+  'updateProgress',
+  'startJob',
+  'renewLeases',
+  'listJobs',
+  'finishJob',
+  'appendLog',
+  'readLogs',
+  'appendResult',
+  'readResult',
+  'deleteJob',
+  'claimIdempotencyKey',
+  'renewIdempotencyKey',
+  'completeIdempotencyKey',
+  'releaseIdempotencyKey',
+] as const;
 
 function fail(option: string, value: unknown, expected: string): never {
   let shown: string;
@@ -183,21 +191,20 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
     throw new TypeError(`bgrs(): options must be an object, received \`${String(input)}\`.`);
   }
   const options = input ?? {};
-  for (const name of Object.keys(options)) {
-    if (!(KNOWN as string[]).includes(name)) {
-      const hint = closest(name);
-      throw new TypeError(`bgrs(): unknown option \`${name}\`${hint ? `, did you mean \`${hint}\`?` : '.'}`);
-    }
-  }
-  const config = defaults();
+  checkKnown('bgrs()', options, KNOWN);
+  const ownsStore = options.store === undefined;
+  const config = { ...defaults(), store: options.store as Store, ownsStore } as Configuration;
   for (const name of KNOWN) {
     // `{ ttl: undefined }` means "not set", as in express-rate-limit.
-    if (options[name] !== undefined) (config as unknown as Record<string, unknown>)[name] = options[name];
+    if (name !== 'store' && options[name] !== undefined) (config as unknown as Record<string, unknown>)[name] = options[name];
   }
 
-  const store = config.store as Partial<Store> | null;
-  for (const method of ['createJob', 'getJob', 'updateProgress', 'finishJob', 'appendLog', 'readLogs', 'appendResult', 'readResult', 'deleteJob', 'claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const) {
-    if (!store || typeof store[method] !== 'function') fail('store', config.store, `a Store (missing method \`${method}\`)`);
+  if (!ownsStore) {
+    const store = config.store as Partial<Store> | null;
+    const missing = STORE_METHODS.filter((method) => !store || typeof store[method] !== 'function');
+    if (missing.length) {
+      throw new TypeError(`bgrs(): \`store\` must be a Store; it lacks ${missing.map((method) => `\`${method}()\``).join(', ')} (README, "Writing a store").`);
+    }
   }
   if (typeof config.basePath !== 'string' || !config.basePath.startsWith('/') || /[?#\s]/.test(config.basePath)) {
     fail('basePath', config.basePath, "a path that starts with '/', such as '/bgrs'");
@@ -231,5 +238,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   if (!config.logger || typeof config.logger.warn !== 'function' || typeof config.logger.error !== 'function') {
     fail('logger', config.logger, 'an object with warn() and error(), such as console');
   }
+  // Built last, once everything else is valid: a refused configuration leaves no timer behind.
+  if (ownsStore) config.store = new MemoryStore();
   return config;
 }

@@ -28,7 +28,7 @@ const ROUTES: Record<string, readonly string[]> = {
   details: ['GET', 'HEAD'],
   result: ['GET', 'HEAD'],
   cancel: ['POST'],
-  events: ['GET'],
+  events: ['GET', 'HEAD'],
 };
 
 /** A store call that failed: answered as 503, unlike a failure in user code (owner, authorize), which goes to next(err). */
@@ -102,8 +102,10 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     if (now && !isFinal(now.status)) {
       // Queued here, starting, or running in another process: the store's final status is the
       // cancel; that process's next heartbeat (within a second) aborts the handler.
-      rt.scheduler.dequeue(job.id);
+      // The final status first: the queue's end hooks then read it (a queued job whose start races
+      // this finds it cancelled and is skipped too).
       await fromStore(config.store.finishJob(job.id, { status: 'cancelled', ...endingNow(config.ttl), response: null, error }));
+      rt.scheduler.dequeue(job.id);
       rt.scheduler.notify(job.id);
     }
     return (await fromStore(config.store.getJob(job.id))) ?? job;
@@ -165,6 +167,14 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       return sendJson(res, 202, jobDocument(cancelled, base), retryHeaders(cancelled));
     }
 
+    if (sub === 'events' && req.method === 'HEAD') {
+      // The head a GET would start with; a HEAD never holds a stream open.
+      res.statusCode = 200;
+      res.setHeader('Content-Type', 'text/event-stream; charset=utf-8');
+      res.setHeader('Cache-Control', 'no-store');
+      res.end();
+      return;
+    }
     if (sub === 'events') {
       const header = req.headers['last-event-id'];
       const lastEventId = header === undefined || header === '' ? 0 : clientInteger(String(header).trim());

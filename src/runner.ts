@@ -5,7 +5,7 @@ import { debuglog } from 'node:util';
 import type { Envelope, Replayer } from './capture.js';
 import { HOP_BY_HOP } from './capture.js';
 import { JobContext } from './context.js';
-import { endingNow } from './job.js';
+import { endingNow, isFinal } from './job.js';
 import type { Job, JobError, JobFinish, JobResponse } from './job.js';
 import { sendProblem } from './problem.js';
 import { applyHead } from './result.js';
@@ -45,6 +45,13 @@ class ResultWriter extends Writable {
     this.#append(chunk, callback);
   }
 
+  /**
+   * Set when the store refused a chunk of a response a client is waiting for: that client still
+   * gets every byte as the handler sends it, nothing more is stored, and the job fails
+   * `store_unavailable`.
+   */
+  storeFailed: JobFailure | null = null;
+
   #append(chunk: Buffer, callback: (error?: Error | null) => void): void {
     this.size += chunk.length;
     if (this.size > this.config.maxResultBytes) {
@@ -54,12 +61,14 @@ class ResultWriter extends Writable {
       callback(failure);
       return;
     }
-    Promise.all([
-      this.config.store.appendResult(this.id, chunk).catch((err: unknown) => {
-        throw new JobFailure('store_unavailable', `the result could not be stored: ${(err as Error)?.message ?? String(err)}`);
-      }),
-      this.#toLive(chunk),
-    ]).then(() => callback(), callback);
+    const stored = this.storeFailed
+      ? undefined
+      : this.config.store.appendResult(this.id, chunk).catch((err: unknown) => {
+          const failure = new JobFailure('store_unavailable', `the result could not be stored: ${(err as Error)?.message ?? String(err)}`);
+          if (!this.live) throw failure;
+          this.storeFailed = failure;
+        });
+    Promise.all([stored, this.#toLive(chunk)]).then(() => callback(), callback);
   }
 
   /**
@@ -155,8 +164,11 @@ export interface RunOptions {
   live?: ServerResponse;
   /** How long the finished job is kept, in ms, when it must outlive the `ttl` option. */
   ttl?: number;
-  /** Called with the final job (null when the store did not record it) before `done` resolves. */
-  onEnd?: (job: Job | null) => Promise<void>;
+  /**
+   * Called with the final job (null when the store did not record it) before `done` resolves.
+   * `answered`: the handler's whole response was captured (whether or not the store kept it).
+   */
+  onEnd?: (job: Job | null, answered: boolean) => Promise<void>;
   /** This job's timeout in ms, instead of the `timeout` option (per-route timeouts). */
   timeout?: number;
   /** Called after each progress or log write lands. */
@@ -193,10 +205,19 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
   let resolveDone!: () => void;
   const done = new Promise<void>((resolve) => (resolveDone = resolve));
 
+  let flushed = false;
+  /** The waiting client gets the handler's answer now, not after the store recovers. */
+  const flushEarly = (): void => {
+    if (flushed || !live || !writer || !answered) return;
+    flushed = true;
+    writer.flushLive();
+  };
+  let answered = false;
   const finish = async (status: JobFinish['status'], response: JobResponse | null, error: JobError | null): Promise<void> => {
     if (ended) return;
     ended = true;
     if (timer) clearTimeout(timer);
+    if (writer?.storeFailed) flushEarly();
     await ctx.end();
     const ending = endingNow(options.ttl ?? config.ttl);
     let recorded: Job | null = null;
@@ -211,8 +232,15 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
           response,
           error,
         });
+        // Already final: an earlier attempt landed though its reply was lost, or another process
+        // ended it (a cancel). Either way the stored end is the one to report.
+        if (recorded === null) {
+          const stored = await config.store.getJob(id);
+          recorded = stored && isFinal(stored.status) ? stored : null;
+        }
         break;
       } catch (err) {
+        flushEarly();
         const left = giveUpAt - Date.now();
         if (left <= 0) {
           config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
@@ -222,14 +250,16 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       }
     }
     try {
-      await options.onEnd?.(recorded);
+      await options.onEnd?.(recorded, answered);
     } catch (err) {
       config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error).message}`);
     } finally {
       // The waiting client sees the end only now, so an immediate retry finds the key already
       // completed (or released), never a finished job behind a key still marked running.
-      if (live && !live.destroyed) {
-        if (response && writer) writer.flushLive();
+      if (flushed) {
+        // The client has its answer already.
+      } else if (live && !live.destroyed) {
+        if (answered && writer) writer.flushLive();
         // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
         else if (liveStarted) live.destroy();
         else sendProblem(live, 'job-failed', error?.message ?? `the job ended ${status}`, { extra: { job: { id, status, error } } });
@@ -269,6 +299,12 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
         liveStarted = true;
       }
       await capture(res, writer);
+      answered = true;
+      if (writer.storeFailed) {
+        const { type, message } = writer.storeFailed;
+        await finish('failed', null, { type, message });
+        return;
+      }
       const head = capturedHead(res, writer.size);
       const failed = head.status >= 500;
       await finish(

@@ -20,6 +20,8 @@ interface Queued {
   id: string;
   held: Held;
   start(): RunningJob;
+  /** Told when the job leaves the queue without starting (cancelled, shut down): its end hooks run there. */
+  skipped?: () => void;
 }
 
 /** What one job holds here while queued or running: a place in its caller's limit, and body bytes. */
@@ -101,7 +103,7 @@ export class Scheduler {
   }
 
   /** Starts or queues a job, as its admission decided. `start` runs it (for a queued job, once a slot frees and the store agrees). */
-  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob): void {
+  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob, skipped?: () => void): void {
     this.#hold(admission, -1);
     this.#count(admission.held.key, 1);
     this.#owners.set(id, admission.held);
@@ -109,7 +111,7 @@ export class Scheduler {
       this.#track(id, start());
       return;
     }
-    this.#queue.push({ id, held: admission.held, start });
+    this.#queue.push({ id, held: admission.held, start, skipped });
     this.#ensureHeartbeat();
   }
 
@@ -131,6 +133,7 @@ export class Scheduler {
     if (index === -1) return false;
     const [entry] = this.#queue.splice(index, 1);
     this.#release(entry!.id, entry!.held);
+    entry!.skipped?.();
     return true;
   }
 
@@ -166,7 +169,8 @@ export class Scheduler {
         this.config.store
           .finishJob(entry.id, { status, ...ending, response: null, error })
           .then(() => this.notify(entry.id))
-          .catch((err: unknown) => this.config.logger.error(`express-bgrs: could not record the end of job ${entry.id}: ${(err as Error).message}`)),
+          .catch((err: unknown) => this.config.logger.error(`express-bgrs: could not record the end of job ${entry.id}: ${(err as Error).message}`))
+          .finally(() => entry.skipped?.()),
       ),
       ...[...this.running.values()].map((job) => job.stop(status, error, reason)),
     ]);
@@ -221,6 +225,7 @@ export class Scheduler {
               this.#track(entry.id, entry.start());
             } else {
               this.#release(entry.id, entry.held);
+              entry.skipped?.();
               this.#startNext();
             }
           },

@@ -186,7 +186,10 @@ forEachExpress((express) => {
 
 describe('a store that is not a Store', () => {
   it('is refused at setup with the missing method named', () => {
-    assert.throws(() => bgrs({ store: {} as Store }), /`store` must be a Store \(missing method `createJob`\)/);
+    assert.throws(() => bgrs({ store: {} as Store }), /`store` must be a Store; it lacks `createJob\(\)`, `getJob\(\)`, .*`startJob\(\)`, `renewLeases\(\)`, `listJobs\(\)`/);
+    const partial = { ...Object.fromEntries(['createJob', 'getJob', 'updateProgress', 'finishJob', 'appendLog', 'readLogs', 'appendResult', 'readResult', 'deleteJob', 'claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'].map((name) => [name, async () => null])) };
+    // The three job-control methods were once left unchecked: each is named.
+    assert.throws(() => bgrs({ store: partial as unknown as Store }), /it lacks `startJob\(\)`, `renewLeases\(\)`, `listJobs\(\)` \(README/);
   });
 });
 

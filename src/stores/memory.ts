@@ -2,6 +2,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
 import { isFinal } from '../job.js';
+import { checkKnown } from '../known-options.js';
 import { InvalidCursorError, StoreFullError } from './store.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 
@@ -63,7 +64,8 @@ const LINE_OVERHEAD = 96;
 /**
  * Keeps jobs in this process. Running jobs sit in a plain Map and are never evicted (evicting one
  * would lose work in progress); finished ones move into an LRU bounded by count and bytes, and
- * expire at their `expiresAt`.
+ * expire at their `expiresAt`. A finished job an Idempotency-Key record points to is kept outside
+ * the LRU until it expires: evicting it would let the key's request run again.
  */
 export class MemoryStore implements Store {
   private readonly active = new Map<string, Entry>();
@@ -74,9 +76,14 @@ export class MemoryStore implements Store {
   private claimsSincePurge = 0;
   private finishesSincePurge = 0;
   /** Drops expired jobs that nobody reads again; unref'd so it never keeps the process alive. */
-  private readonly sweeper = setInterval(() => this.finished.purgeStale(), 60_000).unref();
+  /** Finished jobs an Idempotency-Key record points to: never evicted, so a key keeps its answer (they expire at expiresAt). */
+  private readonly pinned = new Map<string, Entry>();
+  /** The jobs live key records point to. */
+  private readonly keyedJobs = new Set<string>();
+  private readonly sweeper = setInterval(() => this.sweep(), 60_000).unref();
 
   constructor(options: MemoryStoreOptions = {}) {
+    checkKnown('MemoryStore', options, ['max', 'maxBytes', 'ttl', 'maxKeys']);
     const max = options.max ?? 10_000;
     const maxBytes = options.maxBytes ?? 512 * 2 ** 20;
     const maxKeys = options.maxKeys ?? 50_000;
@@ -104,10 +111,11 @@ export class MemoryStore implements Store {
   private entry(id: string): Entry | undefined {
     const active = this.active.get(id);
     if (active) return active;
-    const finished = this.finished.get(id);
+    const finished = this.pinned.get(id) ?? this.finished.get(id);
     // lru-cache's clock is coarse (ttlResolution); expiry is exact to the millisecond here.
     if (finished && finished.job.expiresAt !== null && Date.parse(finished.job.expiresAt) <= Date.now()) {
       this.finished.delete(id);
+      this.pinned.delete(id);
       return undefined;
     }
     return finished;
@@ -166,9 +174,11 @@ export class MemoryStore implements Store {
     for (const entry of this.active.values()) consider(entry.job);
     // forEach, not entries(): it does not touch the LRU order.
     const now = Date.now();
-    this.finished.forEach((entry) => {
+    const live = (entry: Entry): void => {
       if (entry.job.expiresAt === null || Date.parse(entry.job.expiresAt) > now) consider(entry.job);
-    });
+    };
+    this.finished.forEach(live);
+    this.pinned.forEach(live);
     all.sort(compareNewestFirst);
     const page = all.slice(0, query.limit);
     const last = page.at(-1);
@@ -185,7 +195,8 @@ export class MemoryStore implements Store {
     this.active.delete(id);
     let ttl = Math.max(1, Date.parse(finish.expiresAt) - Date.now());
     if (this.ttlCap !== undefined) ttl = Math.min(ttl, this.ttlCap);
-    this.finished.set(id, entry, { ttl });
+    if (this.keyedJobs.has(id)) this.pinned.set(id, entry);
+    else this.finished.set(id, entry, { ttl });
     // A busy server also sweeps every 256 finishes, so expired results never pile up between sweeps.
     if (++this.finishesSincePurge >= 256) {
       this.finishesSincePurge = 0;
@@ -231,14 +242,15 @@ export class MemoryStore implements Store {
 
   async deleteJob(id: string): Promise<boolean> {
     const active = this.active.delete(id);
-    return this.finished.delete(id) || active;
+    const pinned = this.pinned.delete(id);
+    return this.finished.delete(id) || pinned || active;
   }
 
   /** A record that still counts, or undefined (expired ones are dropped as they are met). */
   private liveKey(key: string, now: number): IdempotencyRecord | undefined {
     const record = this.keys.get(key);
     if (record && record.expiresAt <= now) {
-      this.keys.delete(key);
+      this.dropKey(key, record);
       return undefined;
     }
     return record;
@@ -249,15 +261,16 @@ export class MemoryStore implements Store {
     // Expired records are dropped on touch; an occasional sweep bounds the rest without a timer.
     if (++this.claimsSincePurge >= 1000) {
       this.claimsSincePurge = 0;
-      for (const [name, held] of this.keys) if (held.expiresAt <= now) this.keys.delete(name);
+      for (const [name, held] of this.keys) if (held.expiresAt <= now) this.dropKey(name, held);
     }
     const current = this.liveKey(key, now);
-    if (current && !(current.state === 'running' && current.leaseUntil <= now)) return { won: false, record: { ...current } };
+    if (current) return { won: false, record: { ...current } };
     if (!current && this.keys.size >= this.maxKeys) {
-      for (const [name, held] of this.keys) if (held.expiresAt <= now) this.keys.delete(name);
+      for (const [name, held] of this.keys) if (held.expiresAt <= now) this.dropKey(name, held);
       if (this.keys.size >= this.maxKeys) throw new StoreFullError(`MemoryStore: ${this.maxKeys} Idempotency-Key records are live (option maxKeys)`);
     }
     this.keys.set(key, { ...record, state: 'running' });
+    this.keyedJobs.add(record.jobId);
     return { won: true };
   }
 
@@ -279,14 +292,28 @@ export class MemoryStore implements Store {
   async releaseIdempotencyKey(key: string, jobId: string): Promise<boolean> {
     const current = this.keys.get(key);
     if (!current || current.jobId !== jobId) return false;
-    this.keys.delete(key);
+    this.dropKey(key, current);
     return true;
+  }
+
+  private dropKey(key: string, record: IdempotencyRecord): void {
+    this.keys.delete(key);
+    this.keyedJobs.delete(record.jobId);
+  }
+
+  /** Drops expired jobs that nobody reads again. */
+  private sweep(): void {
+    this.finished.purgeStale();
+    const now = Date.now();
+    for (const [id, entry] of this.pinned) if (entry.job.expiresAt !== null && Date.parse(entry.job.expiresAt) <= now) this.pinned.delete(id);
   }
 
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     this.active.clear();
     this.finished.clear();
+    this.pinned.clear();
     this.keys.clear();
+    this.keyedJobs.clear();
   }
 }

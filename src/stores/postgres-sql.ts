@@ -178,7 +178,7 @@ export function statements(table: string) {
       VALUES ($1, $2, $3, 'running', $4, $5)
       ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, job_id = EXCLUDED.job_id, state = 'running',
         lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at
-      WHERE k.expires_at <= ${NOW_MS} OR (k.state = 'running' AND k.lease_until <= ${NOW_MS})
+      WHERE k.expires_at <= ${NOW_MS}
       RETURNING 1`,
 
     /** $1 key → the live record. */

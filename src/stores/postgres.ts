@@ -5,6 +5,7 @@ import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobStatus, L
 import { RESULT_PAGE_ROWS, statements, SWEEP_BATCH, TABLE_PATTERN } from './postgres-sql.js';
 import type { Statements } from './postgres-sql.js';
 import { InvalidCursorError } from './store.js';
+import { checkKnown } from '../known-options.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 
 const debug = debuglog('bgrs');
@@ -131,6 +132,7 @@ export class PostgresStore implements Store {
   private sweeping: Promise<number> | undefined;
 
   constructor(options: PostgresStoreOptions) {
+    checkKnown('PostgresStore', options, ['pool', 'table', 'sweepInterval']);
     const { pool, table = 'bgrs', sweepInterval = 60_000 } = options ?? ({} as PostgresStoreOptions);
     if (!pool || typeof (pool as { query?: unknown }).query !== 'function') {
       throw new TypeError('PostgresStore: `pool` must be a pg Pool, e.g. `new PostgresStore({ pool: new Pool({ connectionString }) })`.');

@@ -114,13 +114,17 @@ export const APPEND_LOG = script(
   Appends a log line to a job that is not final, counting warnings and errors in the same step.
   KEYS[1] job hash, KEYS[2] log list
   ARGV[1] the line (JSON), ARGV[2] the counter to increment: 'warnings', 'errors' or ''
+  ARGV[3] a token unique to this append: a call that ioredis resends after a reconnect (its first
+          run applied, its reply lost) finds its token already recorded and appends nothing
   Returns the line's sequence number (the list's new length: lines are never trimmed), or nil
   when the job is unknown or final.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return false end
+if redis.call('HGET', KEYS[1], 'logToken') == ARGV[3] then return redis.call('LLEN', KEYS[2]) end
 local seq = redis.call('RPUSH', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
+redis.call('HSET', KEYS[1], 'logToken', ARGV[3])
 return seq`,
 );
 
@@ -131,11 +135,15 @@ export const APPEND_RESULT = script(
   their TTL; refusing here keeps a late chunk from creating a key that never expires.
   KEYS[1] job hash, KEYS[2] result list
   ARGV[1] the chunk (bytes)
+  ARGV[2] a token unique to this append: a resent call (see appendLog) appends nothing
   Returns the number of chunks stored, or 0 when the job is unknown or final.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
-return redis.call('RPUSH', KEYS[2], ARGV[1])`,
+if redis.call('HGET', KEYS[1], 'chunkToken') == ARGV[2] then return redis.call('LLEN', KEYS[2]) end
+local length = redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'chunkToken', ARGV[2])
+return length`,
 );
 
 export const RESULT_LENGTH = script(
@@ -166,8 +174,9 @@ return fields`,
 export const CLAIM_KEY = script(
   'claimIdempotencyKey',
   `--[[
-  Claims an Idempotency-Key: wins when there is no record, or it has expired, or it is running
-  with a lease that has passed.
+  Claims an Idempotency-Key: wins when there is no record, or it has expired. A running record
+  whose lease has passed is returned like any other: its job may have answered, so the guard
+  looks at that job before it releases the record (never a takeover here).
   KEYS[1] record hash
   ARGV[1] now (epoch ms, the caller's clock, which also set the leases)
   ARGV[2] fingerprint, ARGV[3] jobId, ARGV[4] leaseUntil, ARGV[5] expiresAt (epoch ms)
@@ -176,7 +185,7 @@ export const CLAIM_KEY = script(
 ]]
 local now = tonumber(ARGV[1])
 local r = redis.call('HMGET', KEYS[1], 'fingerprint', 'jobId', 'state', 'leaseUntil', 'expiresAt')
-if r[1] and tonumber(r[5]) > now and not (r[3] == 'running' and tonumber(r[4]) <= now) then
+if r[1] and tonumber(r[5]) > now then
   return {0, r[1], r[2], r[3], r[4], r[5]}
 end
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'jobId', ARGV[3], 'state', 'running', 'leaseUntil', ARGV[4], 'expiresAt', ARGV[5])

@@ -3,7 +3,8 @@
 // Data layout (`p` is the prefix, `bgrs:` by default):
 //
 //   p + 'job:{<id>}'         hash: one field per Job field, each value JSON-encoded, plus `leaseMs`
-//                            (leaseUntil as epoch ms, '' when null) so Lua compares numbers
+//                            (leaseUntil as epoch ms, '' when null) so Lua compares numbers, and
+//                            `logToken`/`chunkToken` (the last append's token: a resent append is a no-op)
 //   p + 'job:{<id>}:log'     list: log lines as JSON [at, level, message]; seq = position + 1
 //   p + 'job:{<id>}:result'  list: the result body, in chunks of at most `chunkBytes` bytes
 //   p + 'jobs'               sorted set, every score 0: member `<createdAt> <id>`, so lexical order is
@@ -20,12 +21,14 @@
 //
 // The `{<id>}` hash tag keeps the keys of one job in one Cluster slot, and every script touches one
 // job's (or one record's) keys only, so the store also runs on Redis Cluster.
+import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
 import { isFinal } from '../job.js';
 import { InvalidCursorError } from './store.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import * as scripts from './redis-scripts.js';
+import { checkKnown } from '../known-options.js';
 import type { Script } from './redis-scripts.js';
 
 export interface RedisStoreOptions {
@@ -124,6 +127,7 @@ export class RedisStore implements Store {
   private nextSweep = 0;
 
   constructor(options: RedisStoreOptions) {
+    checkKnown('RedisStore', options, ['client', 'prefix', 'chunkBytes']);
     const client = (options as Partial<RedisStoreOptions> | undefined)?.client;
     if (!client || typeof client.evalsha !== 'function' || typeof client.lrangeBuffer !== 'function') {
       throw new TypeError(`RedisStore: \`client\` must be an ioredis client (new Redis(...) or new Cluster(...)), received \`${String(client)}\`.`);
@@ -294,7 +298,7 @@ export class RedisStore implements Store {
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {
     const counter = line.level === 'warning' ? 'warnings' : line.level === 'error' ? 'errors' : '';
     const [job, log] = this.jobKeys(id);
-    const seq = await this.run(scripts.APPEND_LOG, [job, log], [JSON.stringify([line.at, line.level, line.message]), counter]);
+    const seq = await this.run(scripts.APPEND_LOG, [job, log], [JSON.stringify([line.at, line.level, line.message]), counter, randomUUID()]);
     return typeof seq === 'number' ? seq : null;
   }
 
@@ -315,7 +319,7 @@ export class RedisStore implements Store {
     const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const [job, , result] = this.jobKeys(id);
     for (let offset = 0; offset < bytes.length; offset += this.chunkBytes) {
-      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(offset, offset + this.chunkBytes)]);
+      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(offset, offset + this.chunkBytes), randomUUID()]);
       if (stored === 0) throw new Error(`RedisStore: job ${id} is not running`);
     }
   }

@@ -112,8 +112,9 @@ export interface Store {
   /**
    * Required for the Idempotency-Key guard. Claims `key` atomically: of any number of concurrent
    * claims, across processes, exactly one wins. A claim wins when there is no record, or the record
-   * has expired, or it is `running` with an expired lease; the winner's `record` (state `running`)
-   * replaces it. Otherwise resolves the current record.
+   * has expired (`expiresAt`); the winner's `record` (state `running`) replaces it. Otherwise
+   * resolves the current record, also a `running` one whose lease has passed: its execution may
+   * have answered, so the guard looks at its job, then completes or releases it and claims again.
    */
   claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult>;
 

@@ -348,12 +348,17 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.equal((await store.claimIdempotencyKey(key, record())).won, true, 'a released key is new again');
       });
 
-      it('hands over a claim whose lease expired, but not a done one', async () => {
+      it('never hands over a claim by itself: a lapsed one is returned, and only its release frees the key', async () => {
         const key = `key-${randomUUID()}`;
         const dead = record({ leaseUntil: Date.now() + 200 });
         assert.equal((await store.claimIdempotencyKey(key, dead)).won, true);
         assert.equal((await store.claimIdempotencyKey(key, record())).won, false);
         await sleep(300);
+        const lapsed = await store.claimIdempotencyKey(key, record());
+        assert.equal(lapsed.won, false, 'a lapsed claim is returned, for the guard to look at its job');
+        assert.equal(lapsed.won === false && lapsed.record.jobId, dead.jobId);
+        assert.ok(lapsed.won === false && lapsed.record.leaseUntil <= Date.now());
+        assert.equal(await store.releaseIdempotencyKey(key, dead.jobId), true);
         const taker = record();
         assert.equal((await store.claimIdempotencyKey(key, taker)).won, true);
         assert.equal(await store.renewIdempotencyKey(key, dead.jobId, Date.now() + 60_000), false, 'the dead holder lost it');
