@@ -11,8 +11,8 @@ import type { Guard, IdempotencyOptions } from './idempotency.js';
 import type { Options } from './options.js';
 import { parseOptions } from './options.js';
 import { checkKnown } from './known-options.js';
-import { sendInvalidBgrs } from './problem.js';
-import { createRoutes, underBasePath } from './routes.js';
+import { sendInvalidBgrs, sendProblem } from './problem.js';
+import { createRoutes, reachesBasePath, underBasePath } from './routes.js';
 import { PARAM } from './trigger.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
@@ -87,6 +87,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     if (decision.invalid) {
       return sendInvalidBgrs(res);
     }
+    if (decision.detach && !reachesBasePath(req.baseUrl, config.basePath)) return refuseMount(req, res);
     const guard = guardFor(req, decision.detach);
     if (guard) return guard.handle(req, res, next, throughApp);
     if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
@@ -95,6 +96,19 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     }
     void detach(rt, req, res, next, decision, throughApp);
   } as BgrsMiddleware;
+
+  /**
+   * Mounted under a prefix `basePath` lacks, this middleware never sees `basePath`, so every link
+   * it handed out would be a 404: a detach is refused rather than recorded unreachable.
+   */
+  function refuseMount(req: Request, res: Response): void {
+    const fix = `Set basePath to "${req.baseUrl}${config.basePath}" or mount bgrs() at the root.`;
+    if (!rt.warned.has('BGRS_BASEPATH_MOUNT')) {
+      rt.warned.add('BGRS_BASEPATH_MOUNT');
+      config.logger.error(`express-bgrs [BGRS_BASEPATH_MOUNT]: bgrs() is mounted under "${req.baseUrl}" but basePath is "${config.basePath}", so its job routes cannot be reached and detaching is refused. ${fix}`);
+    }
+    sendProblem(res, 'misconfigured', `bgrs() is mounted under "${req.baseUrl}" and cannot serve "${config.basePath}". ${fix}`);
+  }
 
   function detachable(...args: Array<RouteOptions | RequestHandler | ErrorRequestHandler>): RequestHandler {
     const routeOptions: RouteOptions = typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0]) ? (args.shift() as RouteOptions) : {};

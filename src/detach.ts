@@ -104,12 +104,6 @@ function jobUrl(config: Configuration, url: string): string {
   return config.trigger ? url : stripParam(url);
 }
 
-function warnOnce(rt: Runtime, code: string, message: string): void {
-  if (!rt.config.validations || rt.warned.has(code)) return;
-  rt.warned.add(code);
-  rt.config.logger.warn(`express-bgrs [${code}]: ${message}`);
-}
-
 /** Builds how the replay reaches the handler, from what the original request looks like now. */
 export type DispatchFactory = (req: Request, res: Response, preParsed: boolean) => Dispatch;
 
@@ -222,9 +216,6 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
   if (rt.closing) {
     sendProblem(res, 'shutting-down', 'The server is shutting down and accepts no new background requests.', { retryAfter: config.retryAfter });
     return null;
-  }
-  if (req.baseUrl && !config.basePath.startsWith(req.baseUrl)) {
-    warnOnce(rt, 'BGRS_BASEPATH_MOUNT', `bgrs is mounted under "${req.baseUrl}" but basePath is "${config.basePath}"; job links will not reach the job routes. Set basePath to "${req.baseUrl}/bgrs".`);
   }
   // A parser mounted before bgrs already read the body: carry the parsed value, send no bytes.
   const preParsed = bodyConsumed(req) && hasBody(req);

@@ -13,6 +13,7 @@ export const problems = {
   'result-too-large': { status: 507, title: 'The result was too large to keep' },
   'already-final': { status: 409, title: 'The job has already ended' },
   'job-failed': { status: 500, title: 'The request failed before it answered' },
+  'misconfigured': { status: 500, title: 'express-bgrs is mounted where its job routes cannot be reached' },
   'store-unavailable': { status: 503, title: 'Job store unavailable' },
   'shutting-down': { status: 503, title: 'Shutting down' },
   'queue-full': { status: 429, title: 'Too many background requests' },

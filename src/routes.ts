@@ -67,6 +67,11 @@ export function underBasePath(base: string, url: string): boolean {
   return Number.isNaN(next) || next === 47 || next === 63;
 }
 
+/** Whether a middleware mounted at `mount` (Express's `req.baseUrl`, '' at the root) ever sees `base`. */
+export function reachesBasePath(mount: string, base: string): boolean {
+  return mount === '' || underBasePath(mount, base);
+}
+
 export function createRoutes(rt: Runtime): (req: Request, res: Response, next: NextFunction) => void {
   const { config } = rt;
   const base = config.basePath;
