@@ -85,8 +85,17 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
 
   /** The first request with this key: it runs, as a job, and its response is stored with the key. */
   async function execute(res: Response, prepared: Prepared, method: string, id: string, name: string, ack: { byPrefer: boolean } | null): Promise<void> {
+    // One renewal in flight at most: a slow store is not piled up with more of them.
+    let renewing = false;
     const renew = setInterval(() => {
-      store.renewIdempotencyKey(name, id, Date.now() + guard.lease).catch(() => false);
+      if (renewing) return;
+      renewing = true;
+      store
+        .renewIdempotencyKey(name, id, Date.now() + guard.lease)
+        .catch(() => false)
+        .finally(() => {
+          renewing = false;
+        });
     }, guard.lease / 3);
     renew.unref();
     const started = await launch(rt, res, prepared, id, method, ack, {

@@ -55,6 +55,7 @@ export class Scheduler {
   #reservedSlots = 0;
   #reservedPlaces = 0;
   #heartbeat: NodeJS.Timeout | undefined;
+  #beating = false;
   /** Set by close(): queued jobs no longer start (they would only be aborted). */
   closing = false;
 
@@ -248,7 +249,14 @@ export class Scheduler {
   #ensureHeartbeat(): void {
     if (this.#heartbeat) return;
     const every = Math.max(50, Math.min(this.config.lease / 3, 1000));
-    this.#heartbeat = setInterval(() => void this.#beat(), every);
+    // A beat still waiting on a slow store is not joined by another: one renewal in flight at most.
+    this.#heartbeat = setInterval(() => {
+      if (this.#beating) return;
+      this.#beating = true;
+      void this.#beat().finally(() => {
+        this.#beating = false;
+      });
+    }, every);
     this.#heartbeat.unref();
   }
 
