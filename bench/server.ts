@@ -23,7 +23,7 @@ import type { Response, RequestHandler } from 'express';
 import type expressModule from 'express';
 import { bgrs, MemoryStore } from '../src/index.js';
 import type { Store } from '../src/index.js';
-import type { JobFinish } from '../src/job.js';
+import type { JobFinish } from '../src/model/job.js';
 
 const MODES = ['plain', 'bgrs', 'idem-bgrs', 'idem-lib', 'bgrs-redis', 'bgrs-postgres', 'bullmq-worker', 'bullmq-add'];
 const REDIS_URL = process.env.BENCH_REDIS ?? 'redis://127.0.0.1:6379';

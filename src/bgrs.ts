@@ -1,24 +1,28 @@
 // bgrs(options): resolves the options once and wires the middleware, the job routes and the runner together.
 import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
-import { Replayer } from './capture.js';
-import type { Handler } from './compose.js';
-import { runHandlers } from './compose.js';
-import type { Runtime } from './detach.js';
-import { decide, detach, ensureDefaultContext, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './detach.js';
-import type { DispatchFactory } from './detach.js';
-import { createGuard, parseIdempotencyOptions } from './idempotency.js';
-import type { Guard, IdempotencyOptions } from './idempotency.js';
-import type { Options } from './options.js';
-import { parseOptions } from './options.js';
-import { checkKnown } from './known-options.js';
-import { sendInvalidBgrs, sendProblem } from './problem.js';
-import { createRoutes, reachesBasePath, underBasePath } from './routes.js';
-import { PARAM } from './trigger.js';
+import type { IdempotencyOptions } from './config/guard-options.js';
+import { parseIdempotencyOptions } from './config/guard-options.js';
+import type { Options } from './config/options.js';
+import { parseOptions } from './config/options.js';
+import { Scheduler } from './executors/local.js';
+import type { DispatchFactory } from './http/dispatch.js';
+import { ensureDefaultContext, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './http/dispatch.js';
+import type { Guard } from './http/guard.js';
+import { createGuard } from './http/guard.js';
+import { sendInvalidBgrs, sendProblem } from './http/problem.js';
+import { createRoutes, reachesBasePath, underBasePath } from './http/routes.js';
+import { detach } from './http/submit.js';
+import { PARAM, decide } from './http/trigger.js';
+import { JobContext } from './jobs/context.js';
+import type { Runtime } from './jobs/runtime.js';
+import { JobAbortError } from './model/errors.js';
+import { Replayer } from './replay/capture.js';
+import type { Handler } from './replay/compose.js';
+import { runHandlers } from './replay/compose.js';
 import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
 import { withTimeouts } from './stores/timed.js';
-import { JobAbortError, Scheduler } from './scheduler.js';
-import { JobContext } from './context.js';
+import { checkKnown } from './util/known-options.js';
 
 /** Options of one detachable route. */
 export interface RouteOptions {

@@ -1,11 +1,11 @@
 // Helpers for the capture tests: one request answered live and detached, and the comparison of both.
 import assert from 'node:assert/strict';
-import { privateCacheControl } from '../src/result.js';
 import { readFile } from 'node:fs';
 import type { Express } from 'express';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { detachAndWait, detached, type JobDoc } from './helpers.js';
+import { privateCacheControl } from '../src/http/result.js';
 
 export const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
 

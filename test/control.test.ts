@@ -5,8 +5,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Request } from 'express';
 import { bgrs, MemoryStore, type Store } from '../src/index.js';
 import { storeKinds } from './stores.js';
-import { newJob } from '../src/job.js';
 import { forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
+import { newJob } from '../src/model/job.js';
 
 type Problem = { type: string; status: number };
 const problemCode = (body: unknown): string => (body as Problem).type.split(':').pop()!;

@@ -4,8 +4,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Request } from 'express';
 import { bgrs, MemoryStore, type Store } from '../src/index.js';
 import { storeKinds } from './stores.js';
-import { parseIdempotencyKey, recordKey } from '../src/idempotency-key.js';
 import { forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
+import { parseIdempotencyKey, recordKey } from '../src/http/idempotency-key.js';
 
 type Json = Record<string, unknown>;
 

@@ -14,11 +14,11 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import { bgrs } from '../src/index.js';
 import type { BgrsMiddleware, Store } from '../src/index.js';
-import { PostgresStore } from '../src/stores/postgres.js';
-import { RedisStore } from '../src/stores/redis.js';
 import { listen, sleep, type JobDoc, type Running } from './helpers.js';
 import { freePort, RedisServer, redisServerAvailable, TcpProxy, within } from './outage-helpers.js';
 import { POSTGRES_URL, serviceAvailable } from './services.js';
+import { PostgresStore } from '../src/stores/postgres.js';
+import { RedisStore } from '../src/stores/redis.js';
 
 const STORE_TIMEOUT = 1000;
 // Renewed every second, so a lease of 3 s survives an outage of up to about 2 s without a reader

@@ -5,10 +5,10 @@ import { after, before, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import pg from 'pg';
-import { newJob } from '../src/job.js';
-import { PostgresStore } from '../src/stores/postgres.js';
 import { storeConformanceSuite } from '../src/testing/index.js';
 import { POSTGRES_URL, serviceAvailable } from './services.js';
+import { newJob } from '../src/model/job.js';
+import { PostgresStore } from '../src/stores/postgres.js';
 
 const available = await serviceAvailable('PostgreSQL', POSTGRES_URL);
 // One table prefix per run, so runs (and a developer's own data) never meet.

@@ -1,10 +1,10 @@
 // MemoryStore: the embedded default store, on lru-cache. One process only; behaves like a remote store.
 import { LRUCache } from 'lru-cache';
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
-import { isFinal } from '../job.js';
-import { checkKnown } from '../known-options.js';
-import { InvalidCursorError, StoreFullError } from './store.js';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
+import { isFinal } from '../model/job.js';
+import { checkKnown } from '../util/known-options.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import { InvalidCursorError, StoreFullError } from './store.js';
 
 export interface MemoryStoreOptions {
   /** How many finished jobs are kept at most; the least recently used go first. Defaults to `10000`. */

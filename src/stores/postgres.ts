@@ -1,12 +1,12 @@
 // PostgresStore: jobs, logs, results and idempotency keys in PostgreSQL, shared by every process that uses the database.
 import { debuglog } from 'node:util';
 import type { Pool } from 'pg';
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../job.js';
-import { RESULT_PAGE_ROWS, statements, SWEEP_BATCH, TABLE_PATTERN } from './postgres-sql.js';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
+import { checkKnown } from '../util/known-options.js';
 import type { Statements } from './postgres-sql.js';
-import { InvalidCursorError } from './store.js';
-import { checkKnown } from '../known-options.js';
+import { RESULT_PAGE_ROWS, SWEEP_BATCH, TABLE_PATTERN, statements } from './postgres-sql.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import { InvalidCursorError } from './store.js';
 
 const debug = debuglog('bgrs');
 

@@ -23,13 +23,13 @@
 // job's (or one record's) keys only, so the store also runs on Redis Cluster.
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
-import { isFinal } from '../job.js';
-import { InvalidCursorError } from './store.js';
-import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import * as scripts from './redis-scripts.js';
-import { checkKnown } from '../known-options.js';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
+import { isFinal } from '../model/job.js';
+import { checkKnown } from '../util/known-options.js';
 import type { Script } from './redis-scripts.js';
+import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import { InvalidCursorError } from './store.js';
 
 export interface RedisStoreOptions {
   /**

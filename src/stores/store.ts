@@ -1,5 +1,5 @@
 // The Store interface: the only way the core reaches state. Every backend keeps this contract.
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../job.js';
+import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
 
 /** What `listJobs` rejects with for a cursor it did not hand out; the job routes answer it with a 400. */
 export class InvalidCursorError extends TypeError {

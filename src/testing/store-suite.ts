@@ -2,10 +2,10 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type { Job, JobFinish, JobStatus } from '../job.js';
-import { newJob } from '../job.js';
-import { InvalidCursorError } from '../stores/store.js';
+import type { Job, JobFinish, JobStatus } from '../model/job.js';
+import { newJob } from '../model/job.js';
 import type { IdempotencyRecord, Store } from '../stores/store.js';
+import { InvalidCursorError } from '../stores/store.js';
 
 export interface StoreSuiteOptions {
   /** Creates the store under test (once for the whole suite). */

@@ -1,9 +1,10 @@
 // GET <base>/:id/events: Server-Sent Events with a job's status, progress and log lines, live until it ends.
 import type { ServerResponse } from 'node:http';
-import type { Runtime } from './detach.js';
-import { isFinal, jobDocument } from './job.js';
-import type { Job } from './job.js';
-import { nextChange, POLL_MS, readJob } from './observe.js';
+import { POLL_MS, nextChange, readJob } from '../jobs/observe.js';
+import type { Runtime } from '../jobs/runtime.js';
+import type { Job } from '../model/job.js';
+import { isFinal } from '../model/job.js';
+import { jobDocument } from '../views/native.js';
 
 const LOG_PAGE = 1000;
 

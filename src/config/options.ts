@@ -1,10 +1,10 @@
 // The public Options type and parseOptions(): validates once at setup into a fully-defaulted Configuration.
 import type { Request } from 'express';
-import type { IdempotencyOptions } from './idempotency.js';
-import type { Job } from './job.js';
-import { checkKnown } from './known-options.js';
-import { MemoryStore } from './stores/memory.js';
-import type { Store } from './stores/store.js';
+import type { Job } from '../model/job.js';
+import { MemoryStore } from '../stores/memory.js';
+import type { Store } from '../stores/store.js';
+import { checkKnown } from '../util/known-options.js';
+import type { IdempotencyOptions } from './guard-options.js';
 
 /** What a caller wants to do with a job; `authorize` receives it. */
 export type JobAction = 'read' | 'details' | 'result' | 'cancel' | 'delete' | 'events' | 'list-all';

@@ -1,7 +1,7 @@
 // req.bgrs: the handler's view of its job (progress, log lines, signal); no-ops on requests that were not detached.
 import { debuglog } from 'node:util';
-import type { JobProgressUpdate, LogLevel } from './job.js';
-import type { Store } from './stores/store.js';
+import type { JobProgressUpdate, LogLevel } from '../model/job.js';
+import type { Store } from '../stores/store.js';
 
 const debug = debuglog('bgrs');
 

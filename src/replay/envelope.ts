@@ -3,7 +3,6 @@ import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import type { Envelope } from './capture.js';
 import { HOP_BY_HOP } from './capture.js';
-import { stripRespondAsync } from './trigger.js';
 
 /**
  * Dropped from the replay: a stored 304/206 is useless (conditional and range headers), results are
@@ -153,4 +152,14 @@ export function buildEnvelope(req: IncomingMessage, url: string, body: Buffer | 
     remoteFamily: socket?.remoteFamily,
     encrypted: Boolean(socket?.encrypted),
   };
+}
+
+/** Removes the `respond-async` preference from a Prefer header, keeping any others. */
+export function stripRespondAsync(header: string): string | undefined {
+  const kept = header
+    .split(',')
+    .filter((item) => (item.split(';')[0] ?? '').trim().toLowerCase() !== 'respond-async')
+    .map((item) => item.trim())
+    .filter(Boolean);
+  return kept.length ? kept.join(', ') : undefined;
 }

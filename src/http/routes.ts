@@ -1,17 +1,18 @@
 // The job routes under the base path: list, status, details, result, cancel, delete and events.
 import type { NextFunction, Request, Response } from 'express';
-import type { Runtime } from './detach.js';
+import type { JobAction } from '../config/options.js';
+import { readJob, waitForFinal } from '../jobs/observe.js';
+import type { Runtime } from '../jobs/runtime.js';
+import { JobAbortError } from '../model/errors.js';
+import type { Job, JobResponse, JobStatus } from '../model/job.js';
+import { endingNow, isFinal } from '../model/job.js';
+import { InvalidCursorError } from '../stores/store.js';
+import { jobDocument } from '../views/native.js';
 import { streamEvents } from './events.js';
-import { endingNow, isFinal, jobDocument } from './job.js';
-import type { Job, JobResponse, JobStatus } from './job.js';
-import { readJob, waitForFinal } from './observe.js';
-import type { JobAction } from './options.js';
 import { sendJson } from './json.js';
+import { limitKey, resolveOwner } from './owner.js';
 import { sendNotFound, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
-import { JobAbortError } from './scheduler.js';
-import { InvalidCursorError } from './stores/store.js';
-import { limitKey, resolveOwner } from './owner.js';
 import { parsePrefer } from './trigger.js';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;

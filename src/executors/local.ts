@@ -1,20 +1,9 @@
 // The jobs of this process: concurrency and queue limits, the lease heartbeat, local change notifications.
-import { endingNow } from './job.js';
-import type { Job, JobError } from './job.js';
-import type { Configuration } from './options.js';
-import type { RunningJob } from './runner.js';
-
-/** Why a job was stopped; the handler reads it as `req.bgrs.signal.reason`. */
-export class JobAbortError extends Error {
-  constructor(
-    readonly code: 'BGRS_CANCELLED' | 'BGRS_TIMEOUT' | 'BGRS_SHUTDOWN' | 'BGRS_RESULT_TOO_LARGE' | 'BGRS_STORE_UNAVAILABLE' | 'BGRS_INTERRUPTED' | 'BGRS_CONNECTION_LOST',
-    message: string,
-    name = 'AbortError',
-  ) {
-    super(message);
-    this.name = name;
-  }
-}
+import type { Configuration } from '../config/options.js';
+import { JobAbortError } from '../model/errors.js';
+import type { JobError } from '../model/job.js';
+import { endingNow } from '../model/job.js';
+import type { RunningJob } from './executor.js';
 
 interface Queued {
   id: string;
@@ -282,9 +271,4 @@ export class Scheduler {
       if (job) void job.stop('cancelled', null, new JobAbortError('BGRS_CANCELLED', 'the job was cancelled'));
     }
   }
-}
-
-/** Whether a job that is not final has outlived its lease (its process died). */
-export function leaseExpired(job: Job, now = Date.now()): boolean {
-  return (job.status === 'running' || job.status === 'queued') && job.leaseUntil !== null && Date.parse(job.leaseUntil) < now;
 }

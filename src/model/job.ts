@@ -1,4 +1,4 @@
-// The Job record, its status vocabulary and transitions, and the job document clients see.
+// The Job record, its status vocabulary and transitions: the model every layer shares.
 
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
 export type LogLevel = 'info' | 'warning' | 'error';
@@ -86,40 +86,6 @@ export interface JobFinish {
   error: JobError | null;
 }
 
-/** What clients see: the job without its owner, lease and raw headers, plus links. */
-export interface JobDocument extends Omit<Job, 'owner' | 'leaseUntil' | 'response'> {
-  response: Omit<JobResponse, 'headers'> | null;
-  /** While queued: the 1-based place in the queue of the process that holds it, when that process answers. */
-  position?: number;
-  links: { self: string; details: string; result: string; events: string; cancel: string };
-}
-
-export function jobDocument(job: Job, base: string, position?: number): JobDocument {
-  const self = `${base}/${job.id}`;
-  return {
-    id: job.id,
-    name: job.name,
-    method: job.method,
-    url: job.url,
-    status: job.status,
-    progress: job.progress,
-    message: job.message,
-    resultCount: job.resultCount,
-    warnings: job.warnings,
-    errors: job.errors,
-    createdAt: job.createdAt,
-    startedAt: job.startedAt,
-    finishedAt: job.finishedAt,
-    expiresAt: job.expiresAt,
-    response: job.response
-      ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size }
-      : null,
-    error: job.error,
-    ...(position !== undefined && job.status === 'queued' ? { position } : {}),
-    links: { self, details: `${self}/details`, result: `${self}/result`, events: `${self}/events`, cancel: `${self}/cancel` },
-  };
-}
-
 export function newJob(fields: { id: string; method: string; url: string; owner: string | null; status: JobStatus; leaseUntil?: string | null }): Job {
   const now = new Date().toISOString();
   return {
@@ -166,4 +132,9 @@ export interface JobQuery {
   limit: number;
   /** A `next` value from a previous page. */
   cursor?: string | null;
+}
+
+/** Whether a job that is not final has outlived its lease (its process died). */
+export function leaseExpired(job: Job, now = Date.now()): boolean {
+  return (job.status === 'running' || job.status === 'queued') && job.leaseUntil !== null && Date.parse(job.leaseUntil) < now;
 }

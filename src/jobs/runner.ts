@@ -2,15 +2,15 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Writable } from 'node:stream';
 import { debuglog } from 'node:util';
-import type { Envelope, Replayer } from './capture.js';
-import { HOP_BY_HOP } from './capture.js';
+import type { Configuration } from '../config/options.js';
+import type { RunningJob } from '../executors/executor.js';
+import { JobAbortError } from '../model/errors.js';
+import type { Job, JobError, JobFinish, JobResponse } from '../model/job.js';
+import { endingNow, isFinal } from '../model/job.js';
+import type { Envelope } from '../replay/capture.js';
+import { HOP_BY_HOP, Replayer } from '../replay/capture.js';
+import { applyHead } from '../replay/head.js';
 import { JobContext } from './context.js';
-import { endingNow, isFinal } from './job.js';
-import type { Job, JobError, JobFinish, JobResponse } from './job.js';
-import { sendProblem } from './problem.js';
-import { applyHead } from './result.js';
-import { JobAbortError } from './scheduler.js';
-import type { Configuration } from './options.js';
 
 const debug = debuglog('bgrs');
 
@@ -130,13 +130,6 @@ function writeLiveHead(live: ServerResponse, res: IncomingMessage): void {
   applyHead(live, pairs, { replayCookies: true, keepLength: true });
 }
 
-export interface RunningJob {
-  /** Ends the job now with this status (cancel, shutdown); the handler's signal aborts with `reason`. */
-  stop(status: 'failed' | 'cancelled', error: JobError | null, reason: Error): Promise<void>;
-  /** Resolves when the final state is in the store. */
-  readonly done: Promise<void>;
-}
-
 /**
  * Pipes the response into the writer and settles when it is stored, or fails when either side
  * fails or the response is cut off. By hand rather than with pipeline(): that one builds an
@@ -171,6 +164,8 @@ export interface RunOptions {
   onEnd?: (job: Job | null, answered: boolean) => Promise<void>;
   /** This job's timeout in ms, instead of the `timeout` option (per-route timeouts). */
   timeout?: number;
+  /** Answers the waiting client of a job that ended before its response began (its HTTP face renders the problem). */
+  unanswered?: (live: ServerResponse, ended: { id: string; status: JobFinish['status']; error: JobError | null }) => void;
   /** Called after each progress or log write lands. */
   onChange?: () => void;
   /**
@@ -262,7 +257,8 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
         if (answered && writer) writer.flushLive();
         // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
         else if (liveStarted) live.destroy();
-        else sendProblem(live, 'job-failed', error?.message ?? `the job ended ${status}`, { extra: { job: { id, status, error } } });
+        else if (options.unanswered) options.unanswered(live, { id, status, error });
+        else live.destroy();
       }
       resolveDone();
     }

@@ -1,8 +1,7 @@
 // Reading jobs as clients see them (a lapsed lease becomes `failed: interrupted`), and waiting for them to change.
-import type { Runtime } from './detach.js';
-import { endingNow, isFinal } from './job.js';
-import type { Job } from './job.js';
-import { leaseExpired } from './scheduler.js';
+import type { Job } from '../model/job.js';
+import { endingNow, isFinal, leaseExpired } from '../model/job.js';
+import type { Runtime } from './runtime.js';
 
 /** How often a watcher re-reads a job run by another process; local jobs wake their watchers at once. */
 export const POLL_MS = 250;

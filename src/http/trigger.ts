@@ -1,5 +1,7 @@
 // Decides from the query string and the Prefer header whether a request asks to be detached.
+import type { Request } from 'express';
 import type { IncomingMessage } from 'node:http';
+import type { Configuration } from '../config/options.js';
 
 export const PARAM = 'bgrs';
 const YES = new Set(['yes', '1', 'true']);
@@ -80,16 +82,6 @@ export function parsePrefer(header: string | string[] | undefined): PreferOption
   return result;
 }
 
-/** Removes the `respond-async` preference from a Prefer header, keeping any others. */
-export function stripRespondAsync(header: string): string | undefined {
-  const kept = header
-    .split(',')
-    .filter((item) => (item.split(';')[0] ?? '').trim().toLowerCase() !== 'respond-async')
-    .map((item) => item.trim())
-    .filter(Boolean);
-  return kept.length ? kept.join(', ') : undefined;
-}
-
 /** Whether to detach; `wait` is the `wait=N` of `Prefer: respond-async, wait=N`. */
 export type TriggerDecision = { detach: boolean; byPrefer: boolean; invalid: boolean; wait?: number };
 
@@ -110,4 +102,10 @@ export function defaultDecision(req: IncomingMessage): TriggerDecision {
     if (parsed.respondAsync) return { detach: true, byPrefer: true, invalid: false, wait: parsed.wait };
   }
   return NOT_TRIGGERED;
+}
+
+/** The one trigger rule of an instance: the app's `trigger` when set, else the default. */
+export function decide(config: Configuration, req: Request): TriggerDecision {
+  if (config.trigger) return { detach: Boolean(config.trigger(req)), byPrefer: false, invalid: false };
+  return defaultDecision(req);
 }

@@ -1,0 +1,14 @@
+// What every part of one bgrs() instance shares: the configuration, the replayer, the executor.
+import type { Configuration } from '../config/options.js';
+import { Scheduler } from '../executors/local.js';
+import { Replayer } from '../replay/capture.js';
+/** Shared by every part of one bgrs() instance. */
+export interface Runtime {
+  config: Configuration;
+  replayer: Replayer;
+  scheduler: Scheduler;
+  closing: boolean;
+  warned: Set<string>;
+  /** Open `/events` streams per caller (limitKey), for `maxEventStreams`. */
+  streams: Map<string, number>;
+}

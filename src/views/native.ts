@@ -1,0 +1,36 @@
+// The native view: the job document of express-bgrs' own routes (the default view).
+import type { Job, JobResponse } from '../model/job.js';
+
+/** What clients see: the job without its owner, lease and raw headers, plus links. */
+export interface JobDocument extends Omit<Job, 'owner' | 'leaseUntil' | 'response'> {
+  response: Omit<JobResponse, 'headers'> | null;
+  /** While queued: the 1-based place in the queue of the process that holds it, when that process answers. */
+  position?: number;
+  links: { self: string; details: string; result: string; events: string; cancel: string };
+}
+
+export function jobDocument(job: Job, base: string, position?: number): JobDocument {
+  const self = `${base}/${job.id}`;
+  return {
+    id: job.id,
+    name: job.name,
+    method: job.method,
+    url: job.url,
+    status: job.status,
+    progress: job.progress,
+    message: job.message,
+    resultCount: job.resultCount,
+    warnings: job.warnings,
+    errors: job.errors,
+    createdAt: job.createdAt,
+    startedAt: job.startedAt,
+    finishedAt: job.finishedAt,
+    expiresAt: job.expiresAt,
+    response: job.response
+      ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size }
+      : null,
+    error: job.error,
+    ...(position !== undefined && job.status === 'queued' ? { position } : {}),
+    links: { self, details: `${self}/details`, result: `${self}/result`, events: `${self}/events`, cancel: `${self}/cancel` },
+  };
+}
