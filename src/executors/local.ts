@@ -44,6 +44,8 @@ export class Scheduler {
   #reservedSlots = 0;
   #reservedPlaces = 0;
   #heartbeat: NodeJS.Timeout | undefined;
+  /** Queued jobs whose start the store is recording now. */
+  readonly #starting = new Set<Promise<void>>();
   #beating = false;
   /** Set by close(): queued jobs no longer start (they would only be aborted). */
   closing = false;
@@ -103,6 +105,8 @@ export class Scheduler {
     }
     this.#queue.push({ id, held: admission.held, start, skipped });
     this.#ensureHeartbeat();
+    // A slot may have freed while the job was being recorded: nothing else would start it then.
+    this.#startNext();
   }
 
   #hold(admission: Admission & { ok: true }, delta: number): void {
@@ -151,6 +155,8 @@ export class Scheduler {
 
   /** Stops every job of this process with the same final status (shutdown). */
   async stopAll(status: 'failed' | 'cancelled', error: JobError, reason: Error): Promise<void> {
+    // Starts in flight land first (back in the queue, since closing is set): ended here, never run after close.
+    while (this.#starting.size > 0) await Promise.all([...this.#starting]);
     const queued = this.#queue.splice(0);
     for (const entry of queued) this.#release(entry.id, entry.held);
     const ending = endingNow(this.config.ttl);
@@ -205,12 +211,15 @@ export class Scheduler {
       // Reserve the slot at once, so that concurrent completions do not overfill it.
       const placeholder: RunningJob = { stop: async () => undefined, done: new Promise(() => undefined) };
       this.running.set(entry.id, placeholder);
-      this.config.store
+      const starting: Promise<void> = this.config.store
         .startJob(entry.id, { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + this.config.lease).toISOString() })
         .then(
           (started) => {
             this.running.delete(entry.id);
-            if (started) {
+            if (started && this.closing) {
+              // close() came while the store started it: stopAll ends it with the queued ones.
+              this.#queue.unshift(entry);
+            } else if (started) {
               this.notify(entry.id);
               this.#track(entry.id, entry.start());
             } else {
@@ -227,6 +236,8 @@ export class Scheduler {
             setTimeout(() => this.#startNext(), 1000).unref();
           },
         );
+      this.#starting.add(starting);
+      void starting.finally(() => this.#starting.delete(starting));
     }
   }
 

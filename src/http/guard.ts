@@ -92,7 +92,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
     try {
       fingerprint = guard.fingerprint
         ? String(await guard.fingerprint(req))
-        : defaultFingerprint(req, prepared.body, prepared.parsedBody, prepared.preParsed);
+        : defaultFingerprint(req, prepared.body, prepared.parsedBody, prepared.preParsed, config.trigger !== undefined);
       scope = await keyScope(req, prepared.owner);
     } catch (err) {
       next(err);

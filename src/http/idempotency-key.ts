@@ -51,12 +51,16 @@ function canonicalJson(value: unknown): string {
   return JSON.stringify(value) ?? 'null';
 }
 
-/** The query string with `bgrs` removed and the pairs sorted: `?b=2&a=1` and `?a=1&b=2&bgrs=yes` are the same request. */
-function canonicalQuery(url: string): string {
+/**
+ * The query string with `bgrs` removed and the pairs sorted: `?b=2&a=1` and `?a=1&b=2&bgrs=yes`
+ * are the same request. With a custom trigger, `bgrs` is an ordinary parameter and is kept.
+ */
+function canonicalQuery(url: string, keepParam: boolean): string {
   const q = url.indexOf('?');
   if (q === -1) return '';
-  const params = new URLSearchParams(url.slice(q + 1));
-  params.delete(PARAM);
+  const query = url.slice(q + 1);
+  // The trigger parameter is the one spelled `bgrs` as written (see bgrsValues).
+  const params = new URLSearchParams(keepParam ? query : query.split('&').filter((pair) => pair !== PARAM && !pair.startsWith(`${PARAM}=`)).join('&'));
   params.sort();
   return params.toString();
 }
@@ -64,10 +68,6 @@ function canonicalQuery(url: string): string {
 function mediaType(header: string | string[] | undefined): string {
   const value = Array.isArray(header) ? header[0] : header;
   return (value ?? '').split(';')[0]!.trim().toLowerCase();
-}
-
-function isJsonType(type: string): boolean {
-  return type === 'application/json' || type.endsWith('+json');
 }
 
 const FORM = 'application/x-www-form-urlencoded';
@@ -92,29 +92,51 @@ function formPairs(value: unknown, prefix: string, out: Array<[string, string]>)
   return out;
 }
 
+/** The Buffer encoding of a `charset` parameter a text parser decoded with (utf-8 when unknown). */
+function charsetOf(header: string | string[] | undefined): BufferEncoding {
+  const value = Array.isArray(header) ? header[0] : header;
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(value ?? '')?.[1]?.toLowerCase();
+  if (charset === 'iso-8859-1' || charset === 'latin1' || charset === 'us-ascii' || charset === 'ascii') return 'latin1';
+  if (charset === 'utf-16le' || charset === 'utf16le') return 'utf16le';
+  return 'utf8';
+}
+
+const JSON_START = new Set([...'{["-0123456789tfn'].map((c) => c.charCodeAt(0)));
+
+/** JSON text, canonical, or `null` when the bytes are not JSON. */
+function jsonOf(bytes: Buffer): string | null {
+  let i = 0;
+  while (i < bytes.length && (bytes[i] === 0x20 || bytes[i] === 0x09 || bytes[i] === 0x0a || bytes[i] === 0x0d)) i++;
+  if (i === bytes.length || !JSON_START.has(bytes[i]!)) return null;
+  try {
+    return `json:${canonicalJson(JSON.parse(bytes.toString('utf8')))}`;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Bytes as the fingerprint takes them: a form's canonical pairs, JSON text as canonical JSON
+ * whatever the Content-Type claims (a parser may read text/plain as JSON, or keep JSON as bytes),
+ * anything else as it is.
+ */
+function fromBytes(type: string, bytes: Buffer): Buffer | string {
+  if (type === FORM) return `form:${canonicalForm([...new URLSearchParams(bytes.toString('utf8'))])}`;
+  return jsonOf(bytes) ?? bytes;
+}
+
 /**
  * What the fingerprint takes of the body, the same whether a body parser ran before the guard or
- * not: canonical JSON for a JSON body, canonical pairs for a form, the raw bytes otherwise (a
- * parser that kept bytes or text gives those bytes back).
+ * not, and whichever parser it was: bytes or text a parser kept are taken as the bytes they came
+ * from, a parsed form as its pairs, any other parsed value as canonical JSON.
  */
 function bodyDigestInput(contentType: string | string[] | undefined, raw: Buffer | null, parsed: unknown, preParsed: boolean): Buffer | string | null {
   const type = mediaType(contentType);
-  if (preParsed) {
-    if (Buffer.isBuffer(parsed)) return parsed;
-    if (typeof parsed === 'string') return Buffer.from(parsed);
-    if (type === FORM) return `form:${canonicalForm(formPairs(parsed, '', []))}`;
-    return `json:${canonicalJson(parsed)}`;
-  }
-  if (!raw) return null;
-  if (isJsonType(type)) {
-    try {
-      return `json:${canonicalJson(JSON.parse(raw.toString('utf8')))}`;
-    } catch {
-      return raw;
-    }
-  }
-  if (type === FORM) return `form:${canonicalForm([...new URLSearchParams(raw.toString('utf8'))])}`;
-  return raw;
+  if (!preParsed) return raw ? fromBytes(type, raw) : null;
+  if (Buffer.isBuffer(parsed)) return fromBytes(type, parsed);
+  if (typeof parsed === 'string') return fromBytes(type, Buffer.from(parsed, charsetOf(contentType)));
+  if (type === FORM && parsed !== null && typeof parsed === 'object') return `form:${canonicalForm(formPairs(parsed, '', []))}`;
+  return `json:${canonicalJson(parsed)}`;
 }
 
 /**
@@ -122,11 +144,11 @@ function bodyDigestInput(contentType: string | string[] | undefined, raw: Buffer
  * `bgrs` parameter and the `Prefer` header are not part of it: detaching is how the client wants
  * the answer delivered, not a different request.
  */
-export function defaultFingerprint(req: IncomingMessage & { originalUrl?: string }, raw: Buffer | null, parsed: unknown, preParsed: boolean): string {
+export function defaultFingerprint(req: IncomingMessage & { originalUrl?: string }, raw: Buffer | null, parsed: unknown, preParsed: boolean, keepParam = false): string {
   const url = req.originalUrl ?? req.url ?? '/';
   const q = url.indexOf('?');
   const hash = createHash('sha256');
-  hash.update(`${req.method}\n${q === -1 ? url : url.slice(0, q)}\n${canonicalQuery(url)}\n`);
+  hash.update(`${req.method}\n${q === -1 ? url : url.slice(0, q)}\n${canonicalQuery(url, keepParam)}\n`);
   const body = bodyDigestInput(req.headers['content-type'], raw, parsed, preParsed);
   if (body !== null) hash.update(body);
   return hash.digest('base64url');

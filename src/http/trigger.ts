@@ -23,7 +23,8 @@ export function bgrsValues(url: string): string[] | undefined {
   const values: string[] = [];
   for (const pair of url.slice(q + 1).split('&')) {
     const eq = pair.indexOf('=');
-    const key = safeDecode(eq === -1 ? pair : pair.slice(0, eq));
+    // The name is matched as written: `%62grs` is not the parameter, here or anywhere.
+    const key = eq === -1 ? pair : pair.slice(0, eq);
     if (key === PARAM) values.push(eq === -1 ? '' : safeDecode(pair.slice(eq + 1)));
   }
   return values.length ? values : undefined;
@@ -58,7 +59,7 @@ export function stripParam(url: string): string {
     .split('&')
     .filter((pair) => {
       const eq = pair.indexOf('=');
-      return safeDecode(eq === -1 ? pair : pair.slice(0, eq)) !== PARAM;
+      return (eq === -1 ? pair : pair.slice(0, eq)) !== PARAM;
     });
   return kept.length ? `${url.slice(0, q)}?${kept.join('&')}` : url.slice(0, q);
 }
