@@ -20,7 +20,11 @@ const upward = LAYERS.slice(1).map((layer, i) => ({
   comment: `${layer} is below ${LAYERS.slice(0, i + 1).join(', ')}: it must not import them`,
   severity: 'error',
   from: { path: PATHS[layer] },
-  to: { path: LAYERS.slice(0, i + 1).map((l) => PATHS[l]).join('|') },
+  to: {
+    path: LAYERS.slice(0, i + 1)
+      .map((l) => PATHS[l])
+      .join('|'),
+  },
 }));
 
 module.exports = {

@@ -32,8 +32,9 @@
 //
 // RESULTS.md is made of one section per group family; a run that leaves a family out keeps that
 // family's previous section (with its own date), so BENCH_ONLY runs do not erase the other rows.
-import { execFileSync, spawn } from 'node:child_process';
+
 import type { ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -389,7 +390,9 @@ async function slice(server: Server, side: Side, seconds: number, tally: Tally |
     throw new Error(`bench: ${side.label}: errors=${result.errors} timeouts=${result.timeouts} statuses=${codes.join(',')}`);
   }
   if (wrongReplayHeader > 0) {
-    throw new Error(`bench: ${side.label}: ${wrongReplayHeader} answers had ${side.keyed?.kind === 'replay' && side.keyed.replayHeader ? 'no' : 'an'} Idempotent-Replayed: true`);
+    throw new Error(
+      `bench: ${side.label}: ${wrongReplayHeader} answers had ${side.keyed?.kind === 'replay' && side.keyed.replayHeader ? 'no' : 'an'} Idempotent-Replayed: true`,
+    );
   }
   const drain = await quiesce(server.child, end);
   if (side.keyed) await checkExecutions(server, side, result);
@@ -528,8 +531,20 @@ async function runIdempotency(major: Major, express: string, side: SideFactory):
   const [a1, b1] = await compare(major, theirsFirst, oursFirst);
   const [a2, b2] = await compare(major, theirsReplay, oursReplay);
   return [
-    { name: `${express}: Idempotency-Key guard, a new key on every POST (handler runs, 201), vs ${lib} (memory adapter)`, baseline: a1, subject: b1, goal: 1.0, background: false },
-    { name: `${express}: Idempotency-Key guard, ${replays} sent once before (stored 201), vs ${lib} (memory adapter)`, baseline: a2, subject: b2, goal: 1.0, background: false },
+    {
+      name: `${express}: Idempotency-Key guard, a new key on every POST (handler runs, 201), vs ${lib} (memory adapter)`,
+      baseline: a1,
+      subject: b1,
+      goal: 1.0,
+      background: false,
+    },
+    {
+      name: `${express}: Idempotency-Key guard, ${replays} sent once before (stored 201), vs ${lib} (memory adapter)`,
+      baseline: a2,
+      subject: b2,
+      goal: 1.0,
+      background: false,
+    },
   ];
 }
 
@@ -625,9 +640,27 @@ async function runStoresRate(major: Major): Promise<Comparison[]> {
   const [a2, b2] = await compare(major, addOnly, redisSide);
   const [a3, b3] = await compare(major, worker, postgresSide);
   return [
-    { name: `RedisStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker (concurrency 64) in the same process`, baseline: a1, subject: b1, goal: 1.0, background: true },
-    { name: `RedisStore submission vs ${bull} queue.add() + 202 with no Worker (enqueue only; the job never runs)`, baseline: a2, subject: b2, goal: null, background: true },
-    { name: `PostgresStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker in the same process`, baseline: a3, subject: b3, goal: null, background: true },
+    {
+      name: `RedisStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker (concurrency 64) in the same process`,
+      baseline: a1,
+      subject: b1,
+      goal: 1.0,
+      background: true,
+    },
+    {
+      name: `RedisStore submission vs ${bull} queue.add() + 202 with no Worker (enqueue only; the job never runs)`,
+      baseline: a2,
+      subject: b2,
+      goal: null,
+      background: true,
+    },
+    {
+      name: `PostgresStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker in the same process`,
+      baseline: a3,
+      subject: b3,
+      goal: null,
+      background: true,
+    },
   ];
 }
 
@@ -738,7 +771,9 @@ async function runRss(mode: 'bgrs-redis' | 'bgrs-postgres', label: string, major
     const hwm = hwmReset ? procStatus(pid, 'VmHWM') : null;
     const expected = RSS_MIB * 2 ** 20;
     if (job.status !== 'completed' || job.response?.status !== 200 || job.response.size !== expected) {
-      throw new Error(`bench: ${label}: the job ended ${job.status} with response ${JSON.stringify(job.response)} (expected 200, size ${expected}); error ${JSON.stringify(job.error)}`);
+      throw new Error(
+        `bench: ${label}: the job ended ${job.status} with response ${JSON.stringify(job.response)} (expected 200, size ${expected}); error ${JSON.stringify(job.error)}`,
+      );
     }
     await deleteJob(origin, location);
     const run = { label, baseline, peak, hwm, samples, seconds, size: job.response.size };
@@ -790,17 +825,14 @@ function table(comparisons: Comparison[]): string {
     const verdict = c.goal === null ? '—' : ratio >= c.goal ? 'PASS' : 'MISS';
     return `| ${c.name} | ${fmt(c.subject.mean)} | ${fmt(c.baseline.mean)} | ${ratio.toFixed(3)} | ${goal} | ${verdict} | ${withDrain} |`;
   });
-  return [
-    '| Scenario | req/s subject | req/s baseline | Ratio | Goal | Result | Ratio incl. drain |',
-    '|---|---:|---:|---:|---:|---|---:|',
-    ...rows,
-  ].join('\n');
+  return ['| Scenario | req/s subject | req/s baseline | Ratio | Goal | Result | Ratio incl. drain |', '|---|---:|---:|---:|---:|---|---:|', ...rows].join(
+    '\n',
+  );
 }
 
 function details(measurements: Measurement[]): string {
   const rows = measurements.map(
-    (m) =>
-      `| ${m.label} | ${fmt(m.mean)} | ${fmt(m.stddev)} | ${m.latencyP50} | ${m.latencyP99} | ${fmt(m.drainMs)} | ${m.bodyBytes} | ${m.status} |`,
+    (m) => `| ${m.label} | ${fmt(m.mean)} | ${fmt(m.stddev)} | ${m.latencyP50} | ${m.latencyP99} | ${fmt(m.drainMs)} | ${m.bodyBytes} | ${m.status} |`,
   );
   return [
     '| Run | req/s mean | stddev (slices) | p50 ms (median slice) | p99 ms (worst slice) | drain ms | body bytes | statuses |',

@@ -19,10 +19,10 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
-import type { Response, RequestHandler } from 'express';
 import type expressModule from 'express';
-import { bgrs, MemoryStore } from '../src/index.js';
+import type { RequestHandler, Response } from 'express';
 import type { Store } from '../src/index.js';
+import { bgrs, MemoryStore } from '../src/index.js';
 import type { JobFinish } from '../src/model/job.js';
 
 const MODES = ['plain', 'bgrs', 'idem-bgrs', 'idem-lib', 'bgrs-redis', 'bgrs-postgres', 'bullmq-worker', 'bullmq-add'];
@@ -142,7 +142,10 @@ if (mode === 'bgrs-redis') {
     queue
       .add('job', { method: req.method, url: req.originalUrl })
       .then((job) => {
-        res.status(202).location(`/jobs/${job.id}`).json({ id: job.id, status: 'queued', links: { self: `/jobs/${job.id}` } });
+        res
+          .status(202)
+          .location(`/jobs/${job.id}`)
+          .json({ id: job.id, status: 'queued', links: { self: `/jobs/${job.id}` } });
       })
       .catch(next);
   });

@@ -165,7 +165,7 @@ async function main(base: string): Promise<void> {
   if (ack.status !== 202 || !location) throw new Error(`expected 202 with a Location header, got ${ack.status}: ${await ack.text()}`);
   const accepted = (await ack.json()) as JobDocument;
   console.log(`${green(`${ack.status} ${ack.statusText}`)}  Location: ${location}  Retry-After: ${ack.headers.get('retry-after')}`);
-  console.log(dim(`job ${accepted.id} is ${accepted.status}; the export keeps running on the server`) + '\n');
+  console.log(`${dim(`job ${accepted.id} is ${accepted.status}; the export keeps running on the server`)}\n`);
 
   console.log(bold(`Following GET ${accepted.links.events} (Server-Sent Events: status, progress, log, end)`));
   const job = await follow(base, accepted.links.events, new Screen());

@@ -12,7 +12,7 @@ import { createGuard } from './http/guard.js';
 import { sendInvalidBgrs, sendProblem } from './http/problem.js';
 import { createRoutes, reachesBasePath, underBasePath } from './http/routes.js';
 import { detach } from './http/submit.js';
-import { PARAM, decide } from './http/trigger.js';
+import { decide, PARAM } from './http/trigger.js';
 import { JobContext } from './jobs/context.js';
 import type { Runtime } from './jobs/runtime.js';
 import { JobAbortError } from './model/errors.js';
@@ -109,7 +109,9 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     const fix = `Set basePath to "${req.baseUrl}${config.basePath}" or mount bgrs() at the root.`;
     if (!rt.warned.has('BGRS_BASEPATH_MOUNT')) {
       rt.warned.add('BGRS_BASEPATH_MOUNT');
-      config.logger.error(`express-bgrs [BGRS_BASEPATH_MOUNT]: bgrs() is mounted under "${req.baseUrl}" but basePath is "${config.basePath}", so its job routes cannot be reached and detaching is refused. ${fix}`);
+      config.logger.error(
+        `express-bgrs [BGRS_BASEPATH_MOUNT]: bgrs() is mounted under "${req.baseUrl}" but basePath is "${config.basePath}", so its job routes cannot be reached and detaching is refused. ${fix}`,
+      );
     }
     sendProblem(res, 'misconfigured', `bgrs() is mounted under "${req.baseUrl}" and cannot serve "${config.basePath}". ${fix}`);
   }
@@ -117,7 +119,10 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   function detachable(...args: Array<RouteOptions | RequestHandler | ErrorRequestHandler>): RequestHandler {
     const routeOptions: RouteOptions = typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0]) ? (args.shift() as RouteOptions) : {};
     checkKnown('detachable()', routeOptions, ['timeout']);
-    if (routeOptions.timeout !== undefined && !(typeof routeOptions.timeout === 'number' && routeOptions.timeout >= 0 && Number.isFinite(routeOptions.timeout))) {
+    if (
+      routeOptions.timeout !== undefined &&
+      !(typeof routeOptions.timeout === 'number' && routeOptions.timeout >= 0 && Number.isFinite(routeOptions.timeout))
+    ) {
       throw new TypeError(`detachable(): \`timeout\` must be a number of milliseconds ≥ 0, received \`${String(routeOptions.timeout)}\`.`);
     }
     const run = routeOptions.timeout === undefined ? {} : { timeout: routeOptions.timeout };

@@ -1,16 +1,17 @@
 // Public exports of express-bgrs.
-export { bgrs } from './bgrs.js';
+
 export type { BgrsMiddleware, CloseOptions, RouteOptions } from './bgrs.js';
-export { JobAbortError } from './model/errors.js';
-export type { BgrsContext } from './jobs/context.js';
-export { isReplay } from './http/dispatch.js';
+export { bgrs } from './bgrs.js';
 export type { IdempotencyOptions } from './config/guard-options.js';
-export type { Job, JobError, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobResponse, JobStatus, LogLevel, LogLine } from './model/job.js';
-export type { JobDocument } from './views/native.js';
 export type { JobAction, Logger, Options } from './config/options.js';
-export { PROBLEM_TYPE_PREFIX, problems } from './http/problem.js';
+export { isReplay } from './http/dispatch.js';
 export type { ProblemCode, ProblemDocument } from './http/problem.js';
-export { MemoryStore } from './stores/memory.js';
+export { PROBLEM_TYPE_PREFIX, problems } from './http/problem.js';
+export type { BgrsContext } from './jobs/context.js';
+export { JobAbortError } from './model/errors.js';
+export type { Job, JobError, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobResponse, JobStatus, LogLevel, LogLine } from './model/job.js';
 export type { MemoryStoreOptions } from './stores/memory.js';
-export { InvalidCursorError, StoreFullError } from './stores/store.js';
+export { MemoryStore } from './stores/memory.js';
 export type { IdempotencyClaimResult, IdempotencyRecord, Store } from './stores/store.js';
+export { InvalidCursorError, StoreFullError } from './stores/store.js';
+export type { JobDocument } from './views/native.js';

@@ -1,12 +1,12 @@
 // Browser check: headless Chromium (Debian's, through playwright-core) follows a job on examples/progress over real SSE.
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { fileURLToPath } from 'node:url';
+import { type Browser, chromium, type Page } from 'playwright-core';
 import { createApp } from '../examples/basic/app.js';
-import { ensureChromium, CHROMIUM, CHROMIUM_ARGS, type ChromiumStatus } from './browser-setup.js';
-import { listen, type JobDoc, type Running } from './helpers.js';
+import { CHROMIUM, CHROMIUM_ARGS, type ChromiumStatus, ensureChromium } from './browser-setup.js';
+import { type JobDoc, listen, type Running } from './helpers.js';
 
 const artifacts = fileURLToPath(new URL('artifacts/', import.meta.url));
 const CI = process.env.CI === 'true' || process.env.CI === '1';

@@ -1,11 +1,11 @@
 // Helpers for the capture tests: one request answered live and detached, and the comparison of both.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs';
-import type { Express } from 'express';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { detachAndWait, detached, type JobDoc } from './helpers.js';
+import type { Express } from 'express';
 import { privateCacheControl } from '../src/http/result.js';
+import { detachAndWait, detached, type JobDoc } from './helpers.js';
 
 export const FIXTURES = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
 
@@ -14,7 +14,10 @@ export function useTemplateEngine(app: { engine: Express['engine']; set: Express
   app.engine('tpl', (file: string, options: object, callback: (err: unknown, html?: string) => void) => {
     readFile(file, 'utf8', (err, text) => {
       if (err) return callback(err);
-      callback(null, text.replace(/\{\{(\w+)\}\}/g, (_m, key: string) => String((options as Record<string, unknown>)[key])));
+      callback(
+        null,
+        text.replace(/\{\{(\w+)\}\}/g, (_m, key: string) => String((options as Record<string, unknown>)[key])),
+      );
     });
   });
   app.set('views', join(FIXTURES, 'views'));
@@ -67,4 +70,3 @@ export function assertSameResponse(live: Captured, replay: Captured, job: JobDoc
   assert.equal(job.status, live.status >= 500 ? 'failed' : 'completed');
   assert.deepEqual(job.response, { status: live.status, contentType: live.headers.get('content-type'), size: live.body.length });
 }
-

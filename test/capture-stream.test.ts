@@ -2,11 +2,11 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import type { Request, Response } from 'express';
 import { after, before, describe, it } from 'node:test';
+import type { Request, Response } from 'express';
 import { bgrs } from '../src/index.js';
 import { assertSameResponse, FIXTURES, liveAndDetached, useTemplateEngine } from './capture-helpers.js';
-import { detachAndWait, detached, forEachExpress, listen, sleep, type Running } from './helpers.js';
+import { detachAndWait, detached, forEachExpress, listen, type Running, sleep } from './helpers.js';
 
 const CHUNK = 64 * 1024;
 const CHUNKS = 800; // 52,428,800 bytes
@@ -92,7 +92,7 @@ forEachExpress((express) => {
     after(() => server.close());
 
     it('a 50 MB CSV written in 64 KiB chunks with backpressure replays byte for byte', { timeout: 120_000 }, async () => {
-      const live = await fetch(server.url + '/big');
+      const live = await fetch(`${server.url}/big`);
       assert.equal(live.status, 200);
       const liveDigest = await digest(live);
       assert.deepEqual(liveDigest, { sha256: EXPECTED_SHA256, size: BIG_SIZE });
@@ -162,7 +162,7 @@ forEachExpress((express) => {
       });
 
       it('the same route answered live is not limited', { timeout: 30_000 }, async () => {
-        const live = await fetch(small.url + '/too-big');
+        const live = await fetch(`${small.url}/too-big`);
         assert.equal(live.status, 200);
         assert.equal((await digest(live)).size, 200 * CHUNK);
       });
@@ -176,7 +176,10 @@ forEachExpress((express) => {
       useTemplateEngine(app);
       const background = bgrs();
       app.use(background.router);
-      app.get('/pr/json', background.detachable((_req: Request, res: Response) => void res.status(201).json({ per: 'route', n: [1, 2] })));
+      app.get(
+        '/pr/json',
+        background.detachable((_req: Request, res: Response) => void res.status(201).json({ per: 'route', n: [1, 2] })),
+      );
       app.get(
         '/pr/two',
         background.detachable(
@@ -188,9 +191,18 @@ forEachExpress((express) => {
           (_req: Request, res: Response) => void res.type('text').send(`from ${String(res.locals.who)}`),
         ),
       );
-      app.get('/pr/download', background.detachable((_req: Request, res: Response) => res.download(join(FIXTURES, 'data.csv'), 'export.csv')));
-      app.get('/pr/render', background.detachable((_req: Request, res: Response) => res.render('hello', { name: 'route', count: 1 })));
-      app.get('/pr/redirect', background.detachable((_req: Request, res: Response) => res.redirect(303, '/pr/json')));
+      app.get(
+        '/pr/download',
+        background.detachable((_req: Request, res: Response) => res.download(join(FIXTURES, 'data.csv'), 'export.csv')),
+      );
+      app.get(
+        '/pr/render',
+        background.detachable((_req: Request, res: Response) => res.render('hello', { name: 'route', count: 1 })),
+      );
+      app.get(
+        '/pr/redirect',
+        background.detachable((_req: Request, res: Response) => res.redirect(303, '/pr/json')),
+      );
       app.get(
         '/pr/stream',
         background.detachable((_req: Request, res: Response) => {
@@ -207,7 +219,10 @@ forEachExpress((express) => {
           res.send('cookies set');
         }),
       );
-      app.get('/pr/fail', background.detachable((_req: Request, res: Response) => void res.status(503).send('try later')));
+      app.get(
+        '/pr/fail',
+        background.detachable((_req: Request, res: Response) => void res.status(503).send('try later')),
+      );
       server = await listen(app);
     });
     after(() => server.close());

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import type { Request, Response } from 'express';
 import { after, before, describe, it } from 'node:test';
+import type { Request, Response } from 'express';
 import { bgrs } from '../src/index.js';
 import { assertSameResponse, FIXTURES, liveAndDetached, useTemplateEngine } from './capture-helpers.js';
 import { detachAndWait, forEachExpress, listen, type Running } from './helpers.js';
@@ -55,9 +55,11 @@ forEachExpress((express) => {
     });
     app.get('/piped', (_req, res) => {
       res.type('application/x-ndjson');
-      Readable.from((function* () {
-        for (let i = 0; i < 100; i++) yield `${JSON.stringify({ i, square: i * i })}\n`;
-      })()).pipe(res);
+      Readable.from(
+        (function* () {
+          for (let i = 0; i < 100; i++) yield `${JSON.stringify({ i, square: i * i })}\n`;
+        })(),
+      ).pipe(res);
     });
     app.get('/write-head-object', (_req, res) => {
       res.writeHead(201, { 'Content-Type': 'text/plain; charset=utf-8', 'X-One': '1', 'X-Many': ['a', 'b'], Location: '/things/7' });

@@ -1,11 +1,11 @@
 // Two app processes sharing one store (Redis, then PostgreSQL): any instance serves, steers and watches any job.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
+import { type JobDoc, sleep, waitForJob } from './helpers.js';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
-import { sleep, waitForJob, type JobDoc } from './helpers.js';
 import { dropPostgresTables, dropRedisPrefix } from './stores.js';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -78,7 +78,7 @@ async function readEvents(url: string, timeout = 10_000): Promise<Array<{ event:
   try {
     for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
       buffer += decoder.decode(chunk, { stream: true });
-      let cut;
+      let cut: number;
       while ((cut = buffer.indexOf('\n\n')) !== -1) {
         const block = buffer.slice(0, cut);
         buffer = buffer.slice(cut + 2);
@@ -138,14 +138,20 @@ for (const [kind, label, url] of [
       assert.equal(job.status, 'completed');
       assert.equal(job.progress, 100);
       const details = (await (await fetch(`${b.url}${location}/details`, ann)).json()) as { items: Array<{ message: string }> };
-      assert.deepEqual(details.items.map((l) => l.message), ['step 1 of 4', 'step 2 of 4', 'step 3 of 4', 'step 4 of 4']);
+      assert.deepEqual(
+        details.items.map((l) => l.message),
+        ['step 1 of 4', 'step 2 of 4', 'step 3 of 4', 'step 4 of 4'],
+      );
       const result = await fetch(`${b.url}${location}/result`, ann);
       assert.equal(result.status, 200);
       assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
       assert.equal(await result.text(), 'n,square\n1,1\n2,4\n3,9\n4,16\n');
       assert.equal((await fetch(`${b.url}${location}/result`)).status, 404, 'not to a caller without the owner');
       const listed = (await (await fetch(`${b.url}/bgrs?limit=100`, ann)).json()) as { items: JobDoc[] };
-      assert.ok(listed.items.some((item) => item.id === job.id), 'B lists the job A started');
+      assert.ok(
+        listed.items.some((item) => item.id === job.id),
+        'B lists the job A started',
+      );
     });
 
     it("streams A's progress live on B, and B's wait returns when A finishes", async () => {
@@ -162,7 +168,11 @@ for (const [kind, label, url] of [
       assert.equal(names.filter((n) => n === 'log').length, 5);
       const progress = events.filter((e) => e.event === 'progress').map((e) => (e.data as { progress: number }).progress);
       assert.ok(progress.length >= 2, `progress arrived live, in several events: ${JSON.stringify(progress)}`);
-      assert.deepEqual([...progress].sort((x, y) => x - y), progress, 'never backwards');
+      assert.deepEqual(
+        [...progress].sort((x, y) => x - y),
+        progress,
+        'never backwards',
+      );
       const firstLog = events.find((e) => e.event === 'log')!;
       assert.ok(firstLog.at - started < 900, 'the first line arrived while the job ran (not at the end)');
       assert.equal(waited.doc.status, 'completed');

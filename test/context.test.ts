@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import { bgrs } from '../src/index.js';
-import { detachAndWait, forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
+import { detachAndWait, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
 
 forEachExpress((express) => {
   let server: Running;

@@ -1,8 +1,8 @@
 // The examples are documentation: this keeps the example app and `npm run demo` working as the library changes.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { createApp, curlExamples } from '../examples/basic/app.js';
 import { detachAndWait, listen, type Running } from './helpers.js';
 
@@ -106,7 +106,9 @@ describe('examples/basic app', () => {
   it('every curl command it prints works as printed', { timeout: 30_000 }, async (t) => {
     if (spawnSync('curl', ['--version']).status !== 0) return t.skip('curl is not installed');
     // One shell for all lines, as a user pasting them would have: $ID carries from line to line.
-    const script = curlExamples(server.url).filter((line) => !line.startsWith('#')).join('\n');
+    const script = curlExamples(server.url)
+      .filter((line) => !line.startsWith('#'))
+      .join('\n');
     const child = spawn('bash', ['-e', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     // stdout only: curl's progress meter goes to stderr, which is kept for the failure message.
     let out = '';

@@ -4,13 +4,13 @@
 // process alive. A child process shows the caveat itself: without a remedy, Node ends the process.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { after, afterEach, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
-import express4 from 'express4';
 import express5 from 'express';
+import express4 from 'express4';
 import { bgrs } from '../src/index.js';
-import { detachAndWait, detached, listen, sleep, type Running } from './helpers.js';
+import { detachAndWait, detached, listen, type Running, sleep } from './helpers.js';
 
 type Failing = Error & { status?: number };
 const failing = (message: string, status?: number): Failing => Object.assign(new Error(message), status === undefined ? {} : { status });
@@ -23,7 +23,10 @@ async function work(req: Request): Promise<never> {
 }
 
 /** The README's wrapper, exactly: `const wrap = (fn) => (req, res, next) => fn(req, res, next).catch(next)`. */
-const wrap = (fn: (req: Request, res: Response, next: NextFunction) => Promise<unknown>): RequestHandler => (req, res, next) => fn(req, res, next).catch(next);
+const wrap =
+  (fn: (req: Request, res: Response, next: NextFunction) => Promise<unknown>): RequestHandler =>
+  (req, res, next) =>
+    fn(req, res, next).catch(next);
 
 const rejecting = async (req: Request): Promise<void> => {
   await work(req);
@@ -84,7 +87,7 @@ function tests(): void {
       const app = express4();
       const background = bgrs();
       app.use(background);
-      remedies.forEach((remedy, i) => app.get(`/r${i}`, remedy.mount(background)));
+      for (const [i, remedy] of remedies.entries()) app.get(`/r${i}`, remedy.mount(background));
       app.get('/alive', (_req, res) => res.send('alive'));
       app.use(appErrors);
       server = await listen(app);
@@ -117,7 +120,7 @@ function tests(): void {
           assert.deepEqual(await result.json(), { handledBy: 'app', error: 'rejected prefer', detached: true });
         });
 
-        it("a rejection with a 4xx status answers that status; the detached job completes", async () => {
+        it('a rejection with a 4xx status answers that status; the detached job completes', async () => {
           const inline = await fetch(`${server.url}/r${i}?tag=conflict&status=409`);
           assert.equal(inline.status, 409);
           assert.deepEqual(await inline.json(), { handledBy: 'app', error: 'rejected conflict', detached: false });
@@ -130,7 +133,10 @@ function tests(): void {
 
         it('many rejections at once, in line and detached, leave the process serving', async () => {
           const answers = await Promise.all(Array.from({ length: 20 }, (_, n) => fetch(`${server.url}/r${i}${n % 2 ? '?bgrs=yes&' : '?'}tag=n${n}`)));
-          assert.deepEqual(answers.map((res) => res.status), Array.from({ length: 20 }, (_, n) => (n % 2 ? 202 : 500)));
+          assert.deepEqual(
+            answers.map((res) => res.status),
+            Array.from({ length: 20 }, (_, n) => (n % 2 ? 202 : 500)),
+          );
           await Promise.all(answers.map((res) => res.arrayBuffer()));
           assert.equal(await (await fetch(`${server.url}/alive`)).text(), 'alive');
         });
@@ -144,7 +150,7 @@ function tests(): void {
       const app = express4();
       const background = bgrs();
       app.use(background);
-      remedies.forEach((remedy, i) => app.get(`/r${i}`, remedy.mount(background)));
+      for (const [i, remedy] of remedies.entries()) app.get(`/r${i}`, remedy.mount(background));
       server = await listen(app);
     });
     after(() => server.close());
@@ -172,10 +178,13 @@ function tests(): void {
       const background = bgrs();
       app.use(background.router);
       app.get('/own', background.detachable(rejecting));
-      app.get('/undefined', background.detachable(async () => {
-        await sleep(5);
-        throw undefined;
-      }));
+      app.get(
+        '/undefined',
+        background.detachable(async () => {
+          await sleep(5);
+          throw undefined;
+        }),
+      );
       app.use(appErrors);
       server = await listen(app);
     });

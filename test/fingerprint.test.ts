@@ -6,9 +6,9 @@ import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { Request, RequestHandler } from 'express';
-import { bgrs } from '../src/index.js';
-import { forEachExpress, listen, sleep, waitForJob, type ExpressModule, type JobDoc, type Running } from './helpers.js';
 import { defaultFingerprint, parseIdempotencyKey, recordKey } from '../src/http/idempotency-key.js';
+import { bgrs } from '../src/index.js';
+import { type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
 
 type Problem = { type: string; status: number };
 const problemCode = (body: unknown): string => (body as Problem).type.split(':').pop()!;
@@ -141,7 +141,8 @@ describe('recordKey and parseIdempotencyKey', () => {
       recordKey('owner:ann', 'PATCH', '/orders', 'k-1'),
       recordKey('owner:ann', 'POST', '/orders/1', 'k-1'),
       recordKey('owner:ann', 'POST', '/orders', 'k-2'),
-    ]) assert.notEqual(other, key);
+    ])
+      assert.notEqual(other, key);
     // The parts cannot run into each other.
     assert.notEqual(recordKey('s', 'POST', '/p', 'k'), recordKey('s', 'POST', '/p","k', ''));
     assert.notEqual(recordKey('s","POST', 'GET', '/p', 'k'), recordKey('s', 'POST","GET', '/p', 'k'));
@@ -277,7 +278,10 @@ function scenarios(express: ExpressModule, layout: Layout, kind: BodyKind): void
           entered.add(key);
           await new Promise<void>((resolve) => gates.set(key, resolve));
         }
-        res.status(201).set('X-Run', String(runs.get(key))).json({ key, body: seenBody(req.body), query: req.query });
+        res
+          .status(201)
+          .set('X-Run', String(runs.get(key)))
+          .json({ key, body: seenBody(req.body), query: req.query });
       });
       server = await listen(app);
     });

@@ -9,7 +9,7 @@ import express4 from 'express4';
 export type ExpressModule = typeof express5;
 
 /** Both supported Express majors; every behaviour test runs on each. */
-export const expressVersions: ReadonlyArray<{ name: string; express: ExpressModule }> = [
+const expressVersions: ReadonlyArray<{ name: string; express: ExpressModule }> = [
   { name: 'Express 5', express: express5 },
   { name: 'Express 4', express: express4 },
 ];
@@ -105,5 +105,5 @@ function pickAuth(init: RequestInit): Record<string, string> {
 
 /** Adds `bgrs=yes` to a path that may already have a query. */
 export function detached(path: string): string {
-  return path + (path.includes('?') ? '&' : '?') + 'bgrs=yes';
+  return `${path + (path.includes('?') ? '&' : '?')}bgrs=yes`;
 }

@@ -4,16 +4,16 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import type { Request } from 'express';
 import express5 from 'express';
 import express4 from 'express4';
-import { bgrs, type Store } from '../src/index.js';
-import { storeKinds, type StoreKind } from './stores.js';
-import { forEachExpress, listen, sleep, waitForJob, type ExpressModule, type JobDoc, type Running } from './helpers.js';
 import type { BgrsMiddleware } from '../src/bgrs.js';
 import { recordKey } from '../src/http/idempotency-key.js';
+import { bgrs, type Store } from '../src/index.js';
+import { type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
+import { type StoreKind, storeKinds } from './stores.js';
 
 type Problem = { type: string; status: number; job?: { id: string; status: string | null; error: { type: string } | null } };
 const problemCode = (body: unknown): string => (body as Problem).type.split(':').pop()!;
@@ -79,7 +79,13 @@ async function keyIsFree(store: Store, owner: string, path: string, key: string)
   const name = recordKey(`owner:${owner}`, 'POST', path, key);
   const now = Date.now();
   const probe = `probe-${randomUUID()}`;
-  const claim = await store.claimIdempotencyKey(name, { fingerprint: 'probe', jobId: probe, state: 'running', leaseUntil: now + 5000, expiresAt: now + 60_000 });
+  const claim = await store.claimIdempotencyKey(name, {
+    fingerprint: 'probe',
+    jobId: probe,
+    state: 'running',
+    leaseUntil: now + 5000,
+    expiresAt: now + 60_000,
+  });
   if (claim.won) await store.releaseIdempotencyKey(name, probe);
   return claim.won;
 }
@@ -192,7 +198,11 @@ function tests(kind: StoreKind, express: ExpressModule, expressName: string): vo
     });
 
     const post = (path: string, key: string, body: unknown = { v: 1 }, headers: Record<string, string> = ANN): Promise<Response> =>
-      fetch(server.url + path, { method: 'POST', headers: { ...headers, 'content-type': 'application/json', 'idempotency-key': key }, body: JSON.stringify(body) });
+      fetch(server.url + path, {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/json', 'idempotency-key': key },
+        body: JSON.stringify(body),
+      });
     const block = async (gate: string): Promise<JobDoc> => {
       const ack = await fetch(`${server.url}/block?bgrs=yes&gate=${gate}`, { headers: ANN });
       assert.equal(ack.status, 202);
@@ -223,9 +233,10 @@ function tests(kind: StoreKind, express: ExpressModule, expressName: string): vo
         const watchers = watch(server.url, queued);
         await sleep(150);
 
-        const cancel = how === 'DELETE /bgrs/:id'
-          ? await fetch(server.url + queued.links.self, { method: 'DELETE', headers: ANN })
-          : await fetch(server.url + queued.links.cancel, { method: 'POST', headers: ANN });
+        const cancel =
+          how === 'DELETE /bgrs/:id'
+            ? await fetch(server.url + queued.links.self, { method: 'DELETE', headers: ANN })
+            : await fetch(server.url + queued.links.cancel, { method: 'POST', headers: ANN });
         assert.equal(cancel.status, 202);
         const cancelled = (await cancel.json()) as JobDoc;
         assert.equal(cancelled.status, 'cancelled');
@@ -256,11 +267,15 @@ function tests(kind: StoreKind, express: ExpressModule, expressName: string): vo
         assert.equal(replay.status, 201);
         assert.equal(replay.headers.get('idempotent-replayed'), 'true');
         // Let the rest of the queue drain before the next test.
-        await eventually('the queue drained', async () => {
-          const page = (await (await fetch(`${server.url}/bgrs?status=queued,running`, { headers: ANN })).json()) as { items: JobDoc[] };
-          const bobs = (await (await fetch(`${server.url}/bgrs?status=queued,running`, { headers: { 'x-user': 'bob' } })).json()) as { items: JobDoc[] };
-          return page.items.length === 0 && bobs.items.length === 0;
-        }, 10_000);
+        await eventually(
+          'the queue drained',
+          async () => {
+            const page = (await (await fetch(`${server.url}/bgrs?status=queued,running`, { headers: ANN })).json()) as { items: JobDoc[] };
+            const bobs = (await (await fetch(`${server.url}/bgrs?status=queued,running`, { headers: { 'x-user': 'bob' } })).json()) as { items: JobDoc[] };
+            return page.items.length === 0 && bobs.items.length === 0;
+          },
+          10_000,
+        );
       });
     }
 
@@ -368,7 +383,11 @@ function tests(kind: StoreKind, express: ExpressModule, expressName: string): vo
       const nextServer = await listen(buildApp(express, next, nextRuns, new Map()));
       try {
         for (const key of [keyed, syncKey]) {
-          const res = await fetch(`${nextServer.url}/work`, { method: 'POST', headers: { ...ANN, 'content-type': 'application/json', 'idempotency-key': key }, body: '{"v":1}' });
+          const res = await fetch(`${nextServer.url}/work`, {
+            method: 'POST',
+            headers: { ...ANN, 'content-type': 'application/json', 'idempotency-key': key },
+            body: '{"v":1}',
+          });
           assert.equal(res.status, 201, await res.clone().text());
           assert.equal(res.headers.get('idempotent-replayed'), null);
         }

@@ -1,14 +1,14 @@
 // Load test: 10,000 detached jobs through one Express 5 app on loopback; none lost, none stuck, every result exact, heap back down.
 import assert from 'node:assert/strict';
 import { Agent, request } from 'node:http';
+import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { after, before, describe, it } from 'node:test';
-import express from 'express';
 import type { Request, Response } from 'express';
+import express from 'express';
 import { bgrs } from '../src/index.js';
-import { listen, type JobDoc, type Running } from './helpers.js';
+import { type JobDoc, listen, type Running } from './helpers.js';
 
 const JOBS = 10_000;
 const WARM_UP = 200;

@@ -12,13 +12,13 @@ import { after, before, describe, it } from 'node:test';
 import express from 'express';
 import { Redis } from 'ioredis';
 import pg from 'pg';
-import { bgrs } from '../src/index.js';
 import type { BgrsMiddleware, Store } from '../src/index.js';
-import { listen, sleep, type JobDoc, type Running } from './helpers.js';
-import { freePort, RedisServer, redisServerAvailable, TcpProxy, within } from './outage-helpers.js';
-import { POSTGRES_URL, serviceAvailable } from './services.js';
+import { bgrs } from '../src/index.js';
 import { PostgresStore } from '../src/stores/postgres.js';
 import { RedisStore } from '../src/stores/redis.js';
+import { type JobDoc, listen, type Running, sleep } from './helpers.js';
+import { freePort, RedisServer, redisServerAvailable, TcpProxy, within } from './outage-helpers.js';
+import { POSTGRES_URL, serviceAvailable } from './services.js';
 
 const STORE_TIMEOUT = 1000;
 // Renewed every second, so a lease of 3 s survives an outage of up to about 2 s without a reader
@@ -248,7 +248,9 @@ async function outageWhileRunning(h: Harness, backend: Backend, run: string, min
     h.logged.some((line) => line.includes('store')),
     `the store errors were logged: ${JSON.stringify(h.logged.slice(0, 3))}`,
   );
-  console.log(`# ${run}: store back in ${recoveredIn} ms after the restore; 503s in ${[postDetach, getDetach, status, details, list].map((a) => a.ms).join('/')} ms`);
+  console.log(
+    `# ${run}: store back in ${recoveredIn} ms after the restore; 503s in ${[postDetach, getDetach, status, details, list].map((a) => a.ms).join('/')} ms`,
+  );
   // A detach answered 503 must leave no job behind: its client was told to retry, and the retry
   // makes the job. A store client that sends a timed-out create late (ioredis' offline queue, on
   // reconnect) may make one appear; it must be gone within a lease, not linger as "running" and

@@ -17,18 +17,32 @@ describe('the published package', () => {
 
   it('loads express-bgrs/testing with require() and import', () => {
     assert.equal(node(['-e', "console.log(typeof require('express-bgrs/testing').storeConformanceSuite)"]).trim(), 'function');
-    assert.equal(node(['--input-type=module', '-e', "import { storeConformanceSuite } from 'express-bgrs/testing'; console.log(typeof storeConformanceSuite)"]).trim(), 'function');
+    assert.equal(
+      node(['--input-type=module', '-e', "import { storeConformanceSuite } from 'express-bgrs/testing'; console.log(typeof storeConformanceSuite)"]).trim(),
+      'function',
+    );
   });
 
   it('loads the store subpaths without loading their drivers until used', () => {
-    const out = node(['-e', "const { RedisStore } = require('express-bgrs/redis'); const { PostgresStore } = require('express-bgrs/postgres'); const loaded = Object.keys(require.cache).filter((k) => /node_modules\\/(ioredis|pg)\\//.test(k)).length; console.log(typeof RedisStore, typeof PostgresStore, loaded)"]);
+    const out = node([
+      '-e',
+      "const { RedisStore } = require('express-bgrs/redis'); const { PostgresStore } = require('express-bgrs/postgres'); const loaded = Object.keys(require.cache).filter((k) => /node_modules\\/(ioredis|pg)\\//.test(k)).length; console.log(typeof RedisStore, typeof PostgresStore, loaded)",
+    ]);
     assert.equal(out.trim(), 'function function 0');
-    const esm = node(['--input-type=module', '-e', "import { RedisStore } from 'express-bgrs/redis'; import { PostgresStore } from 'express-bgrs/postgres'; console.log(typeof RedisStore, typeof PostgresStore)"]);
+    const esm = node([
+      '--input-type=module',
+      '-e',
+      "import { RedisStore } from 'express-bgrs/redis'; import { PostgresStore } from 'express-bgrs/postgres'; console.log(typeof RedisStore, typeof PostgresStore)",
+    ]);
     assert.equal(esm.trim(), 'function function');
   });
 
   it('loads with import', () => {
-    const out = node(['--input-type=module', '-e', "import { bgrs, MemoryStore, isReplay } from 'express-bgrs'; console.log(typeof bgrs, typeof MemoryStore, typeof isReplay)"]);
+    const out = node([
+      '--input-type=module',
+      '-e',
+      "import { bgrs, MemoryStore, isReplay } from 'express-bgrs'; console.log(typeof bgrs, typeof MemoryStore, typeof isReplay)",
+    ]);
     assert.equal(out.trim(), 'function function function');
   });
 

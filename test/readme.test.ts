@@ -1,12 +1,12 @@
 // The README is the user's first program: every TypeScript sample in it must compile under strict
 // TypeScript against the built package, and the quick start and the shutdown sample must run as printed.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const work = join(root, 'test', 'artifacts', 'readme');
@@ -31,7 +31,7 @@ function readmeBlocks(markdown: string): Block[] {
     const start = i;
     const body: string[] = [];
     for (i++; i < lines.length && !lines[i]!.startsWith('```'); i++) body.push(lines[i]!);
-    blocks.push({ lang: open[1]!, line: start + 1, heading, code: body.join('\n') + '\n' });
+    blocks.push({ lang: open[1]!, line: start + 1, heading, code: `${body.join('\n')}\n` });
   }
   return blocks;
 }
@@ -145,9 +145,14 @@ describe('README samples', () => {
       files: [...files, '../src/my-store.ts'],
     };
     writeFileSync(join(work, 'samples', 'tsconfig.json'), JSON.stringify(tsconfig, null, 2));
-    const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(work, 'samples', 'tsconfig.json')], { encoding: 'utf8' });
+    const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(work, 'samples', 'tsconfig.json')], {
+      encoding: 'utf8',
+    });
     // Name the README line of each error, not the extracted file.
-    const report = (tsc.stdout + tsc.stderr).replace(/line-(\d+)\.ts\((\d+),/g, (_m, line: string, at: string) => `README.md:${Number(line) + Number(at)} (sample at line ${line}) (`);
+    const report = (tsc.stdout + tsc.stderr).replace(
+      /line-(\d+)\.ts\((\d+),/g,
+      (_m, line: string, at: string) => `README.md:${Number(line) + Number(at)} (sample at line ${line}) (`,
+    );
     assert.equal(tsc.status, 0, report);
   });
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Request } from 'express';
 import { bgrs, MemoryStore, type Store } from '../src/index.js';
-import { detachAndWait, forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
+import { detachAndWait, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
 
 /** A MemoryStore whose every call can be made to fail, as a store whose server went away. */
 class SwitchableStore extends MemoryStore {
@@ -12,8 +12,7 @@ class SwitchableStore extends MemoryStore {
     super();
     for (const method of ['createJob', 'getJob', 'readLogs', 'readResult'] as const) {
       const original = (this[method] as (...args: unknown[]) => Promise<unknown>).bind(this);
-      (this as Record<string, unknown>)[method] = (...args: unknown[]) =>
-        this.down ? Promise.reject(new Error('connection refused')) : original(...args);
+      (this as Record<string, unknown>)[method] = (...args: unknown[]) => (this.down ? Promise.reject(new Error('connection refused')) : original(...args));
     }
   }
 }
@@ -116,8 +115,14 @@ forEachExpress((express) => {
     const { job, location } = await detachAndWait(server.url, '/logs?bgrs=yes');
     assert.equal(job.warnings, 2);
     assert.equal(job.errors, 1);
-    const first = (await (await fetch(`${server.url}${location}/details?limit=10`)).json()) as { items: Array<{ seq: number; level: string; message: string; at: string }>; next: string | null };
-    assert.deepEqual(first.items.map((line) => line.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    const first = (await (await fetch(`${server.url}${location}/details?limit=10`)).json()) as {
+      items: Array<{ seq: number; level: string; message: string; at: string }>;
+      next: string | null;
+    };
+    assert.deepEqual(
+      first.items.map((line) => line.seq),
+      [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+    );
     assert.equal(first.items[6]!.level, 'error');
     assert.equal(first.items[9]!.level, 'warning');
     assert.ok(!Number.isNaN(Date.parse(first.items[0]!.at)));
@@ -125,7 +130,10 @@ forEachExpress((express) => {
     const second = (await (await fetch(server.url + first.next!)).json()) as { items: Array<{ seq: number }>; next: string | null };
     assert.equal(second.items[0]!.seq, 11);
     const last = (await (await fetch(`${server.url}${location}/details?after=20`)).json()) as { items: Array<{ message: string }>; next: string | null };
-    assert.deepEqual(last.items.map((line) => line.message), ['line 21', 'line 22', 'line 23', 'line 24', 'line 25']);
+    assert.deepEqual(
+      last.items.map((line) => line.message),
+      ['line 21', 'line 22', 'line 23', 'line 24', 'line 25'],
+    );
     assert.equal(last.next, null);
     const all = (await (await fetch(`${server.url}${location}/details`)).json()) as { items: unknown[] };
     assert.equal(all.items.length, 25);
@@ -167,7 +175,12 @@ forEachExpress((express) => {
       const { location } = await detachAndWait(server.url, '/plain?bgrs=yes');
       store.down = true;
       try {
-        for (const [path, label] of [['/plain?bgrs=yes', 'detach'], [location, 'status'], [`${location}/details`, 'details'], [`${location}/result`, 'result']] as const) {
+        for (const [path, label] of [
+          ['/plain?bgrs=yes', 'detach'],
+          [location, 'status'],
+          [`${location}/details`, 'details'],
+          [`${location}/result`, 'result'],
+        ] as const) {
           const res = await fetch(server.url + path);
           assert.equal(res.status, 503, label);
           assert.equal(res.headers.get('retry-after'), '2', label);
@@ -186,8 +199,29 @@ forEachExpress((express) => {
 
 describe('a store that is not a Store', () => {
   it('is refused at setup with the missing method named', () => {
-    assert.throws(() => bgrs({ store: {} as Store }), /`store` must be a Store; it lacks `createJob\(\)`, `getJob\(\)`, .*`startJob\(\)`, `renewLeases\(\)`, `listJobs\(\)`/);
-    const partial = { ...Object.fromEntries(['createJob', 'getJob', 'updateProgress', 'finishJob', 'appendLog', 'readLogs', 'appendResult', 'readResult', 'deleteJob', 'claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'].map((name) => [name, async () => null])) };
+    assert.throws(
+      () => bgrs({ store: {} as Store }),
+      /`store` must be a Store; it lacks `createJob\(\)`, `getJob\(\)`, .*`startJob\(\)`, `renewLeases\(\)`, `listJobs\(\)`/,
+    );
+    const partial = {
+      ...Object.fromEntries(
+        [
+          'createJob',
+          'getJob',
+          'updateProgress',
+          'finishJob',
+          'appendLog',
+          'readLogs',
+          'appendResult',
+          'readResult',
+          'deleteJob',
+          'claimIdempotencyKey',
+          'renewIdempotencyKey',
+          'completeIdempotencyKey',
+          'releaseIdempotencyKey',
+        ].map((name) => [name, async () => null]),
+      ),
+    };
     // The three job-control methods were once left unchecked: each is named.
     assert.throws(() => bgrs({ store: partial as unknown as Store }), /it lacks `startJob\(\)`, `renewLeases\(\)`, `listJobs\(\)` \(README/);
   });

@@ -24,6 +24,9 @@ forEachExpress((express) => {
     assert.equal(result.status, 200);
     assert.deepEqual(await result.json(), { hello: 'world' });
     const details = (await (await fetch(`${server.url}${location}/details`)).json()) as { items: Array<{ message: string }> };
-    assert.deepEqual(details.items.map((line) => line.message), ['said hello']);
+    assert.deepEqual(
+      details.items.map((line) => line.message),
+      ['said hello'],
+    );
   });
 });

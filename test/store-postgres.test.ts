@@ -5,10 +5,10 @@ import { after, before, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import pg from 'pg';
-import { storeConformanceSuite } from '../src/testing/index.js';
-import { POSTGRES_URL, serviceAvailable } from './services.js';
 import { newJob } from '../src/model/job.js';
 import { PostgresStore } from '../src/stores/postgres.js';
+import { storeConformanceSuite } from '../src/testing/index.js';
+import { POSTGRES_URL, serviceAvailable } from './services.js';
 
 const available = await serviceAvailable('PostgreSQL', POSTGRES_URL);
 // One table prefix per run, so runs (and a developer's own data) never meet.
@@ -53,7 +53,10 @@ if (available) {
       const others = Array.from({ length: 4 }, () => new PostgresStore({ pool, table: `${prefix}_m`, sweepInterval: 0 }));
       await Promise.all(others.map((other) => other.migrate()));
       const { rows } = await pool.query<{ name: string }>(`SELECT tablename AS name FROM pg_tables WHERE tablename LIKE $1 ORDER BY 1`, [`${prefix}_m_%`]);
-      assert.deepEqual(rows.map((row) => row.name), ['chunks', 'jobs', 'keys', 'logs'].map((name) => `${prefix}_m_${name}`));
+      assert.deepEqual(
+        rows.map((row) => row.name),
+        ['chunks', 'jobs', 'keys', 'logs'].map((name) => `${prefix}_m_${name}`),
+      );
       await dropTables(pool, `${prefix}_m`);
     });
 
@@ -70,12 +73,23 @@ if (available) {
         await sweeper.finishJob(expiring.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(50), response: null, error: null });
         await sweeper.finishJob(kept.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
         const key = `key-${randomUUID()}`;
-        await sweeper.claimIdempotencyKey(key, { fingerprint: 'fp', jobId: expiring.id, state: 'running', leaseUntil: Date.now() + 50, expiresAt: Date.now() + 50 });
+        await sweeper.claimIdempotencyKey(key, {
+          fingerprint: 'fp',
+          jobId: expiring.id,
+          state: 'running',
+          leaseUntil: Date.now() + 50,
+          expiresAt: Date.now() + 50,
+        });
         await sleep(500);
         const count = async (name: string, column: string, value: string): Promise<number> =>
           (await pool.query(`SELECT count(*)::int AS n FROM "${prefix}_${name}" WHERE ${column} = $1`, [value])).rows[0].n as number;
         assert.deepEqual(
-          [await count('jobs', 'id', expiring.id), await count('logs', 'job_id', expiring.id), await count('chunks', 'job_id', expiring.id), await count('keys', 'key', key)],
+          [
+            await count('jobs', 'id', expiring.id),
+            await count('logs', 'job_id', expiring.id),
+            await count('chunks', 'job_id', expiring.id),
+            await count('keys', 'key', key),
+          ],
           [0, 0, 0, 0],
         );
         assert.deepEqual([await count('jobs', 'id', kept.id), await count('logs', 'job_id', kept.id), await count('chunks', 'job_id', kept.id)], [1, 1, 1]);

@@ -5,12 +5,12 @@ import { after, describe, it, test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Redis } from 'ioredis';
-import { storeConformanceSuite } from '../src/testing/index.js';
-import { REDIS_URL, serviceAvailable } from './services.js';
 import type { Job } from '../src/model/job.js';
 import { newJob } from '../src/model/job.js';
-import { APPEND_LOG, UPDATE_PROGRESS } from '../src/stores/redis-scripts.js';
 import { RedisStore } from '../src/stores/redis.js';
+import { APPEND_LOG, UPDATE_PROGRESS } from '../src/stores/redis-scripts.js';
+import { storeConformanceSuite } from '../src/testing/index.js';
+import { REDIS_URL, serviceAvailable } from './services.js';
 
 const testPrefix = (): string => `bgrs-test-${randomUUID().slice(0, 8)}:`;
 

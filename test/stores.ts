@@ -1,7 +1,7 @@
 // The store matrix for end-to-end tests: memory always, Redis and PostgreSQL when reachable (required under CI).
 import { randomUUID } from 'node:crypto';
-import { MemoryStore, type Store } from '../src/index.js';
 import type { Redis } from 'ioredis';
+import { MemoryStore, type Store } from '../src/index.js';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
 
 export interface StoreKind {

@@ -5,7 +5,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import { after, before, describe, it } from 'node:test';
 import type { ErrorRequestHandler, Request, RequestHandler, Response } from 'express';
 import { bgrs } from '../src/index.js';
-import { detachAndWait, detached, forEachExpress, listen, sleep, waitForJob, type JobDoc, type Running } from './helpers.js';
+import { detachAndWait, detached, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
 import { MODES, mountBgrs, RawClient, routeHandlers } from './traps-helpers.js';
 
 const json = (body: Buffer): JobDoc => JSON.parse(body.toString('utf8')) as JobDoc;
@@ -20,25 +20,34 @@ forEachExpress((express, name) => {
         app.use(express.json());
         const background = bgrs();
         mountBgrs(app, background, mode);
-        app.get('/partial-next', ...routeHandlers(background, mode, (_req, res, next) => {
-          res.type('text').write('chunk 1\n');
-          setTimeout(() => {
-            res.write('chunk 2\n');
-            setTimeout(() => next(new Error('failed mid-stream')), 20);
-          }, 20);
-        }));
-        app.get('/partial-destroy', ...routeHandlers(background, mode, (req, res) => {
-          res.type('text').write('chunk 1\n');
-          setTimeout(() => {
-            res.write('chunk 2\n');
-            setTimeout(() => req.socket.destroy(), 20);
-          }, 20);
-        }));
-        app.get('/partial-reject', ...routeHandlers(background, mode, (async (_req: Request, res: Response) => {
-          res.type('text').write('chunk 1\n');
-          await sleep(20);
-          throw new Error('failed mid-stream');
-        }) as RequestHandler));
+        app.get(
+          '/partial-next',
+          ...routeHandlers(background, mode, (_req, res, next) => {
+            res.type('text').write('chunk 1\n');
+            setTimeout(() => {
+              res.write('chunk 2\n');
+              setTimeout(() => next(new Error('failed mid-stream')), 20);
+            }, 20);
+          }),
+        );
+        app.get(
+          '/partial-destroy',
+          ...routeHandlers(background, mode, (req, res) => {
+            res.type('text').write('chunk 1\n');
+            setTimeout(() => {
+              res.write('chunk 2\n');
+              setTimeout(() => req.socket.destroy(), 20);
+            }, 20);
+          }),
+        );
+        app.get(
+          '/partial-reject',
+          ...routeHandlers(background, mode, (async (_req: Request, res: Response) => {
+            res.type('text').write('chunk 1\n');
+            await sleep(20);
+            throw new Error('failed mid-stream');
+          }) as RequestHandler),
+        );
         app.get('/ping', (_req, res) => {
           res.send('pong');
         });
@@ -90,10 +99,13 @@ forEachExpress((express, name) => {
         const background = bgrs();
         mountBgrs(app, background, mode);
         app.use(express.json());
-        app.all('/slow', ...routeHandlers(background, mode, (async (req: Request, res: Response) => {
-          await sleep(100);
-          res.json({ body: req.body ?? null, method: req.method });
-        }) as RequestHandler));
+        app.all(
+          '/slow',
+          ...routeHandlers(background, mode, (async (req: Request, res: Response) => {
+            await sleep(100);
+            res.json({ body: req.body ?? null, method: req.method });
+          }) as RequestHandler),
+        );
         app.get('/plain', (_req, res) => {
           res.send('plain answer');
         });

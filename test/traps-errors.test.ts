@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { bgrs } from '../src/index.js';
-import { detachAndWait, detached, forEachExpress, listen, sleep, waitForJob, type Running } from './helpers.js';
+import { detachAndWait, detached, forEachExpress, listen, type Running, sleep, waitForJob } from './helpers.js';
 import { MODES, mountBgrs, routeHandlers } from './traps-helpers.js';
 
 type Failing = Error & { status?: number };

@@ -49,7 +49,7 @@ export class RawClient {
   get(path: string, extra: Record<string, string> = {}): void {
     const lines = [`GET ${path} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: keep-alive'];
     for (const [name, value] of Object.entries(extra)) lines.push(`${name}: ${value}`);
-    this.send(lines.join('\r\n') + '\r\n\r\n');
+    this.send(`${lines.join('\r\n')}\r\n\r\n`);
   }
 
   /** Reads the next whole response (Content-Length or chunked framing). */

@@ -99,9 +99,12 @@ forEachExpress((express) => {
         app.use(compression());
         const background = bgrs();
         mountBgrs(app, background, mode);
-        app.get('/big', ...routeHandlers(background, mode, (_req, res) => {
-          res.type('text').send(fileText);
-        }));
+        app.get(
+          '/big',
+          ...routeHandlers(background, mode, (_req, res) => {
+            res.type('text').send(fileText);
+          }),
+        );
         server = await listen(app);
       });
       after(() => server.close());

@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import type { Express, Request, RequestHandler } from 'express';
 import { bgrs } from '../src/index.js';
 import { detachAndWait, detached, forEachExpress, listen, type Running } from './helpers.js';
-import { type Mode, MODES, mountBgrs, routeHandlers } from './traps-helpers.js';
+import { MODES, type Mode, mountBgrs, routeHandlers } from './traps-helpers.js';
 
 const sha256 = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex');
 
@@ -198,12 +198,18 @@ forEachExpress((express) => {
         const app = express();
         const background = bgrs();
         mountBgrs(app, background, mode);
-        app.get('/thing', ...routeHandlers(background, mode, (req, res) => {
-          res.set('X-Detached', String(req.bgrs.detached)).send('thing body');
-        }));
-        app.options('/custom', ...routeHandlers(background, mode, (req, res) => {
-          res.set('X-Detached', String(req.bgrs.detached)).set('Allow', 'GET, OPTIONS').status(204).end();
-        }));
+        app.get(
+          '/thing',
+          ...routeHandlers(background, mode, (req, res) => {
+            res.set('X-Detached', String(req.bgrs.detached)).send('thing body');
+          }),
+        );
+        app.options(
+          '/custom',
+          ...routeHandlers(background, mode, (req, res) => {
+            res.set('X-Detached', String(req.bgrs.detached)).set('Allow', 'GET, OPTIONS').status(204).end();
+          }),
+        );
         server = await listen(app);
       });
       after(() => server.close());

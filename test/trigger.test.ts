@@ -5,10 +5,10 @@ import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { ErrorRequestHandler, Request, RequestHandler } from 'express';
+import { bgrsValues, defaultDecision, PARAM, parseBgrsValue, parsePrefer, stripParam } from '../src/http/trigger.js';
 import { bgrs } from '../src/index.js';
-import { forEachExpress, listen, waitForJob, type JobDoc, type Running } from './helpers.js';
-import { PARAM, bgrsValues, defaultDecision, parseBgrsValue, parsePrefer, stripParam } from '../src/http/trigger.js';
 import { stripRespondAsync } from '../src/replay/envelope.js';
+import { forEachExpress, type JobDoc, listen, type Running, waitForJob } from './helpers.js';
 
 type Problem = { type: string; status: number };
 const problemCode = (body: unknown): string => (body as Problem).type.split(':').pop()!;
@@ -121,7 +121,13 @@ describe('trigger functions', () => {
       assert.deepEqual(defaultDecision(message('/x', { prefer: 'respond-async, wait=4' })), { detach: true, byPrefer: true, invalid: false, wait: 4 });
     });
     it('does not detach without either, on bgrs=no, or on another Prefer', () => {
-      for (const [url, headers] of [['/x', {}], ['/x?bgrs=no', {}], ['/x?bgrs=0', {}], ['/x', { prefer: 'wait=5' }], ['/x', { prefer: 'return=minimal' }]] as const) {
+      for (const [url, headers] of [
+        ['/x', {}],
+        ['/x?bgrs=no', {}],
+        ['/x?bgrs=0', {}],
+        ['/x', { prefer: 'wait=5' }],
+        ['/x', { prefer: 'return=minimal' }],
+      ] as const) {
         assert.deepEqual(defaultDecision(message(url, headers)), { detach: false, byPrefer: false, invalid: false }, url);
       }
     });

@@ -6,23 +6,26 @@ import { randomUUID } from 'node:crypto';
 import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { MemoryStore } from '../src/index.js';
-import { sleep } from './helpers.js';
 import type { Options } from '../src/config/options.js';
 import { parseOptions } from '../src/config/options.js';
 import type { RunningJob } from '../src/executors/executor.js';
 import type { Admission } from '../src/executors/local.js';
 import { Scheduler } from '../src/executors/local.js';
+import { MemoryStore } from '../src/index.js';
 import { JobAbortError } from '../src/model/errors.js';
 import type { Job, JobError } from '../src/model/job.js';
 import { leaseExpired, newJob } from '../src/model/job.js';
 import { HOP_BY_HOP } from '../src/replay/capture.js';
 import { BodyBudgetError, BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from '../src/replay/envelope.js';
+import { sleep } from './helpers.js';
 
 // ---- envelope ----
 
 /** A real IncomingMessage, fed by hand: headers, then `feed(chunks)` and `end()` as the HTTP parser would. */
-function incoming(headers: Record<string, string> = {}, rawHeaders?: string[]): IncomingMessage & { feed(...chunks: Array<string | Buffer>): void; end(): void } {
+function incoming(
+  headers: Record<string, string> = {},
+  rawHeaders?: string[],
+): IncomingMessage & { feed(...chunks: Array<string | Buffer>): void; end(): void } {
   const req = new IncomingMessage(new Socket()) as IncomingMessage & { feed(...chunks: Array<string | Buffer>): void; end(): void };
   req.method = 'POST';
   req.url = '/upload';
@@ -76,7 +79,10 @@ describe('envelope', () => {
     it('reads a declared body, holding its whole length once, before the first byte', async () => {
       const held: number[] = [];
       const req = incoming({ 'content-length': '11' });
-      const body = readBody(req, 100, (bytes) => (held.push(bytes), true));
+      const body = readBody(req, 100, (bytes) => {
+        held.push(bytes);
+        return true;
+      });
       assert.deepEqual(held, [11], 'held at once');
       req.feed('hello ', 'world');
       req.end();
@@ -89,7 +95,10 @@ describe('envelope', () => {
     it('reads a chunked body, holding it piece by piece', async () => {
       const held: number[] = [];
       const req = incoming({ 'transfer-encoding': 'chunked' });
-      const body = readBody(req, 100, (bytes) => (held.push(bytes), true));
+      const body = readBody(req, 100, (bytes) => {
+        held.push(bytes);
+        return true;
+      });
       req.feed('abc', 'defgh', Buffer.from([0, 255]));
       req.end();
       assert.deepEqual([...(await body)], [...Buffer.from('abcdefgh'), 0, 255]);
@@ -111,7 +120,13 @@ describe('envelope', () => {
     it('refuses a declared length over the limit at once, without holding anything, and drains the request', async () => {
       let held = 0;
       const req = incoming({ 'content-length': '101' });
-      await assert.rejects(readBody(req, 100, (bytes) => ((held += bytes), true)), (err: unknown) => err instanceof BodyTooLargeError && err.limit === 100);
+      await assert.rejects(
+        readBody(req, 100, (bytes) => {
+          held += bytes;
+          return true;
+        }),
+        (err: unknown) => err instanceof BodyTooLargeError && err.limit === 100,
+      );
       assert.equal(held, 0);
       assert.equal(req.readableFlowing, true, 'the rest of the body is drained, not left in the socket');
     });
@@ -127,7 +142,10 @@ describe('envelope', () => {
     it('refuses a chunked body once it passes the limit', async () => {
       const held: number[] = [];
       const req = incoming({ 'transfer-encoding': 'chunked' });
-      const read = readBody(req, 5, (bytes) => (held.push(bytes), true));
+      const read = readBody(req, 5, (bytes) => {
+        held.push(bytes);
+        return true;
+      });
       req.feed('abc', 'def', 'ghi');
       await assert.rejects(read, BodyTooLargeError);
       assert.deepEqual(held, [3], 'the piece that passed the limit is not held');
@@ -137,7 +155,13 @@ describe('envelope', () => {
     it('refuses with BodyBudgetError when the budget will not hold the declared length', async () => {
       const asked: number[] = [];
       const req = incoming({ 'content-length': '50' });
-      await assert.rejects(readBody(req, 100, (bytes) => (asked.push(bytes), false)), BodyBudgetError);
+      await assert.rejects(
+        readBody(req, 100, (bytes) => {
+          asked.push(bytes);
+          return false;
+        }),
+        BodyBudgetError,
+      );
       assert.deepEqual(asked, [50]);
       assert.equal(req.readableFlowing, true);
     });
@@ -174,31 +198,56 @@ describe('envelope', () => {
 
   describe('buildEnvelope', () => {
     const raw = [
-      'Host', 'example.test',
-      'Connection', 'keep-alive, X-Hop',
-      'X-Hop', 'dropped: named by Connection',
-      'Keep-Alive', 'timeout=5',
-      'Proxy-Authorization', 'Basic eA==',
-      'Transfer-Encoding', 'chunked',
-      'TE', 'trailers',
-      'Upgrade', 'h2c',
-      'Expect', '100-continue',
-      'Accept-Encoding', 'gzip',
-      'Range', 'bytes=0-10',
-      'If-Match', '"a"',
-      'If-None-Match', '"b"',
-      'If-Modified-Since', 'Tue, 01 Jan 2030 00:00:00 GMT',
-      'If-Unmodified-Since', 'Tue, 01 Jan 2030 00:00:00 GMT',
-      'If-Range', '"c"',
-      'Content-Length', '4',
-      'Authorization', 'Bearer t',
-      'Cookie', 'sid=1',
-      'x-Custom', 'One',
-      'X-Multi', 'a',
-      'X-Multi', 'b',
-      'Prefer', 'respond-async, wait=5',
-      'Prefer', 'respond-async',
-      'Content-Type', 'text/plain',
+      'Host',
+      'example.test',
+      'Connection',
+      'keep-alive, X-Hop',
+      'X-Hop',
+      'dropped: named by Connection',
+      'Keep-Alive',
+      'timeout=5',
+      'Proxy-Authorization',
+      'Basic eA==',
+      'Transfer-Encoding',
+      'chunked',
+      'TE',
+      'trailers',
+      'Upgrade',
+      'h2c',
+      'Expect',
+      '100-continue',
+      'Accept-Encoding',
+      'gzip',
+      'Range',
+      'bytes=0-10',
+      'If-Match',
+      '"a"',
+      'If-None-Match',
+      '"b"',
+      'If-Modified-Since',
+      'Tue, 01 Jan 2030 00:00:00 GMT',
+      'If-Unmodified-Since',
+      'Tue, 01 Jan 2030 00:00:00 GMT',
+      'If-Range',
+      '"c"',
+      'Content-Length',
+      '4',
+      'Authorization',
+      'Bearer t',
+      'Cookie',
+      'sid=1',
+      'x-Custom',
+      'One',
+      'X-Multi',
+      'a',
+      'X-Multi',
+      'b',
+      'Prefer',
+      'respond-async, wait=5',
+      'Prefer',
+      'respond-async',
+      'Content-Type',
+      'text/plain',
     ];
     const headers = (list: string[]): Record<string, string> => {
       const out: Record<string, string> = {};
@@ -206,19 +255,28 @@ describe('envelope', () => {
       return out;
     };
 
-    it('replays end-to-end headers in the client\'s order and case, without hop-by-hop, conditional, range or encoding headers', () => {
+    it("replays end-to-end headers in the client's order and case, without hop-by-hop, conditional, range or encoding headers", () => {
       const req = incoming(headers(raw), raw);
       const envelope = buildEnvelope(req, '/upload?a=1', Buffer.from('body'), false);
       assert.deepEqual(envelope.rawHeaders, [
-        'Host', 'example.test',
-        'Authorization', 'Bearer t',
-        'Cookie', 'sid=1',
-        'x-Custom', 'One',
-        'X-Multi', 'a',
-        'X-Multi', 'b',
-        'Prefer', 'wait=5',
-        'Content-Type', 'text/plain',
-        'Content-Length', '4',
+        'Host',
+        'example.test',
+        'Authorization',
+        'Bearer t',
+        'Cookie',
+        'sid=1',
+        'x-Custom',
+        'One',
+        'X-Multi',
+        'a',
+        'X-Multi',
+        'b',
+        'Prefer',
+        'wait=5',
+        'Content-Type',
+        'text/plain',
+        'Content-Length',
+        '4',
       ]);
       for (let i = 0; i < envelope.rawHeaders.length; i += 2) assert.equal(HOP_BY_HOP.has(envelope.rawHeaders[i]!.toLowerCase()), false);
       assert.equal(envelope.method, 'POST');
@@ -299,7 +357,16 @@ function harness(options: Partial<Options> = {}, store = new MemoryStore()): Har
       assert.ok(admission.ok, `admitted ${key}`);
       if (opts.bodyBytes) assert.ok(scheduler.holdBody(admission, opts.bodyBytes));
       const id = randomUUID();
-      await store.createJob(newJob({ id, method: 'GET', url: `/${key}`, owner: null, status: admission.queued ? 'queued' : 'running', leaseUntil: new Date(Date.now() + 150).toISOString() }));
+      await store.createJob(
+        newJob({
+          id,
+          method: 'GET',
+          url: `/${key}`,
+          owner: null,
+          status: admission.queued ? 'queued' : 'running',
+          leaseUntil: new Date(Date.now() + 150).toISOString(),
+        }),
+      );
       const placed: Placed = { id, admission, started: 0, skipped: 0 };
       scheduler.place(
         admission,
@@ -352,7 +419,10 @@ describe('scheduler', () => {
     it('runs up to concurrency, then queues up to maxQueued, then refuses queue-full', async () => {
       const h = harness({ concurrency: 2, maxQueued: 2 });
       const answers = Array.from({ length: 5 }, (_, i) => h.scheduler.admit(`ip:${i}`));
-      assert.deepEqual(answers.map((a) => (a.ok ? (a.queued ? 'queued' : 'run') : a.reason)), ['run', 'run', 'queued', 'queued', 'queue-full']);
+      assert.deepEqual(
+        answers.map((a) => (a.ok ? (a.queued ? 'queued' : 'run') : a.reason)),
+        ['run', 'run', 'queued', 'queued', 'queue-full'],
+      );
       // An admission holds its place until used or given back.
       h.scheduler.cancel(answers[3]!);
       const again = h.scheduler.admit('ip:9');
@@ -444,7 +514,7 @@ describe('scheduler', () => {
       await h.close();
     });
 
-    it('keeps a placed job\'s bytes until it ends, a queued one\'s until it leaves the queue', async () => {
+    it("keeps a placed job's bytes until it ends, a queued one's until it leaves the queue", async () => {
       const h = harness({ concurrency: 1, maxHeldBodyBytes: 1000 });
       const running = await h.add('a', { bodyBytes: 300 });
       const queued = await h.add('b', { bodyBytes: 200 });
@@ -521,7 +591,13 @@ describe('scheduler', () => {
       const a = await h.add('a');
       const b = await h.add('b');
       const c = await h.add('c');
-      await h.store.finishJob(b.id, { status: 'cancelled', finishedAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 60_000).toISOString(), response: null, error: { type: 'cancelled', message: 'elsewhere' } });
+      await h.store.finishJob(b.id, {
+        status: 'cancelled',
+        finishedAt: new Date().toISOString(),
+        expiresAt: new Date(Date.now() + 60_000).toISOString(),
+        response: null,
+        error: { type: 'cancelled', message: 'elsewhere' },
+      });
       a.run!.finish();
       await settle();
       assert.equal(b.started, 0);
@@ -567,7 +643,10 @@ describe('scheduler', () => {
       await h.store.createJob(newJob({ id, method: 'GET', url: '/b', owner: null, status: 'queued' }));
       let started = 0;
       const run = controllable();
-      h.scheduler.place(admission, id, () => (started++, run.job));
+      h.scheduler.place(admission, id, () => {
+        started++;
+        return run.job;
+      });
       await settle();
       try {
         assert.equal(started, 1, 'the free slot runs it');
@@ -606,7 +685,12 @@ describe('scheduler', () => {
       assert.deepEqual(calls, ['1a', '1b', '1b']);
       // A listener that unsubscribes itself while being told does not disturb the others.
       const self: Array<() => void> = [];
-      self.push(h.scheduler.subscribe('j3', () => (calls.push('3a'), self[0]!())));
+      self.push(
+        h.scheduler.subscribe('j3', () => {
+          calls.push('3a');
+          self[0]!();
+        }),
+      );
       h.scheduler.subscribe('j3', () => calls.push('3b'));
       h.scheduler.notify('j3');
       h.scheduler.notify('j3');
@@ -664,12 +748,17 @@ describe('scheduler', () => {
       let statusAtSkip: string | undefined;
       let resolveSkip!: () => void;
       const skippedRan = new Promise<void>((resolve) => (resolveSkip = resolve));
-      h.scheduler.place(admission, id, () => assert.fail('never started'), () => {
-        void h.store.getJob(id).then((job) => {
-          statusAtSkip = job?.status;
-          resolveSkip();
-        });
-      });
+      h.scheduler.place(
+        admission,
+        id,
+        () => assert.fail('never started'),
+        () => {
+          void h.store.getJob(id).then((job) => {
+            statusAtSkip = job?.status;
+            resolveSkip();
+          });
+        },
+      );
       await h.scheduler.stopAll('cancelled', { type: 'cancelled', message: 'x' }, new JobAbortError('BGRS_CANCELLED', 'x'));
       await skippedRan;
       assert.equal(statusAtSkip, 'cancelled');
@@ -677,7 +766,7 @@ describe('scheduler', () => {
       await h.close();
     });
 
-    it('logs, and still runs the skipped hook, when the store cannot record a queued job\'s end', async () => {
+    it("logs, and still runs the skipped hook, when the store cannot record a queued job's end", async () => {
       class NoFinish extends MemoryStore {
         override async finishJob(): Promise<null> {
           throw new Error('store away');
@@ -745,7 +834,12 @@ describe('scheduler', () => {
       const b = await h.add('b');
       let told = 0;
       h.scheduler.subscribe(b.id, () => told++);
-      const ending = { finishedAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 60_000).toISOString(), response: null, error: { type: 'cancelled', message: 'elsewhere' } };
+      const ending = {
+        finishedAt: new Date().toISOString(),
+        expiresAt: new Date(Date.now() + 60_000).toISOString(),
+        response: null,
+        error: { type: 'cancelled', message: 'elsewhere' },
+      };
       await h.store.finishJob(a.id, { status: 'cancelled', ...ending });
       await h.store.finishJob(b.id, { status: 'cancelled', ...ending });
       for (let i = 0; i < 50 && (a.run!.stops.length === 0 || b.skipped === 0); i++) await sleep(20);
@@ -754,7 +848,7 @@ describe('scheduler', () => {
       assert.equal((a.run!.stops[0]!.reason as JobAbortError).code, 'BGRS_CANCELLED');
       assert.equal(b.skipped, 1);
       assert.equal(b.started, 0);
-      assert.ok(told >= 1, 'the queued job\'s waiters are told');
+      assert.ok(told >= 1, "the queued job's waiters are told");
       await settle();
       assert.deepEqual(h.scheduler.held(), []);
       await h.close();

@@ -2,8 +2,8 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import express from 'express';
 import type { Express, Request, Response } from 'express';
+import express from 'express';
 import { bgrs } from '../../src/index.js';
 
 /** Reads a non-negative integer from the query string, clamped so a typo cannot tie up the server for hours. */
@@ -70,21 +70,23 @@ export function createApp(): Express {
 
   app.get('/', (req, res) => {
     const base = `${req.protocol}://${req.get('host') ?? 'localhost'}`;
-    res.type('text/plain').send(
-      [
-        'express-bgrs example. Add ?bgrs=yes to any route to run it in the background.',
-        '',
-        'Routes:',
-        '  GET  /exports/orders.csv?rows=200&delayMs=15   slow CSV export, streamed with res.write',
-        '  GET  /reports/:year?delayMs=170                 slow JSON report, one step per month',
-        '  POST /orders                                    JSON echo with a new id',
-        '  GET  /progress/?job=<id>                        page that follows a job live (Server-Sent Events)',
-        '',
-        'Try:',
-        ...curlExamples(base).map((line) => `  ${line}`),
-        '',
-      ].join('\n'),
-    );
+    res
+      .type('text/plain')
+      .send(
+        [
+          'express-bgrs example. Add ?bgrs=yes to any route to run it in the background.',
+          '',
+          'Routes:',
+          '  GET  /exports/orders.csv?rows=200&delayMs=15   slow CSV export, streamed with res.write',
+          '  GET  /reports/:year?delayMs=170                 slow JSON report, one step per month',
+          '  POST /orders                                    JSON echo with a new id',
+          '  GET  /progress/?job=<id>                        page that follows a job live (Server-Sent Events)',
+          '',
+          'Try:',
+          ...curlExamples(base).map((line) => `  ${line}`),
+          '',
+        ].join('\n'),
+      );
   });
 
   // A slow export: the rows are written as they are produced, exactly as they would be to a live client.

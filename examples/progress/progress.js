@@ -1,5 +1,4 @@
 // Drives the progress page: starts or picks a job, then renders its SSE stream (status, progress, log, end). Plain JS, no build.
-'use strict';
 
 const $ = (id) => document.getElementById(id);
 /** Follows one job: every update arrives as an event, so there is nothing to poll. */

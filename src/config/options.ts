@@ -168,7 +168,7 @@ const STORE_METHODS = [
 function fail(option: string, value: unknown, expected: string): never {
   let shown: string;
   try {
-    shown = typeof value === 'function' ? 'a function' : JSON.stringify(value) ?? String(value);
+    shown = typeof value === 'function' ? 'a function' : (JSON.stringify(value) ?? String(value));
   } catch {
     shown = String(value);
   }

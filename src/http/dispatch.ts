@@ -1,12 +1,14 @@
 // How a replay reaches the handler (through the root app, or one route's handlers), and the marks that tell a replay apart.
-import type { Request, Response } from 'express';
-import { IncomingMessage } from 'node:http';
+
 import type { ServerResponse } from 'node:http';
-import { DETACHED_NOT, JobContext } from '../jobs/context.js';
+import { IncomingMessage } from 'node:http';
+import type { Request, Response } from 'express';
+import { DETACHED_NOT, type JobContext } from '../jobs/context.js';
 import type { Dispatch } from '../jobs/runner.js';
 import type { Handler } from '../replay/compose.js';
 import { finalResponder, runHandlers } from '../replay/compose.js';
 import { bgrsValues, stripParam } from './trigger.js';
+
 /** Marks a replayed request so that bgrs lets it through instead of detaching it again. */
 const kReplay = Symbol.for('express-bgrs.replay');
 /** Marks a per-route replay whose handlers passed the request on: the route resumes it with next(err). */
@@ -20,7 +22,7 @@ export function isReplay(req: IncomingMessage): boolean {
 }
 
 /** The handler sees the request as if `bgrs` had never been sent. */
-export function stripInPlace(req: Request): void {
+function stripInPlace(req: Request): void {
   if (bgrsValues(req.url) === undefined) return;
   req.url = stripParam(req.url);
   if (req.originalUrl) req.originalUrl = stripParam(req.originalUrl);
@@ -124,7 +126,7 @@ export function throughHandlers(handlers: readonly Handler[], route: object, kee
       Object.setPrototypeOf(rreq, reqProto);
       Object.setPrototypeOf(rres, resProto);
       for (const [key, descriptor] of props) {
-        if (!Object.prototype.hasOwnProperty.call(rreq, key)) Object.defineProperty(rreq, key, descriptor);
+        if (!Object.hasOwn(rreq, key)) Object.defineProperty(rreq, key, descriptor);
       }
       const replayed = rreq as AnyRequest;
       replayed.url = url;

@@ -1,8 +1,8 @@
 // GET <base>/:id/events: Server-Sent Events with a job's status, progress and log lines, live until it ends.
 import type { ServerResponse } from 'node:http';
-import { POLL_MS, nextChange, readJob } from '../jobs/observe.js';
+import { nextChange, POLL_MS, readJob } from '../jobs/observe.js';
 import type { Runtime } from '../jobs/runtime.js';
-import type { Job } from '../model/job.js';
+import type { Job, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { jobDocument } from '../views/native.js';
 
@@ -64,7 +64,7 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
       }
       shown = { status: job.status, progress: job.progress, message: job.message, resultCount: job.resultCount };
       // A final job's log is complete (the runner lands every line before the final status).
-      let lines;
+      let lines: LogLine[];
       do {
         lines = await config.store.readLogs(job.id, cursor, LOG_PAGE);
         for (const line of lines) {

@@ -6,6 +6,7 @@ import { readJob } from '../jobs/observe.js';
 import type { Runtime } from '../jobs/runtime.js';
 import type { Job, JobResponse } from '../model/job.js';
 import { isFinal } from '../model/job.js';
+import type { IdempotencyClaimResult } from '../stores/store.js';
 import { StoreFullError } from '../stores/store.js';
 import { jobDocument } from '../views/native.js';
 import type { DispatchFactory } from './dispatch.js';
@@ -86,7 +87,14 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
   }
 
   /** Claims the key and answers; resolves `true` when the request went on to run as the key's execution. */
-  async function claimAndAnswer(req: Request, res: Response, next: NextFunction, key: string, prepared: Prepared, ack: { byPrefer: boolean } | null): Promise<boolean> {
+  async function claimAndAnswer(
+    req: Request,
+    res: Response,
+    next: NextFunction,
+    key: string,
+    prepared: Prepared,
+    ack: { byPrefer: boolean } | null,
+  ): Promise<boolean> {
     let fingerprint: string;
     let scope: string | null;
     try {
@@ -103,7 +111,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
     for (let attempt = 0; attempt < 3; attempt++) {
       const id = uuidv4();
       const now = Date.now();
-      let claim;
+      let claim: IdempotencyClaimResult;
       try {
         claim = await store.claimIdempotencyKey(name, { fingerprint, jobId: id, state: 'running', leaseUntil: now + guard.lease, expiresAt: now + guard.ttl });
       } catch (err) {
@@ -189,7 +197,11 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
   }
 
   function sendResultGone(res: Response): void {
-    sendProblem(res, 'idempotency-key-result-gone', 'The request with this Idempotency-Key was processed, and its stored response is no longer kept; it is not run again.');
+    sendProblem(
+      res,
+      'idempotency-key-result-gone',
+      'The request with this Idempotency-Key was processed, and its stored response is no longer kept; it is not run again.',
+    );
   }
 
   /**
@@ -217,7 +229,11 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
     }
     const key = parseIdempotencyKey(header);
     if (key === null) {
-      return sendProblem(res, 'idempotency-key-invalid', 'An Idempotency-Key is 1–255 visible ASCII characters, bare (no quotes or commas) or as a quoted string.');
+      return sendProblem(
+        res,
+        'idempotency-key-invalid',
+        'An Idempotency-Key is 1–255 visible ASCII characters, bare (no quotes or commas) or as a quoted string.',
+      );
     }
     if (decide(config, req).invalid) {
       return sendInvalidBgrs(res);

@@ -60,7 +60,14 @@ function canonicalQuery(url: string, keepParam: boolean): string {
   if (q === -1) return '';
   const query = url.slice(q + 1);
   // The trigger parameter is the one spelled `bgrs` as written (see bgrsValues).
-  const params = new URLSearchParams(keepParam ? query : query.split('&').filter((pair) => pair !== PARAM && !pair.startsWith(`${PARAM}=`)).join('&'));
+  const params = new URLSearchParams(
+    keepParam
+      ? query
+      : query
+          .split('&')
+          .filter((pair) => pair !== PARAM && !pair.startsWith(`${PARAM}=`))
+          .join('&'),
+  );
   params.sort();
   return params.toString();
 }
@@ -144,7 +151,13 @@ function bodyDigestInput(contentType: string | string[] | undefined, raw: Buffer
  * `bgrs` parameter and the `Prefer` header are not part of it: detaching is how the client wants
  * the answer delivered, not a different request.
  */
-export function defaultFingerprint(req: IncomingMessage & { originalUrl?: string }, raw: Buffer | null, parsed: unknown, preParsed: boolean, keepParam = false): string {
+export function defaultFingerprint(
+  req: IncomingMessage & { originalUrl?: string },
+  raw: Buffer | null,
+  parsed: unknown,
+  preParsed: boolean,
+  keepParam = false,
+): string {
   const url = req.originalUrl ?? req.url ?? '/';
   const q = url.indexOf('?');
   const hash = createHash('sha256');

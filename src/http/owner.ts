@@ -32,5 +32,7 @@ export function credentialScope(req: Request): string | null {
   const authorization = req.headers.authorization;
   const cookie = req.headers.cookie;
   if (authorization === undefined && cookie === undefined) return null;
-  return `credentials:${createHash('sha256').update(JSON.stringify([authorization ?? null, cookie ?? null])).digest('base64url')}`;
+  return `credentials:${createHash('sha256')
+    .update(JSON.stringify([authorization ?? null, cookie ?? null]))
+    .digest('base64url')}`;
 }

@@ -13,7 +13,7 @@ export const problems = {
   'result-too-large': { status: 507, title: 'The result was too large to keep' },
   'already-final': { status: 409, title: 'The job has already ended' },
   'job-failed': { status: 500, title: 'The request failed before it answered' },
-  'misconfigured': { status: 500, title: 'express-bgrs is mounted where its job routes cannot be reached' },
+  misconfigured: { status: 500, title: 'express-bgrs is mounted where its job routes cannot be reached' },
   'store-unavailable': { status: 503, title: 'Job store unavailable' },
   'shutting-down': { status: 503, title: 'Shutting down' },
   'queue-full': { status: 429, title: 'Too many background requests' },
@@ -41,7 +41,7 @@ export interface ProblemDocument {
   [extension: string]: unknown;
 }
 
-export function problemDocument(code: ProblemCode, detail?: string, extra?: Record<string, unknown>): ProblemDocument {
+function problemDocument(code: ProblemCode, detail?: string, extra?: Record<string, unknown>): ProblemDocument {
   const { status, title } = problems[code];
   const doc: ProblemDocument = { type: PROBLEM_TYPE_PREFIX + code, title, status, error: title };
   if (detail !== undefined) doc.detail = detail;

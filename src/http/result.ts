@@ -5,7 +5,6 @@ import { pipeline } from 'node:stream/promises';
 import type { Job, JobResponse } from '../model/job.js';
 import { applyHead } from '../replay/head.js';
 
-
 /**
  * A stored result belongs to one job's caller: a shared cache must never keep it for others. So
  * `public` becomes `private`, the shared-cache directives (`s-maxage`, `proxy-revalidate`) go,
@@ -31,7 +30,13 @@ export function privateCacheControl(value: string): string {
 }
 
 function mergeVary(current: number | string | string[] | undefined, add: string[]): string {
-  const names = current === undefined ? [] : (Array.isArray(current) ? current.join(',') : String(current)).split(',').map((name) => name.trim()).filter(Boolean);
+  const names =
+    current === undefined
+      ? []
+      : (Array.isArray(current) ? current.join(',') : String(current))
+          .split(',')
+          .map((name) => name.trim())
+          .filter(Boolean);
   if (names.includes('*')) return '*';
   const lower = new Set(names.map((name) => name.toLowerCase()));
   for (const name of add) if (!lower.has(name.toLowerCase())) names.push(name);

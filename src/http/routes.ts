@@ -4,7 +4,7 @@ import type { JobAction } from '../config/options.js';
 import { readJob, waitForFinal } from '../jobs/observe.js';
 import type { Runtime } from '../jobs/runtime.js';
 import { JobAbortError } from '../model/errors.js';
-import type { Job, JobResponse, JobStatus } from '../model/job.js';
+import type { Job, JobPage, JobResponse, JobStatus } from '../model/job.js';
 import { endingNow, isFinal } from '../model/job.js';
 import { InvalidCursorError } from '../stores/store.js';
 import { jobDocument } from '../views/native.js';
@@ -16,10 +16,10 @@ import { replayResult } from './result.js';
 import { parsePrefer } from './trigger.js';
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-export const DETAILS_DEFAULT_LIMIT = 100;
-export const DETAILS_MAX_LIMIT = 1000;
-export const LIST_DEFAULT_LIMIT = 20;
-export const LIST_MAX_LIMIT = 100;
+const DETAILS_DEFAULT_LIMIT = 100;
+const DETAILS_MAX_LIMIT = 1000;
+const LIST_DEFAULT_LIMIT = 20;
+const LIST_MAX_LIMIT = 100;
 const STATUSES: ReadonlySet<string> = new Set(['queued', 'running', 'completed', 'failed', 'cancelled']);
 
 /** Which methods each job route answers (HEAD goes with GET). */
@@ -43,10 +43,10 @@ function fromStore<T>(promise: Promise<T>): Promise<T> {
 }
 
 /** The largest integer a client may send (`after`, `limit`, `Last-Event-ID`): what every store's integer columns hold. */
-export const MAX_CLIENT_INTEGER = 2 ** 31 - 1;
+const MAX_CLIENT_INTEGER = 2 ** 31 - 1;
 
 /** A non-negative integer from the client, at most MAX_CLIENT_INTEGER; `null` when it is anything else. */
-export function clientInteger(text: string): number | null {
+function clientInteger(text: string): number | null {
   if (!/^\d{1,10}$/.test(text)) return null;
   const value = Number(text);
   return value <= MAX_CLIENT_INTEGER ? value : null;
@@ -123,7 +123,11 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     if (limit === null || limit === 0 || (limit !== undefined && limit > LIST_MAX_LIMIT)) {
       return sendProblem(res, 'invalid-parameter', `\`limit\` must be an integer from 1 to ${LIST_MAX_LIMIT}.`);
     }
-    const statuses = params.getAll('status').flatMap((value) => value.split(',')).map((value) => value.trim()).filter(Boolean);
+    const statuses = params
+      .getAll('status')
+      .flatMap((value) => value.split(','))
+      .map((value) => value.trim())
+      .filter(Boolean);
     const unknown = statuses.find((status) => !STATUSES.has(status));
     if (unknown !== undefined) return sendProblem(res, 'invalid-parameter', `Unknown status \`${unknown}\`; use ${[...STATUSES].join(', ')}.`);
     const cursor = params.get('cursor');
@@ -132,7 +136,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     // A caller without an identity has no jobs to list: anonymous jobs are reachable only by their id.
     if (owner === null) return sendJson(res, 200, { items: [], next: null });
     const pageSize = limit ?? LIST_DEFAULT_LIMIT;
-    let page;
+    let page: JobPage;
     try {
       page = await fromStore(config.store.listJobs({ owner, statuses: statuses as JobStatus[], limit: pageSize, cursor }));
     } catch (err) {
@@ -184,11 +188,14 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     if (sub === 'events') {
       const header = req.headers['last-event-id'];
       const lastEventId = header === undefined || header === '' ? 0 : clientInteger(String(header).trim());
-      if (lastEventId === null) return sendProblem(res, 'invalid-parameter', `\`Last-Event-ID\` must be an integer from 0 to ${MAX_CLIENT_INTEGER} (an event id this server sent).`);
+      if (lastEventId === null)
+        return sendProblem(res, 'invalid-parameter', `\`Last-Event-ID\` must be an integer from 0 to ${MAX_CLIENT_INTEGER} (an event id this server sent).`);
       const key = limitKey(await resolveOwner(config.owner, req), req);
       const open = rt.streams.get(key) ?? 0;
       if (open >= config.maxEventStreams) {
-        return sendProblem(res, 'too-many-streams', `You have ${config.maxEventStreams} event streams open here; close one first.`, { retryAfter: config.retryAfter });
+        return sendProblem(res, 'too-many-streams', `You have ${config.maxEventStreams} event streams open here; close one first.`, {
+          retryAfter: config.retryAfter,
+        });
       }
       rt.streams.set(key, open + 1);
       res.once('close', () => {

@@ -1,7 +1,7 @@
 // Decides whether a request is detached, takes its body, acks with 202 and starts the background run.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
-import { IncomingMessage } from 'node:http';
-import type { ServerResponse } from 'node:http';
 import { v4 as uuidv4 } from 'uuid';
 import type { Configuration } from '../config/options.js';
 import type { Admission } from '../executors/local.js';
@@ -89,9 +89,14 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
       return null;
     }
     if (err instanceof BodyBudgetError) {
-      sendProblem(res, 'server-busy', 'This server holds as many request bodies for background requests as it may (option maxHeldBodyBytes); try again later.', {
-        retryAfter: config.retryAfter,
-      });
+      sendProblem(
+        res,
+        'server-busy',
+        'This server holds as many request bodies for background requests as it may (option maxHeldBodyBytes); try again later.',
+        {
+          retryAfter: config.retryAfter,
+        },
+      );
       return null;
     }
     next(err);
@@ -150,7 +155,13 @@ export async function launch(
   }
   // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
   const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
-  const start = () => runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, { onChange: () => scheduler.notify(id), deriveOwner, unanswered: sendUnanswered, ...run });
+  const start = () =>
+    runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
+      onChange: () => scheduler.notify(id),
+      deriveOwner,
+      unanswered: sendUnanswered,
+      ...run,
+    });
   // Ended before it started (cancelled while queued, shut down): the run's end hooks still run,
   // and a client waiting for its response gets an answer.
   const skipped = (): void => {
@@ -158,7 +169,10 @@ export async function launch(
       const ended = await config.store.getJob(id).catch(() => null);
       const final = ended && isFinal(ended.status) ? ended : null;
       await run.onEnd?.(final, false);
-      if (run.live) sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, { extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } } });
+      if (run.live)
+        sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, {
+          extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } },
+        });
     })().catch((err: unknown) => config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error)?.message ?? String(err)}`));
   };
   // The admission held its place while the job was written, so it is still valid.

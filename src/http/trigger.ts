@@ -1,6 +1,7 @@
 // Decides from the query string and the Prefer header whether a request asks to be detached.
-import type { Request } from 'express';
+
 import type { IncomingMessage } from 'node:http';
+import type { Request } from 'express';
 import type { Configuration } from '../config/options.js';
 
 export const PARAM = 'bgrs';
@@ -75,7 +76,12 @@ export function parsePrefer(header: string | string[] | undefined): PreferOption
       const name = (eq === -1 ? pref : pref.slice(0, eq)).trim().toLowerCase();
       if (name === 'respond-async') result.respondAsync = true;
       else if (name === 'wait' && eq !== -1) {
-        const seconds = Number(pref.slice(eq + 1).trim().replace(/^"|"$/g, ''));
+        const seconds = Number(
+          pref
+            .slice(eq + 1)
+            .trim()
+            .replace(/^"|"$/g, ''),
+        );
         if (Number.isFinite(seconds) && seconds >= 0) result.wait = seconds;
       }
     }

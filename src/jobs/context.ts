@@ -38,6 +38,7 @@ const NO_LIMITS: ContextLimits = { maxLogLines: Number.POSITIVE_INFINITY, maxMes
 function storable(text: unknown, max: number): string {
   let value = String(text);
   if (value.length > max) value = `${value.slice(0, Math.max(0, max - 1))}…`;
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what PostgreSQL's text refuses.
   return value.replace(/\u0000/g, '\uFFFD');
 }
 
@@ -111,7 +112,11 @@ export class JobContext implements BgrsContext {
     if (this.#ended || this.#lines >= this.limits.maxLogLines) return;
     let line = { at: new Date().toISOString(), level: LEVELS.has(level) ? level : 'info', message: storable(message, this.limits.maxMessageLength) };
     if (++this.#lines === this.limits.maxLogLines && this.limits.maxLogLines > 1) {
-      line = { at: line.at, level: 'warning', message: `log truncated: this job keeps at most ${this.limits.maxLogLines} lines (option maxLogLines); later lines are dropped` };
+      line = {
+        at: line.at,
+        level: 'warning',
+        message: `log truncated: this job keeps at most ${this.limits.maxLogLines} lines (option maxLogLines); later lines are dropped`,
+      };
     }
     // A line waits for the progress write already under way, so the store sees them in call order.
     const writing = this.#writing;

@@ -8,7 +8,7 @@ import { JobAbortError } from '../model/errors.js';
 import type { Job, JobError, JobFinish, JobResponse } from '../model/job.js';
 import { endingNow, isFinal } from '../model/job.js';
 import type { Envelope } from '../replay/capture.js';
-import { HOP_BY_HOP, Replayer } from '../replay/capture.js';
+import { HOP_BY_HOP, type Replayer } from '../replay/capture.js';
 import { applyHead } from '../replay/head.js';
 import { JobContext } from './context.js';
 
@@ -18,7 +18,10 @@ const debug = debuglog('bgrs');
 export type Dispatch = (req: IncomingMessage, res: ServerResponse, ctx: JobContext) => void;
 
 class JobFailure extends Error {
-  constructor(readonly type: string, message: string) {
+  constructor(
+    readonly type: string,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -277,10 +280,13 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     clearTimeout(timer);
     timer = undefined;
     if (ended || !(ms > 0)) return;
-    timer = setTimeout(() => {
-      const message = `the job did not finish within ${ms} ms`;
-      void stop('failed', { type: 'timeout', message }, new JobAbortError('BGRS_TIMEOUT', message, 'TimeoutError'));
-    }, Math.max(0, startedAt + ms - Date.now()));
+    timer = setTimeout(
+      () => {
+        const message = `the job did not finish within ${ms} ms`;
+        void stop('failed', { type: 'timeout', message }, new JobAbortError('BGRS_TIMEOUT', message, 'TimeoutError'));
+      },
+      Math.max(0, startedAt + ms - Date.now()),
+    );
     timer.unref();
   }
   arm(options.timeout ?? config.timeout);
@@ -303,11 +309,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       }
       const head = capturedHead(res, writer.size);
       const failed = head.status >= 500;
-      await finish(
-        failed ? 'failed' : 'completed',
-        head,
-        failed ? { type: 'server_error', message: `the handler answered ${head.status}` } : null,
-      );
+      await finish(failed ? 'failed' : 'completed', head, failed ? { type: 'server_error', message: `the handler answered ${head.status}` } : null);
     })
     .catch(async (err: unknown) => {
       if (ended) return;

@@ -1,7 +1,7 @@
 // What every part of one bgrs() instance shares: the configuration, the replayer, the executor.
 import type { Configuration } from '../config/options.js';
-import { Scheduler } from '../executors/local.js';
-import { Replayer } from '../replay/capture.js';
+import type { Scheduler } from '../executors/local.js';
+import type { Replayer } from '../replay/capture.js';
 /** Shared by every part of one bgrs() instance. */
 export interface Runtime {
   config: Configuration;

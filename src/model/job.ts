@@ -3,7 +3,7 @@
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
 export type LogLevel = 'info' | 'warning' | 'error';
 
-export const FINAL_STATUSES: ReadonlySet<JobStatus> = new Set(['completed', 'failed', 'cancelled']);
+const FINAL_STATUSES: ReadonlySet<JobStatus> = new Set(['completed', 'failed', 'cancelled']);
 
 export function isFinal(status: JobStatus): boolean {
   return FINAL_STATUSES.has(status);

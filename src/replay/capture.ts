@@ -1,9 +1,9 @@
 // Replays a request envelope through a private, never-listening http.Server and hands back the real response.
 import { AsyncResource } from 'node:async_hooks';
-import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { duplexPair } from 'node:stream';
+import http from 'node:http';
 import type { Duplex } from 'node:stream';
+import { duplexPair } from 'node:stream';
 
 /** Everything needed to run a request again, away from the client's connection. Serializable but for `body`. */
 export interface Envelope {

@@ -3,7 +3,7 @@ import type { ServerResponse } from 'node:http';
 import { HOP_BY_HOP } from './capture.js';
 
 /** Never replayed: connection headers, a stale Date, and a length that the store states itself. */
-export const NOT_SERVED = new Set([...HOP_BY_HOP, 'date', 'content-length']);
+const NOT_SERVED = new Set([...HOP_BY_HOP, 'date', 'content-length']);
 
 /**
  * Sets captured headers on `res`, grouped by name so multi-value headers (Set-Cookie, Link) are

@@ -88,7 +88,11 @@ export class MemoryStore implements Store {
     const maxBytes = options.maxBytes ?? 512 * 2 ** 20;
     const maxKeys = options.maxKeys ?? 50_000;
     this.maxKeys = maxKeys;
-    for (const [name, value] of [['max', max], ['maxBytes', maxBytes], ['maxKeys', maxKeys]] as const) {
+    for (const [name, value] of [
+      ['max', max],
+      ['maxBytes', maxBytes],
+      ['maxKeys', maxKeys],
+    ] as const) {
       if (!Number.isInteger(value) || value < 1) {
         throw new TypeError(`MemoryStore: \`${name}\` must be a positive integer, received \`${String(value)}\`.`);
       }
@@ -143,7 +147,7 @@ export class MemoryStore implements Store {
 
   async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {
     const entry = this.active.get(id);
-    if (!entry || entry.job.status !== 'queued') return false;
+    if (entry?.job.status !== 'queued') return false;
     entry.job.status = 'running';
     entry.job.startedAt = start.startedAt;
     entry.job.leaseUntil = start.leaseUntil;

@@ -4,7 +4,7 @@ import type { Pool } from 'pg';
 import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Statements } from './postgres-sql.js';
-import { RESULT_PAGE_ROWS, SWEEP_BATCH, TABLE_PATTERN, statements } from './postgres-sql.js';
+import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import { InvalidCursorError } from './store.js';
 
@@ -88,8 +88,22 @@ function rowToJob(row: JobRow): Job {
 /** The insertJob parameters, in order. */
 function jobValues(job: Job): unknown[] {
   return [
-    job.id, job.owner, job.status, job.name, job.method, job.url, job.progress, job.message, job.resultCount,
-    job.warnings, job.errors, job.createdAt, job.startedAt, job.finishedAt, job.expiresAt, job.leaseUntil,
+    job.id,
+    job.owner,
+    job.status,
+    job.name,
+    job.method,
+    job.url,
+    job.progress,
+    job.message,
+    job.resultCount,
+    job.warnings,
+    job.errors,
+    job.createdAt,
+    job.startedAt,
+    job.finishedAt,
+    job.expiresAt,
+    job.leaseUntil,
     // Stringified here: pg would turn a top-level array into a Postgres array, not JSON.
     job.response === null ? null : JSON.stringify(job.response),
     job.error === null ? null : JSON.stringify(job.error),
@@ -195,7 +209,16 @@ export class PostgresStore implements Store {
 
   async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
     const { progress, message, resultCount, owner } = update;
-    const values = [id, progress !== undefined, progress ?? null, message !== undefined, message ?? null, resultCount !== undefined, resultCount ?? null, owner ?? null];
+    const values = [
+      id,
+      progress !== undefined,
+      progress ?? null,
+      message !== undefined,
+      message ?? null,
+      resultCount !== undefined,
+      resultCount ?? null,
+      owner ?? null,
+    ];
     return (await this.query(this.sql.updateProgress, values)).rowCount > 0;
   }
 
@@ -229,7 +252,10 @@ export class PostgresStore implements Store {
 
   async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
     const values = [
-      id, finish.status, finish.finishedAt, finish.expiresAt,
+      id,
+      finish.status,
+      finish.finishedAt,
+      finish.expiresAt,
       finish.response === null ? null : JSON.stringify(finish.response),
       finish.error === null ? null : JSON.stringify(finish.error),
       finish.ifLeaseExpiredBy ?? null,

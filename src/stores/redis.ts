@@ -23,11 +23,11 @@
 // job's (or one record's) keys only, so the store also runs on Redis Cluster.
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import * as scripts from './redis-scripts.js';
 import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Script } from './redis-scripts.js';
+import * as scripts from './redis-scripts.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import { InvalidCursorError } from './store.js';
 
@@ -59,7 +59,26 @@ const SWEEP_BATCH = 500;
 const SWEEP_GRACE_MS = 60_000;
 
 /** The fields of a job hash, in Job order; each value is JSON. */
-const JOB_FIELDS = ['id', 'name', 'method', 'url', 'owner', 'status', 'progress', 'message', 'resultCount', 'warnings', 'errors', 'createdAt', 'startedAt', 'finishedAt', 'expiresAt', 'leaseUntil', 'response', 'error'] as const satisfies ReadonlyArray<keyof Job>;
+const JOB_FIELDS = [
+  'id',
+  'name',
+  'method',
+  'url',
+  'owner',
+  'status',
+  'progress',
+  'message',
+  'resultCount',
+  'warnings',
+  'errors',
+  'createdAt',
+  'startedAt',
+  'finishedAt',
+  'expiresAt',
+  'leaseUntil',
+  'response',
+  'error',
+] as const satisfies ReadonlyArray<keyof Job>;
 
 function leaseMs(leaseUntil: string | null): string {
   const ms = leaseUntil === null ? NaN : Date.parse(leaseUntil);
@@ -210,7 +229,11 @@ export class RedisStore implements Store {
       const gone = await Promise.all(ids.map((id) => this.run(scripts.RENEW_LEASES, [this.jobKeys(id)[0]], args)));
       return ids.filter((_, i) => (gone[i] as number[]).length > 0);
     }
-    const gone = (await this.run(scripts.RENEW_LEASES, ids.map((id) => this.jobKeys(id)[0]), args)) as number[];
+    const gone = (await this.run(
+      scripts.RENEW_LEASES,
+      ids.map((id) => this.jobKeys(id)[0]),
+      args,
+    )) as number[];
     return gone.map((position) => ids[position - 1]!);
   }
 
@@ -257,7 +280,14 @@ export class RedisStore implements Store {
   async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
     const expiresAt = epochMs(finish.expiresAt, 'expiresAt');
     const condition = finish.ifLeaseExpiredBy === undefined ? '' : String(epochMs(finish.ifLeaseExpiredBy, 'ifLeaseExpiredBy'));
-    const fields: Partial<Job> = { status: finish.status, finishedAt: finish.finishedAt, expiresAt: finish.expiresAt, response: finish.response, error: finish.error, leaseUntil: null };
+    const fields: Partial<Job> = {
+      status: finish.status,
+      finishedAt: finish.finishedAt,
+      expiresAt: finish.expiresAt,
+      response: finish.response,
+      error: finish.error,
+      leaseUntil: null,
+    };
     if (finish.status === 'completed') fields.progress = 100;
     const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
     const flat = (await this.run(scripts.FINISH_JOB, this.jobKeys(id), args)) as string[] | null;
@@ -361,7 +391,14 @@ export class RedisStore implements Store {
   }
 
   async claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult> {
-    const args = [String(Date.now()), record.fingerprint, record.jobId, String(record.leaseUntil), String(record.expiresAt), String(Math.ceil(record.expiresAt))];
+    const args = [
+      String(Date.now()),
+      record.fingerprint,
+      record.jobId,
+      String(record.leaseUntil),
+      String(record.expiresAt),
+      String(Math.ceil(record.expiresAt)),
+    ];
     const reply = (await this.run(scripts.CLAIM_KEY, [this.idemKey(key)], args)) as [number, ...string[]];
     if (reply[0] === 1) return { won: true };
     const [, fingerprint, jobId, state, leaseUntil, expiresAt] = reply as [number, string, string, 'running' | 'done', string, string];

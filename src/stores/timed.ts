@@ -1,7 +1,7 @@
 // Wraps the user's store so that no call the core makes can hang: each one fails after `storeTimeout`.
 import type { Store } from './store.js';
 
-export class StoreTimeoutError extends Error {
+class StoreTimeoutError extends Error {
   readonly code = 'BGRS_STORE_TIMEOUT';
   constructor(method: string, ms: number) {
     super(`the store did not answer ${method}() within ${ms} ms`);

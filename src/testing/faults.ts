@@ -73,7 +73,8 @@ export function withFaults(store: Store): FaultyStore {
 
   const methods = new Set<string>();
   for (let proto: object | null = store; proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
-    for (const name of Object.getOwnPropertyNames(proto)) if (name !== 'constructor' && name !== 'close' && typeof target[name] === 'function') methods.add(name);
+    for (const name of Object.getOwnPropertyNames(proto))
+      if (name !== 'constructor' && name !== 'close' && typeof target[name] === 'function') methods.add(name);
   }
   for (const name of methods) {
     const method = name as StoreMethod;
@@ -90,7 +91,11 @@ export function withFaults(store: Store): FaultyStore {
     store: wrapped,
     fail(method, options = {}) {
       const forMs = options.forMs ?? 0;
-      faults.set(method, { left: forMs > 0 ? Number.POSITIVE_INFINITY : (options.times ?? 1), until: forMs > 0 ? Date.now() + forMs : 0, commit: options.commit ?? true });
+      faults.set(method, {
+        left: forMs > 0 ? Number.POSITIVE_INFINITY : (options.times ?? 1),
+        until: forMs > 0 ? Date.now() + forMs : 0,
+        commit: options.commit ?? true,
+      });
     },
     clear() {
       faults.clear();

@@ -87,7 +87,16 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
       it('finishes a job exactly once, and nothing changes it afterwards', async () => {
         const j = job({ progress: 10 });
         await store.createJob(j);
-        const response = { status: 201, contentType: 'text/csv', size: 3, headers: [['Content-Type', 'text/csv'], ['Set-Cookie', 'a=1'], ['Set-Cookie', 'b=2']] as Array<[string, string]> };
+        const response = {
+          status: 201,
+          contentType: 'text/csv',
+          size: 3,
+          headers: [
+            ['Content-Type', 'text/csv'],
+            ['Set-Cookie', 'a=1'],
+            ['Set-Cookie', 'b=2'],
+          ] as Array<[string, string]>,
+        };
         const done = await store.finishJob(j.id, finish('completed', { response }));
         assert.ok(done);
         assert.equal(done.status, 'completed');
@@ -150,7 +159,10 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         const now = new Date().toISOString();
         assert.equal(await store.finishJob(j.id, finish('failed', { ifLeaseExpiredBy: now })), null, 'a live lease wins');
         await store.renewLeases([j.id], new Date(Date.now() - 1000).toISOString());
-        const interrupted = await store.finishJob(j.id, finish('failed', { ifLeaseExpiredBy: new Date().toISOString(), error: { type: 'interrupted', message: 'gone' } }));
+        const interrupted = await store.finishJob(
+          j.id,
+          finish('failed', { ifLeaseExpiredBy: new Date().toISOString(), error: { type: 'interrupted', message: 'gone' } }),
+        );
         assert.equal(interrupted?.error?.type, 'interrupted');
       });
 
@@ -192,8 +204,14 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         const read = (await store.getJob(j.id))!;
         assert.deepEqual([read.warnings, read.errors], [2, 1]);
         const all = await store.readLogs(j.id, 0, 100);
-        assert.deepEqual(all.map((l) => [l.seq, l.level, l.message]), levels.map((level, i) => [i + 1, level, `line ${i + 1}`]));
-        assert.deepEqual((await store.readLogs(j.id, 2, 2)).map((l) => l.seq), [3, 4]);
+        assert.deepEqual(
+          all.map((l) => [l.seq, l.level, l.message]),
+          levels.map((level, i) => [i + 1, level, `line ${i + 1}`]),
+        );
+        assert.deepEqual(
+          (await store.readLogs(j.id, 2, 2)).map((l) => l.seq),
+          [3, 4],
+        );
         assert.deepEqual(await store.readLogs(j.id, 5, 10), []);
         assert.deepEqual(await store.readLogs(randomUUID(), 0, 10), []);
         assert.equal(await store.appendLog(randomUUID(), { at: new Date().toISOString(), level: 'info', message: 'x' }), null);
@@ -202,11 +220,21 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
       it('gives concurrent appends distinct consecutive numbers', async () => {
         const j = job();
         await store.createJob(j);
-        const seqs = await Promise.all(Array.from({ length: 50 }, (_, i) => store.appendLog(j.id, { at: new Date().toISOString(), level: i % 5 === 0 ? 'warning' : 'info', message: `m${i}` })));
-        assert.deepEqual([...seqs].sort((a, b) => a! - b!), Array.from({ length: 50 }, (_, i) => i + 1));
+        const seqs = await Promise.all(
+          Array.from({ length: 50 }, (_, i) =>
+            store.appendLog(j.id, { at: new Date().toISOString(), level: i % 5 === 0 ? 'warning' : 'info', message: `m${i}` }),
+          ),
+        );
+        assert.deepEqual(
+          [...seqs].sort((a, b) => a! - b!),
+          Array.from({ length: 50 }, (_, i) => i + 1),
+        );
         assert.equal((await store.getJob(j.id))!.warnings, 10);
         const lines = await store.readLogs(j.id, 0, 1000);
-        assert.deepEqual(lines.map((l) => l.seq), Array.from({ length: 50 }, (_, i) => i + 1));
+        assert.deepEqual(
+          lines.map((l) => l.seq),
+          Array.from({ length: 50 }, (_, i) => i + 1),
+        );
       });
     });
 
@@ -261,7 +289,9 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         await store.finishJob(created[1]!.id, finish('failed'));
         await store.finishJob(created[2]!.id, finish('completed'));
         await store.createJob(job({ owner: `someone-else-${randomUUID()}` }));
-        const expected = [...created].sort((a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1)).map((j) => j.id);
+        const expected = [...created]
+          .sort((a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1))
+          .map((j) => j.id);
         const seen: string[] = [];
         let cursor: string | null = null;
         let pages = 0;
@@ -275,12 +305,18 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.deepEqual(seen, expected);
         assert.equal(pages, 3);
         const failedOrDone = await store.listJobs({ owner, statuses: ['failed', 'completed'], limit: 10 });
-        assert.deepEqual(failedOrDone.jobs.map((j) => j.id), [created[2]!.id, created[1]!.id]);
+        assert.deepEqual(
+          failedOrDone.jobs.map((j) => j.id),
+          [created[2]!.id, created[1]!.id],
+        );
         assert.equal(failedOrDone.next, null);
         const queued = await store.listJobs({ owner, statuses: ['queued'] as JobStatus[], limit: 100 });
         assert.equal(queued.jobs.length, 4);
         const everyone = await store.listJobs({ limit: 1000 });
-        assert.ok(everyone.jobs.some((j) => j.owner !== owner), 'owner undefined lists every owner');
+        assert.ok(
+          everyone.jobs.some((j) => j.owner !== owner),
+          'owner undefined lists every owner',
+        );
         await assert.rejects(store.listJobs({ owner, limit: 5, cursor: 'not-a-cursor' }), InvalidCursorError);
       });
 
@@ -300,7 +336,10 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         const read = await store.getJob(anonymous.id);
         assert.equal(read?.owner, owner);
         assert.equal(read?.progress, 5);
-        assert.deepEqual((await store.listJobs({ owner, limit: 5 })).jobs.map((j) => j.id), [anonymous.id]);
+        assert.deepEqual(
+          (await store.listJobs({ owner, limit: 5 })).jobs.map((j) => j.id),
+          [anonymous.id],
+        );
         assert.ok(!(await store.listJobs({ owner: null, limit: 50 })).jobs.some((j) => j.id === anonymous.id), 'no longer listed as anonymous');
         // An owned job keeps its owner.
         await store.updateProgress(anonymous.id, { owner: 'someone-else' });
@@ -329,7 +368,8 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         const winners = results.flatMap((r, i) => (r.won ? [i] : []));
         assert.equal(winners.length, 1);
         const winner = claims[winners[0]!]!;
-        for (const r of results) if (!r.won) assert.deepEqual([r.record.jobId, r.record.fingerprint, r.record.state], [winner.jobId, winner.fingerprint, 'running']);
+        for (const r of results)
+          if (!r.won) assert.deepEqual([r.record.jobId, r.record.fingerprint, r.record.state], [winner.jobId, winner.fingerprint, 'running']);
       });
 
       it('renews, completes and releases only for the holder', async () => {

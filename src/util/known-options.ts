@@ -1,7 +1,7 @@
 // Refuses unknown option names at setup, with a "did you mean" for a misspelt one (helmet, express-rate-limit style).
 
 /** The known name `name` most likely meant: the same but for case, or at most two edits away. */
-export function closest(name: string, known: readonly string[]): string | undefined {
+function closest(name: string, known: readonly string[]): string | undefined {
   const lower = name.toLowerCase();
   return known.find((candidate) => candidate.toLowerCase() === lower || distance(candidate.toLowerCase(), lower) <= 2);
 }

@@ -26,9 +26,7 @@ export function jobDocument(job: Job, base: string, position?: number): JobDocum
     startedAt: job.startedAt,
     finishedAt: job.finishedAt,
     expiresAt: job.expiresAt,
-    response: job.response
-      ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size }
-      : null,
+    response: job.response ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size } : null,
     error: job.error,
     ...(position !== undefined && job.status === 'queued' ? { position } : {}),
     links: { self, details: `${self}/details`, result: `${self}/result`, events: `${self}/events`, cancel: `${self}/cancel` },
