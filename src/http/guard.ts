@@ -180,8 +180,10 @@ export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
         else sendInUse(res);
         return false;
       }
-      // A completed key whose response was not kept (the store failed under it): never run again.
-      if (record.state === 'done') {
+      // A completed key whose response was not kept (the store failed under it), or an execution
+      // that began answering before it failed and whose key's completion was lost: never run again.
+      if (record.state === 'done' || job.error?.answered) {
+        if (record.state === 'running') await store.completeIdempotencyKey(name, record.jobId, Date.now() + guard.ttl).catch(() => false);
         if (!reused()) sendResultGone(res);
         return false;
       }

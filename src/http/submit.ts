@@ -183,7 +183,8 @@ export async function launch(
 
 /** The waiting client of a job that ended before its response began: a problem naming how it ended. */
 function sendUnanswered(live: ServerResponse, ended: { id: string; status: string; error: JobError | null }): void {
-  sendProblem(live, 'job-failed', ended.error?.message ?? `the job ended ${ended.status}`, { extra: { job: ended } });
+  const error = ended.error && { type: ended.error.type, message: ended.error.message };
+  sendProblem(live, 'job-failed', ended.error?.message ?? `the job ended ${ended.status}`, { extra: { job: { id: ended.id, status: ended.status, error } } });
 }
 
 /**

@@ -162,7 +162,8 @@ export interface RunOptions {
   ttl?: number;
   /**
    * Called with the final job (null when the store did not record it) before `done` resolves.
-   * `answered`: the handler's whole response was captured (whether or not the store kept it).
+   * `answered`: the handler had begun its response (its head arrived), whether or not all of it was
+   * captured or kept: its execution had an effect.
    */
   onEnd?: (job: Job | null, answered: boolean) => Promise<void>;
   /** This job's timeout in ms, instead of the `timeout` option (per-route timeouts). */
@@ -211,9 +212,13 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     writer.flushLive();
   };
   let answered = false;
-  const finish = async (status: JobFinish['status'], response: JobResponse | null, error: JobError | null): Promise<void> => {
+  /** The handler's response head arrived: from here on, its execution counts as having answered. */
+  let began = false;
+  const finish = async (status: JobFinish['status'], response: JobResponse | null, failure: JobError | null): Promise<void> => {
     if (ended) return;
     ended = true;
+    // A failure after the response began is recorded as such, for the Idempotency-Key's sake.
+    const error = failure && began && !response ? { ...failure, answered: true as const } : failure;
     if (timer) clearTimeout(timer);
     if (writer?.storeFailed) flushEarly();
     await ctx.end();
@@ -248,7 +253,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       }
     }
     try {
-      await options.onEnd?.(recorded, answered);
+      await options.onEnd?.(recorded, began);
     } catch (err) {
       config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error).message}`);
     } finally {
@@ -293,6 +298,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
 
   replay.response
     .then(async (res) => {
+      began = true;
       // Whose result this is must be on record before any byte of it is.
       await settleOwner();
       writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);

@@ -23,6 +23,12 @@ export interface JobResponse {
 export interface JobError {
   type: string;
   message: string;
+  /**
+   * Set when the handler had begun its response before the job failed (the result could not be
+   * stored, was too large or was cut off): its execution had an effect, so the Idempotency-Key it
+   * held is never freed for a second run. Kept in the store, never shown to clients.
+   */
+  answered?: true;
 }
 
 /** The internal job record every store keeps. Dates are ISO 8601 strings so records serialize as they are. */

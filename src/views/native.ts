@@ -27,7 +27,7 @@ export function jobDocument(job: Job, base: string, position?: number): JobDocum
     finishedAt: job.finishedAt,
     expiresAt: job.expiresAt,
     response: job.response ? { status: job.response.status, contentType: job.response.contentType, size: job.response.size } : null,
-    error: job.error,
+    error: job.error && { type: job.error.type, message: job.error.message },
     ...(position !== undefined && job.status === 'queued' ? { position } : {}),
     links: { self, details: `${self}/details`, result: `${self}/result`, events: `${self}/events`, cancel: `${self}/cancel` },
   };
