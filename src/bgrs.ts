@@ -19,8 +19,8 @@ import { JobAbortError } from './model/errors.js';
 import { Replayer } from './replay/capture.js';
 import type { Handler } from './replay/compose.js';
 import { runHandlers } from './replay/compose.js';
-import { MemoryStore } from './stores/memory.js';
 import type { Store } from './stores/store.js';
+import { missingIdempotencyMethods } from './stores/store.js';
 import { withTimeouts } from './stores/timed.js';
 import { checkKnown } from './util/known-options.js';
 
@@ -60,22 +60,37 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   const config = { ...parsed, store: withTimeouts(parsed.store, parsed.storeTimeout) };
   const rt: Runtime = { config, replayer: new Replayer(), scheduler: new Scheduler(config), closing: false, warned: new Set(), streams: new Map() };
   const routes = createRoutes(rt);
-  if (config.validations && parsed.store instanceof MemoryStore && process.env.NODE_ENV === 'production') {
+  if (config.validations && parsed.store.local === true && process.env.NODE_ENV === 'production') {
     config.logger.warn(
       'express-bgrs [BGRS_MEMORY_STORE_PRODUCTION]: the MemoryStore keeps jobs in this process only; they are lost on restart and invisible to other instances. Use a shared store in production, or set validations: false.',
     );
   }
 
   const customTrigger = config.trigger !== undefined;
-  const globalGuard = config.idempotency ? createGuard(rt, parseIdempotencyOptions(config.idempotency, 'bgrs({ idempotency })')) : null;
+  const globalGuard = config.idempotency
+    ? createGuard(rt, parseIdempotencyOptions(config.idempotency, 'bgrs({ idempotency })'), 'bgrs({ idempotency })')
+    : null;
   // A detached request with a key claims it before its 202, so a retry gets the same job.
-  const detachGuard = globalGuard ?? createGuard(rt, parseIdempotencyOptions(undefined, 'bgrs()'));
+  // A store without the guard's methods keeps no keys: a keyed detach is then refused (501), never run unguarded.
+  const detachGuard =
+    globalGuard ?? (missingIdempotencyMethods(parsed.store).length === 0 ? createGuard(rt, parseIdempotencyOptions(undefined, 'bgrs()'), 'bgrs()') : null);
 
   /** The guard that takes this request, if any: the global one, or the keyed-detach one. */
   function guardFor(req: Request, detaching: boolean): Guard | null {
     const guard = globalGuard ?? (detaching ? detachGuard : null);
     if (!guard?.applies(req)) return null;
     return req.headers['idempotency-key'] !== undefined || (guard === globalGuard && config.idempotency?.required) ? guard : null;
+  }
+
+  /** A keyed detach on a store that keeps no keys: refused, since running it unguarded could run it twice. */
+  function refuseKeyed(req: Request, res: Response): boolean {
+    if (detachGuard !== null || req.headers['idempotency-key'] === undefined || (req.method !== 'POST' && req.method !== 'PATCH')) return false;
+    sendProblem(
+      res,
+      'idempotency-unsupported',
+      'This server keeps no Idempotency-Keys (its store lacks the methods), so a request with one is not detached; send it without the key, or synchronously.',
+    );
+    return true;
   }
 
   const middleware = function bgrsMiddleware(req: Request, res: Response, next: NextFunction): void {
@@ -92,6 +107,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       return sendInvalidBgrs(res);
     }
     if (decision.detach && !reachesBasePath(req.baseUrl, config.basePath)) return refuseMount(req, res);
+    if (decision.detach && refuseKeyed(req, res)) return;
     const guard = guardFor(req, decision.detach);
     if (guard) return guard.handle(req, res, next, throughApp);
     if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
@@ -148,14 +164,15 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
         passThrough(req, customTrigger);
         return runHandlers(list, req, res, next);
       }
-      const guard = req.headers['idempotency-key'] !== undefined && detachGuard.applies(req) ? detachGuard : null;
+      if (refuseKeyed(req, res)) return;
+      const guard = req.headers['idempotency-key'] !== undefined && detachGuard?.applies(req) ? detachGuard : null;
       if (guard) return guard.handle(req, res, next, factory);
       void detach(rt, req, res, next, decision, factory, run);
     };
   }
 
   function idempotency(guardOptions?: Partial<IdempotencyOptions>): RequestHandler {
-    return createGuard(rt, parseIdempotencyOptions(guardOptions, 'idempotency()')).middleware;
+    return createGuard(rt, parseIdempotencyOptions(guardOptions, 'idempotency()'), 'idempotency()').middleware;
   }
 
   async function close(closeOptions: CloseOptions = {}): Promise<void> {

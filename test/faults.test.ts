@@ -80,14 +80,14 @@ function observe(inner: Store, recorded: Set<string>, completeDelay: number): St
   observed.completeIdempotencyKey = async (key, jobId, expiresAt) => {
     try {
       if (completeDelay > 0) await sleep(completeDelay);
-      return await inner.completeIdempotencyKey(key, jobId, expiresAt);
+      return await inner.completeIdempotencyKey!(key, jobId, expiresAt);
     } finally {
       recorded.add(jobId);
     }
   };
   observed.releaseIdempotencyKey = async (key, jobId) => {
     try {
-      return await inner.releaseIdempotencyKey(key, jobId);
+      return await inner.releaseIdempotencyKey!(key, jobId);
     } finally {
       recorded.add(jobId);
     }

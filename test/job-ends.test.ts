@@ -79,14 +79,14 @@ async function keyIsFree(store: Store, owner: string, path: string, key: string)
   const name = recordKey(`owner:${owner}`, 'POST', path, key);
   const now = Date.now();
   const probe = `probe-${randomUUID()}`;
-  const claim = await store.claimIdempotencyKey(name, {
+  const claim = await store.claimIdempotencyKey!(name, {
     fingerprint: 'probe',
     jobId: probe,
     state: 'running',
     leaseUntil: now + 5000,
     expiresAt: now + 60_000,
   });
-  if (claim.won) await store.releaseIdempotencyKey(name, probe);
+  if (claim.won) await store.releaseIdempotencyKey!(name, probe);
   return claim.won;
 }
 

@@ -2,7 +2,7 @@
 import type { Request } from 'express';
 import type { Job } from '../model/job.js';
 import { MemoryStore } from '../stores/memory.js';
-import type { Store } from '../stores/store.js';
+import { IDEMPOTENCY_METHODS, missingIdempotencyMethods, type Store } from '../stores/store.js';
 import { checkKnown } from '../util/known-options.js';
 import type { IdempotencyOptions } from './guard-options.js';
 
@@ -159,10 +159,6 @@ const STORE_METHODS = [
   'appendResult',
   'readResult',
   'deleteJob',
-  'claimIdempotencyKey',
-  'renewIdempotencyKey',
-  'completeIdempotencyKey',
-  'releaseIdempotencyKey',
 ] as const;
 
 function fail(option: string, value: unknown, expected: string): never {
@@ -204,6 +200,13 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
     const missing = STORE_METHODS.filter((method) => !store || typeof store[method] !== 'function');
     if (missing.length) {
       throw new TypeError(`bgrs(): \`store\` must be a Store; it lacks ${missing.map((method) => `\`${method}()\``).join(', ')} (README, "Writing a store").`);
+    }
+    // The guard's methods come together or not at all: half of them is a bug, not a choice.
+    const guardMissing = missingIdempotencyMethods(store as Store);
+    if (guardMissing.length > 0 && guardMissing.length < IDEMPOTENCY_METHODS.length) {
+      throw new TypeError(
+        `bgrs(): \`store\` has some of the Idempotency-Key methods but lacks ${guardMissing.map((method) => `\`${method}()\``).join(', ')}; a store has all four or none (README, "Writing a store").`,
+      );
     }
   }
   if (typeof config.basePath !== 'string' || !config.basePath.startsWith('/') || /[?#\s]/.test(config.basePath)) {

@@ -6,8 +6,8 @@ import { readJob } from '../jobs/observe.js';
 import type { Runtime } from '../jobs/runtime.js';
 import type { Job, JobResponse } from '../model/job.js';
 import { isFinal } from '../model/job.js';
-import type { IdempotencyClaimResult } from '../stores/store.js';
-import { StoreFullError } from '../stores/store.js';
+import type { IdempotencyClaimResult, IdempotencyStore, Store } from '../stores/store.js';
+import { missingIdempotencyMethods, StoreFullError } from '../stores/store.js';
 import { jobDocument } from '../views/native.js';
 import type { DispatchFactory } from './dispatch.js';
 import { isReplay, throughApp } from './dispatch.js';
@@ -31,9 +31,15 @@ export interface Guard {
   handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void;
 }
 
-export function createGuard(rt: Runtime, guard: GuardConfig): Guard {
+export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Guard {
   const { config } = rt;
-  const store = config.store;
+  const missing = missingIdempotencyMethods(config.store);
+  if (missing.length > 0) {
+    throw new TypeError(
+      `${where}: the Idempotency-Key guard needs a store that keeps keys; this one lacks ${missing.map((method) => `\`${method}()\``).join(', ')} (README, "Writing a store").`,
+    );
+  }
+  const store = config.store as Store & IdempotencyStore;
   const unavailable = (res: Response): void => sendStoreUnavailable(res, config.retryAfter);
 
   /** The first request with this key: it runs, as a job, and its response is stored with the key. */

@@ -24,6 +24,7 @@ export const problems = {
   'idempotency-key-in-use': { status: 409, title: 'A request with this Idempotency-Key is in progress' },
   'idempotency-key-reused': { status: 422, title: 'Idempotency-Key reused with another request' },
   'idempotency-key-result-gone': { status: 410, title: 'The stored response of this Idempotency-Key is gone' },
+  'idempotency-unsupported': { status: 501, title: 'This server does not keep Idempotency-Keys' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ProblemCode = keyof typeof problems;

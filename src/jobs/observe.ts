@@ -15,14 +15,15 @@ export async function readJob(rt: Runtime, id: string): Promise<Job | null> {
   const job = await rt.config.store.getJob(id);
   if (!job || !leaseExpired(job)) return job;
   const ending = endingNow(rt.config.ttl);
-  const interrupted = await rt.config.store.finishJob(id, {
+  const finished = await rt.config.store.finishJob(id, {
     status: 'failed',
     ...ending,
     response: null,
     error: { type: 'interrupted', message: 'the process running the job stopped renewing its lease (it crashed or lost the store)' },
     ifLeaseExpiredBy: ending.finishedAt,
   });
-  return interrupted ?? (await rt.config.store.getJob(id));
+  // Not applied: the lease was renewed meanwhile, or another reader recorded the end first.
+  return finished?.job ?? null;
 }
 
 /** Resolves after the next local change of the job, or after `ms`, whichever comes first. */

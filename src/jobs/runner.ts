@@ -229,18 +229,10 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     const giveUpAt = Date.now() + config.lease;
     for (let delay = 100; ; delay = Math.min(delay * 2, 5000)) {
       try {
-        recorded = await config.store.finishJob(id, {
-          status,
-          ...ending,
-          response,
-          error,
-        });
-        // Already final: an earlier attempt landed though its reply was lost, or another process
+        const finished = await config.store.finishJob(id, { status, ...ending, response, error });
+        // Not applied: an earlier attempt landed though its reply was lost, or another process
         // ended it (a cancel). Either way the stored end is the one to report.
-        if (recorded === null) {
-          const stored = await config.store.getJob(id);
-          recorded = stored && isFinal(stored.status) ? stored : null;
-        }
+        recorded = finished && isFinal(finished.job.status) ? finished.job : null;
         break;
       } catch (err) {
         flushEarly();

@@ -123,6 +123,15 @@ export function endingNow(ttl: number): { finishedAt: string; expiresAt: string 
 }
 
 /** A page of jobs, newest first; `next` is an opaque cursor for the following page, or null. */
+/**
+ * What `finishJob` reports: the job as it is stored now, and whether this call ended it (`false`:
+ * it was already final, or its lease had not passed `ifLeaseExpiredBy`).
+ */
+export interface JobFinished {
+  applied: boolean;
+  job: Job;
+}
+
 export interface JobPage {
   jobs: Job[];
   next: string | null;

@@ -1,6 +1,6 @@
 // MemoryStore: the embedded default store, on lru-cache. One process only; behaves like a remote store.
 import { LRUCache } from 'lru-cache';
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
+import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
@@ -68,6 +68,9 @@ const LINE_OVERHEAD = 96;
  * the LRU until it expires: evicting it would let the key's request run again.
  */
 export class MemoryStore implements Store {
+  /** Jobs live in this process only. */
+  readonly local = true;
+
   private readonly active = new Map<string, Entry>();
   private readonly finished: LRUCache<string, Entry>;
   private readonly ttlCap: number | undefined;
@@ -189,10 +192,15 @@ export class MemoryStore implements Store {
     return { jobs: page.map(copyJob), next: all.length > query.limit && last ? encodeCursor(last) : null };
   }
 
-  async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
+  async finishJob(id: string, finish: JobFinish): Promise<JobFinished | null> {
     const entry = this.active.get(id);
-    if (!entry || isFinal(entry.job.status)) return null;
-    if (finish.ifLeaseExpiredBy !== undefined && !(entry.job.leaseUntil !== null && entry.job.leaseUntil <= finish.ifLeaseExpiredBy)) return null;
+    if (!entry) {
+      const ended = this.pinned.get(id) ?? this.finished.get(id);
+      return ended ? { applied: false, job: copyJob(ended.job) } : null;
+    }
+    if (finish.ifLeaseExpiredBy !== undefined && !(entry.job.leaseUntil !== null && entry.job.leaseUntil <= finish.ifLeaseExpiredBy)) {
+      return { applied: false, job: copyJob(entry.job) };
+    }
     const { ifLeaseExpiredBy: _condition, ...fields } = finish;
     entry.job = copyJob({ ...entry.job, ...fields, leaseUntil: null });
     if (finish.status === 'completed') entry.job.progress = 100;
@@ -206,7 +214,7 @@ export class MemoryStore implements Store {
       this.finishesSincePurge = 0;
       this.finished.purgeStale();
     }
-    return copyJob(entry.job);
+    return { applied: true, job: copyJob(entry.job) };
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {

@@ -126,12 +126,19 @@ export function statements(table: string) {
 
     /**
      * $1 id, $2 status, $3 finishedAt, $4 expiresAt, $5 response, $6 error, $7 ifLeaseExpiredBy or null
-     * → the finished job, or no row. A null lease never counts as expired, as in MemoryStore.
+     * → one row: the finished job with applied = true, or the job as it stands with applied = false
+     * (final already, or a live lease); no row when it is unknown or expired. One statement: the
+     * outer read sees the row as it was before the update, which is the row when nothing applied.
+     * A null lease never counts as expired, as in MemoryStore.
      */
-    finishJob: `UPDATE ${jobs} j SET status = $2::text, finished_at = $3, expires_at = $4, response = $5::json, error = $6::json,
-        lease_until = NULL, progress = CASE WHEN $2::text = 'completed' THEN 100 ELSE j.progress END
-      WHERE j.id = $1 AND j.status IN ${LIVE} AND ($7::timestamptz IS NULL OR j.lease_until <= $7::timestamptz)
-      RETURNING ${JOB_COLUMNS}`,
+    finishJob: `WITH upd AS (
+        UPDATE ${jobs} j SET status = $2::text, finished_at = $3, expires_at = $4, response = $5::json, error = $6::json,
+          lease_until = NULL, progress = CASE WHEN $2::text = 'completed' THEN 100 ELSE j.progress END
+        WHERE j.id = $1 AND j.status IN ${LIVE} AND ($7::timestamptz IS NULL OR j.lease_until <= $7::timestamptz)
+        RETURNING ${JOB_COLUMNS})
+      SELECT true AS applied, upd.* FROM upd
+      UNION ALL
+      SELECT false AS applied, ${JOB_COLUMNS} FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')} AND NOT EXISTS (SELECT 1 FROM upd)`,
 
     /**
      * $1 id, $2 at, $3 level, $4 message → the line's seq, or no row. The counter update takes the

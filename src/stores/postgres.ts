@@ -1,7 +1,7 @@
 // PostgresStore: jobs, logs, results and idempotency keys in PostgreSQL, shared by every process that uses the database.
 import { debuglog } from 'node:util';
 import type { Pool } from 'pg';
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
+import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
@@ -250,7 +250,7 @@ export class PostgresStore implements Store {
     return { jobs, next: rows.length > query.limit && last ? encodeCursor(last) : null };
   }
 
-  async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
+  async finishJob(id: string, finish: JobFinish): Promise<JobFinished | null> {
     const values = [
       id,
       finish.status,
@@ -260,8 +260,8 @@ export class PostgresStore implements Store {
       finish.error === null ? null : JSON.stringify(finish.error),
       finish.ifLeaseExpiredBy ?? null,
     ];
-    const { rows } = await this.query<JobRow>(this.sql.finishJob, values);
-    return rows[0] ? rowToJob(rows[0]) : null;
+    const { rows } = await this.query<JobRow & { applied: boolean }>(this.sql.finishJob, values);
+    return rows[0] ? { applied: rows[0].applied, job: rowToJob(rows[0]) } : null;
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {

@@ -93,19 +93,21 @@ export const FINISH_JOB = script(
   ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for an unconditional finish
   ARGV[3..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
             error, leaseUntil (null), and progress (100) for completed
-  Returns the updated hash as HGETALL does, or nil when the job is unknown, final, or its lease
-  has not passed by ARGV[2] (a null lease never passes).
+  Returns {1, hash} with the updated hash as HGETALL gives it; {0, hash} with the job as it stands
+  when it is final already or its lease has not passed by ARGV[2] (a null lease never passes);
+  nil when the job is unknown.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= '"queued"' and status ~= '"running"' then return false end
+if not status then return false end
+if status ~= '"queued"' and status ~= '"running"' then return {0, redis.call('HGETALL', KEYS[1])} end
 if ARGV[2] ~= '' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'leaseMs'))
-  if lease == nil or lease > tonumber(ARGV[2]) then return false end
+  if lease == nil or lease > tonumber(ARGV[2]) then return {0, redis.call('HGETALL', KEYS[1])} end
 end
 redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 3))
 local job = redis.call('HGETALL', KEYS[1])
 for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], ARGV[1]) end
-return job`,
+return {1, job}`,
 );
 
 export const APPEND_LOG = script(

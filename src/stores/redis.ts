@@ -23,7 +23,7 @@
 // job's (or one record's) keys only, so the store also runs on Redis Cluster.
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
+import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Script } from './redis-scripts.js';
@@ -277,7 +277,7 @@ export class RedisStore implements Store {
     return { jobs, next: more ? encodeCursor(members.at(-1)!) : null };
   }
 
-  async finishJob(id: string, finish: JobFinish): Promise<Job | null> {
+  async finishJob(id: string, finish: JobFinish): Promise<JobFinished | null> {
     const expiresAt = epochMs(finish.expiresAt, 'expiresAt');
     const condition = finish.ifLeaseExpiredBy === undefined ? '' : String(epochMs(finish.ifLeaseExpiredBy, 'ifLeaseExpiredBy'));
     const fields: Partial<Job> = {
@@ -290,14 +290,16 @@ export class RedisStore implements Store {
     };
     if (finish.status === 'completed') fields.progress = 100;
     const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
-    const flat = (await this.run(scripts.FINISH_JOB, this.jobKeys(id), args)) as string[] | null;
-    if (!flat) return null;
+    const reply = (await this.run(scripts.FINISH_JOB, this.jobKeys(id), args)) as [number, string[]] | null;
+    if (!reply) return null;
+    const [applied, flat] = reply;
     const hash: Record<string, string> = {};
     for (let i = 0; i < flat.length; i += 2) hash[flat[i]!] = flat[i + 1]!;
     const job = jobFromHash(hash);
+    if (applied !== 1) return { applied: false, job };
     await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, indexMember(job.createdAt, job.id)]));
     await this.sweep();
-    return job;
+    return { applied: true, job };
   }
 
   /**

@@ -1,5 +1,5 @@
 // The Store interface: the only way the core reaches state. Every backend keeps this contract.
-import type { Job, JobFinish, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
+import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
 
 /** What `listJobs` rejects with for a cursor it did not hand out; the job routes answer it with a 400. */
 export class InvalidCursorError extends TypeError {
@@ -34,7 +34,7 @@ export interface IdempotencyRecord {
 export type IdempotencyClaimResult = { won: true } | { won: false; record: IdempotencyRecord };
 
 /**
- * A job store. Every method returns a Promise and must never share mutable objects with the caller:
+ * The job methods every store has. Every method returns a Promise and must never share mutable objects with the caller:
  * a value passed in may be changed by the caller afterwards, a value handed out may be changed by
  * the caller, and neither may affect the store's copy.
  *
@@ -42,7 +42,7 @@ export type IdempotencyClaimResult = { won: true } | { won: false; record: Idemp
  * changes again except its deletion or expiry. Stores enforce that themselves (atomically in shared
  * stores) so two processes racing to update one job can never undo a final status.
  */
-export interface Store {
+export interface JobStore {
   /** Required. Saves a new job. Rejects when a job with that id exists. */
   createJob(job: Job): Promise<void>;
 
@@ -76,13 +76,15 @@ export interface Store {
   listJobs(query: JobQuery): Promise<JobPage>;
 
   /**
-   * Required. The one final transition. Applies `finish` only if the job exists and is not final,
-   * (and, with `finish.ifLeaseExpiredBy`, only if its `leaseUntil` is at or before that instant),
-   * and resolves the updated job; otherwise resolves `null` and changes nothing. `leaseUntil`
-   * becomes null and, for `completed`, `progress` 100. From then on the job and its result expire
-   * at `finish.expiresAt`.
+   * Required. The one final transition. Applies `finish` only if the job exists and is not final
+   * (and, with `finish.ifLeaseExpiredBy`, only if its `leaseUntil` is at or before that instant).
+   * Resolves `{ applied: true, job }` with the updated job, `{ applied: false, job }` with the job
+   * as it stands when nothing changed (already final, or a lease still alive), or `null` when the
+   * job is unknown or expired: the caller never has to read it back to know how it ended.
+   * `leaseUntil` becomes null and, for `completed`, `progress` 100. From then on the job and its
+   * result expire at `finish.expiresAt`.
    */
-  finishJob(id: string, finish: JobFinish): Promise<Job | null>;
+  finishJob(id: string, finish: JobFinish): Promise<JobFinished | null>;
 
   /**
    * Required. Appends a log line and resolves its sequence number (1, 2, 3… per job). A `warning`
@@ -109,8 +111,24 @@ export interface Store {
   /** Required. Forgets a job, its log and its result. Resolves whether it existed. */
   deleteJob(id: string): Promise<boolean>;
 
+  /** Optional. Releases timers and resources the store created (never a client it was given). */
+  close?(): Promise<void>;
+
   /**
-   * Required for the Idempotency-Key guard. Claims `key` atomically: of any number of concurrent
+   * Optional. `true` when the store keeps jobs in this process only (MemoryStore): bgrs then warns
+   * in production, since other instances cannot see its jobs. Shared stores leave it unset.
+   */
+  readonly local?: boolean;
+}
+
+/**
+ * What the Idempotency-Key guard needs of a store, besides the job methods: the four methods come
+ * together or not at all. A store without them backs every job feature; the guard (and a keyed
+ * detach) refuses to run on it.
+ */
+export interface IdempotencyStore {
+  /**
+   * Claims `key` atomically: of any number of concurrent
    * claims, across processes, exactly one wins. A claim wins when there is no record, or the record
    * has expired (`expiresAt`); the winner's `record` (state `running`) replaces it. Otherwise
    * resolves the current record, also a `running` one whose lease has passed: its execution may
@@ -118,15 +136,23 @@ export interface Store {
    */
   claimIdempotencyKey(key: string, record: IdempotencyRecord): Promise<IdempotencyClaimResult>;
 
-  /** Required for the guard. Extends a `running` claim held by `jobId`; `false` when it is no longer held. */
+  /** Extends a `running` claim held by `jobId`; `false` when it is no longer held. */
   renewIdempotencyKey(key: string, jobId: string, leaseUntil: number): Promise<boolean>;
 
-  /** Required for the guard. Marks the claim held by `jobId` `done`, kept until `expiresAt`; `false` when not held. */
+  /** Marks the claim held by `jobId` `done`, kept until `expiresAt`; `false` when not held. */
   completeIdempotencyKey(key: string, jobId: string, expiresAt: number): Promise<boolean>;
 
-  /** Required for the guard. Deletes the record if `jobId` holds it, so the key is new again. */
+  /** Deletes the record if `jobId` holds it, so the key is new again. */
   releaseIdempotencyKey(key: string, jobId: string): Promise<boolean>;
+}
 
-  /** Optional. Releases timers and resources the store created (never a client it was given). */
-  close?(): Promise<void>;
+/** A store as bgrs takes it: the job methods, and the guard's methods when it backs the guard. */
+export interface Store extends JobStore, Partial<IdempotencyStore> {}
+
+/** The guard's methods, in the order the errors name them. */
+export const IDEMPOTENCY_METHODS = ['claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const;
+
+/** The guard's methods this store lacks (none: it backs the guard). Decided from the store's methods, never its class. */
+export function missingIdempotencyMethods(store: Store): string[] {
+  return IDEMPOTENCY_METHODS.filter((method) => typeof store[method] !== 'function');
 }

@@ -35,6 +35,8 @@ const METHODS = [
 export function withTimeouts(store: Store, ms: number): Store {
   const timed = Object.create(store) as Store;
   for (const method of METHODS) {
+    // The guard's methods are optional: a store without them stays without them.
+    if (typeof store[method] !== 'function') continue;
     const call = (store[method] as (...args: unknown[]) => Promise<unknown>).bind(store);
     (timed as unknown as Record<string, unknown>)[method] = (...args: unknown[]): Promise<unknown> => {
       let timer: NodeJS.Timeout | undefined;

@@ -4,8 +4,8 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { Job, JobFinish, JobStatus } from '../model/job.js';
 import { newJob } from '../model/job.js';
-import type { IdempotencyRecord, Store } from '../stores/store.js';
-import { InvalidCursorError } from '../stores/store.js';
+import type { IdempotencyRecord, IdempotencyStore, Store } from '../stores/store.js';
+import { InvalidCursorError, missingIdempotencyMethods } from '../stores/store.js';
 
 export interface StoreSuiteOptions {
   /** Creates the store under test (once for the whole suite). */
@@ -14,6 +14,8 @@ export interface StoreSuiteOptions {
   destroy?(store: Store): void | Promise<void>;
   /** How long the expiry tests wait past an `expiresAt`, in ms, for stores that expire lazily or by a sweep. Defaults to `1200`. */
   expiryGraceMs?: number;
+  /** `false` for a store without the Idempotency-Key methods (it backs every job feature but the guard): their tests are skipped. Defaults to `true`. */
+  idempotency?: boolean;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -97,13 +99,19 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
             ['Set-Cookie', 'b=2'],
           ] as Array<[string, string]>,
         };
-        const done = await store.finishJob(j.id, finish('completed', { response }));
-        assert.ok(done);
+        const finished = await store.finishJob(j.id, finish('completed', { response }));
+        assert.ok(finished);
+        assert.equal(finished.applied, true);
+        const done = finished.job;
         assert.equal(done.status, 'completed');
         assert.equal(done.progress, 100);
         assert.equal(done.leaseUntil, null);
         assert.deepEqual(done.response, response);
-        assert.equal(await store.finishJob(j.id, finish('failed', { error: { type: 'timeout', message: 'late' } })), null);
+        // A second end changes nothing, and says so with the job as it stands.
+        const again = await store.finishJob(j.id, finish('failed', { error: { type: 'timeout', message: 'late' } }));
+        assert.equal(again?.applied, false);
+        assert.equal(again?.job.status, 'completed');
+        assert.deepEqual(again?.job.response, response);
         assert.equal(await store.updateProgress(j.id, { progress: 5, message: 'late' }), false);
         assert.equal(await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'late' }), null);
         assert.equal(await store.startJob(j.id, { startedAt: new Date().toISOString(), leaseUntil: inMs(1000) }), false);
@@ -157,13 +165,16 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         const j = job({ leaseUntil: inMs(60_000) });
         await store.createJob(j);
         const now = new Date().toISOString();
-        assert.equal(await store.finishJob(j.id, finish('failed', { ifLeaseExpiredBy: now })), null, 'a live lease wins');
+        const kept = await store.finishJob(j.id, finish('failed', { ifLeaseExpiredBy: now }));
+        assert.equal(kept?.applied, false, 'a live lease wins');
+        assert.equal(kept?.job.status, 'running');
         await store.renewLeases([j.id], new Date(Date.now() - 1000).toISOString());
         const interrupted = await store.finishJob(
           j.id,
           finish('failed', { ifLeaseExpiredBy: new Date().toISOString(), error: { type: 'interrupted', message: 'gone' } }),
         );
-        assert.equal(interrupted?.error?.type, 'interrupted');
+        assert.equal(interrupted?.applied, true);
+        assert.equal(interrupted?.job.error?.type, 'interrupted');
       });
 
       it('forgets a deleted job, its log and its result', async () => {
@@ -351,7 +362,14 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
       });
     });
 
-    describe('idempotency keys', () => {
+    // Optional: a store without the four key methods backs every job feature but the guard.
+    describe('idempotency keys', { skip: options.idempotency === false ? 'the store keeps no Idempotency-Keys (idempotency: false)' : false }, () => {
+      let keys: Store & IdempotencyStore;
+      before(() => {
+        const missing = missingIdempotencyMethods(store);
+        assert.deepEqual(missing, [], 'a store for the guard has all four key methods (or pass idempotency: false)');
+        keys = store as Store & IdempotencyStore;
+      });
       const record = (overrides: Partial<IdempotencyRecord> = {}): IdempotencyRecord => ({
         fingerprint: 'fp',
         jobId: randomUUID(),
@@ -364,7 +382,7 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
       it('lets exactly one of many concurrent claims win', async () => {
         const key = `key-${randomUUID()}`;
         const claims = Array.from({ length: 50 }, (_, i) => record({ fingerprint: `fp-${i}` }));
-        const results = await Promise.all(claims.map((r) => store.claimIdempotencyKey(key, r)));
+        const results = await Promise.all(claims.map((r) => keys.claimIdempotencyKey(key, r)));
         const winners = results.flatMap((r, i) => (r.won ? [i] : []));
         assert.equal(winners.length, 1);
         const winner = claims[winners[0]!]!;
@@ -375,46 +393,46 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
       it('renews, completes and releases only for the holder', async () => {
         const key = `key-${randomUUID()}`;
         const mine = record();
-        assert.equal((await store.claimIdempotencyKey(key, mine)).won, true);
-        assert.equal(await store.renewIdempotencyKey(key, randomUUID(), Date.now() + 60_000), false);
-        assert.equal(await store.renewIdempotencyKey(key, mine.jobId, Date.now() + 60_000), true);
-        assert.equal(await store.completeIdempotencyKey(key, randomUUID(), Date.now() + 60_000), false);
-        assert.equal(await store.completeIdempotencyKey(key, mine.jobId, Date.now() + 60_000), true);
-        const again = await store.claimIdempotencyKey(key, record());
+        assert.equal((await keys.claimIdempotencyKey(key, mine)).won, true);
+        assert.equal(await keys.renewIdempotencyKey(key, randomUUID(), Date.now() + 60_000), false);
+        assert.equal(await keys.renewIdempotencyKey(key, mine.jobId, Date.now() + 60_000), true);
+        assert.equal(await keys.completeIdempotencyKey(key, randomUUID(), Date.now() + 60_000), false);
+        assert.equal(await keys.completeIdempotencyKey(key, mine.jobId, Date.now() + 60_000), true);
+        const again = await keys.claimIdempotencyKey(key, record());
         assert.equal(again.won, false);
         assert.equal(again.won === false && again.record.state, 'done');
-        assert.equal(await store.releaseIdempotencyKey(key, randomUUID()), false);
-        assert.equal(await store.releaseIdempotencyKey(key, mine.jobId), true);
-        assert.equal((await store.claimIdempotencyKey(key, record())).won, true, 'a released key is new again');
+        assert.equal(await keys.releaseIdempotencyKey(key, randomUUID()), false);
+        assert.equal(await keys.releaseIdempotencyKey(key, mine.jobId), true);
+        assert.equal((await keys.claimIdempotencyKey(key, record())).won, true, 'a released key is new again');
       });
 
       it('never hands over a claim by itself: a lapsed one is returned, and only its release frees the key', async () => {
         const key = `key-${randomUUID()}`;
         const dead = record({ leaseUntil: Date.now() + 200 });
-        assert.equal((await store.claimIdempotencyKey(key, dead)).won, true);
-        assert.equal((await store.claimIdempotencyKey(key, record())).won, false);
+        assert.equal((await keys.claimIdempotencyKey(key, dead)).won, true);
+        assert.equal((await keys.claimIdempotencyKey(key, record())).won, false);
         await sleep(300);
-        const lapsed = await store.claimIdempotencyKey(key, record());
+        const lapsed = await keys.claimIdempotencyKey(key, record());
         assert.equal(lapsed.won, false, 'a lapsed claim is returned, for the guard to look at its job');
         assert.equal(lapsed.won === false && lapsed.record.jobId, dead.jobId);
         assert.ok(lapsed.won === false && lapsed.record.leaseUntil <= Date.now());
-        assert.equal(await store.releaseIdempotencyKey(key, dead.jobId), true);
+        assert.equal(await keys.releaseIdempotencyKey(key, dead.jobId), true);
         const taker = record();
-        assert.equal((await store.claimIdempotencyKey(key, taker)).won, true);
-        assert.equal(await store.renewIdempotencyKey(key, dead.jobId, Date.now() + 60_000), false, 'the dead holder lost it');
-        await store.completeIdempotencyKey(key, taker.jobId, Date.now() + 60_000);
+        assert.equal((await keys.claimIdempotencyKey(key, taker)).won, true);
+        assert.equal(await keys.renewIdempotencyKey(key, dead.jobId, Date.now() + 60_000), false, 'the dead holder lost it');
+        await keys.completeIdempotencyKey(key, taker.jobId, Date.now() + 60_000);
         await sleep(300);
-        assert.equal((await store.claimIdempotencyKey(key, record({ leaseUntil: Date.now() }))).won, false);
+        assert.equal((await keys.claimIdempotencyKey(key, record({ leaseUntil: Date.now() }))).won, false);
       });
 
       it('forgets a record at expiresAt', async () => {
         const key = `key-${randomUUID()}`;
         const mine = record();
-        await store.claimIdempotencyKey(key, mine);
-        await store.completeIdempotencyKey(key, mine.jobId, Date.now() + 300);
-        assert.equal((await store.claimIdempotencyKey(key, record())).won, false);
+        await keys.claimIdempotencyKey(key, mine);
+        await keys.completeIdempotencyKey(key, mine.jobId, Date.now() + 300);
+        assert.equal((await keys.claimIdempotencyKey(key, record())).won, false);
         await sleep(300 + grace);
-        assert.equal((await store.claimIdempotencyKey(key, record())).won, true);
+        assert.equal((await keys.claimIdempotencyKey(key, record())).won, true);
       });
     });
   });
