@@ -4,7 +4,6 @@ import type { IdempotencyOptions } from './config/guard-options.js';
 import { parseIdempotencyOptions } from './config/guard-options.js';
 import type { Options } from './config/options.js';
 import { parseOptions } from './config/options.js';
-import { Scheduler } from './executors/local.js';
 import type { DispatchFactory } from './http/dispatch.js';
 import { ensureDefaultContext, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './http/dispatch.js';
 import type { Guard } from './http/guard.js';
@@ -58,7 +57,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   const parsed = parseOptions(options);
   // The core reaches the store only through timeouts; users get their own store back as `.store`.
   const config = { ...parsed, store: withTimeouts(parsed.store, parsed.storeTimeout) };
-  const rt: Runtime = { config, replayer: new Replayer(), scheduler: new Scheduler(config), closing: false, warned: new Set(), streams: new Map() };
+  const rt: Runtime = { config, replayer: new Replayer(), executor: config.executor(config), closing: false, warned: new Set(), streams: new Map() };
   const routes = createRoutes(rt);
   if (config.validations && parsed.store.local === true && process.env.NODE_ENV === 'production') {
     config.logger.warn(
@@ -177,20 +176,20 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   async function close(closeOptions: CloseOptions = {}): Promise<void> {
     rt.closing = true;
-    rt.scheduler.closing = true;
+    rt.executor.closing = true;
     const grace = closeOptions.grace ?? 0;
-    const pending = [...rt.scheduler.running.values()].map((job) => job.done);
+    const pending = [...rt.executor.running.values()].map((job) => job.done);
     if (grace > 0 && pending.length) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([Promise.all(pending), new Promise((resolve) => (timer = setTimeout(resolve, grace)))]);
       clearTimeout(timer);
     }
-    await rt.scheduler.stopAll(
+    await rt.executor.stopAll(
       'failed',
       { type: 'shutdown', message: 'the server shut down before the job finished' },
       new JobAbortError('BGRS_SHUTDOWN', 'the server is shutting down'),
     );
-    rt.scheduler.dispose();
+    rt.executor.dispose();
     // The default MemoryStore is bgrs' own; a store the app passed is the app's to close.
     if (config.ownsStore) await parsed.store.close?.();
   }

@@ -4,6 +4,7 @@ export type { BgrsMiddleware, CloseOptions, RouteOptions } from './bgrs.js';
 export { bgrs } from './bgrs.js';
 export type { IdempotencyOptions } from './config/guard-options.js';
 export type { JobAction, Logger, Options } from './config/options.js';
+export type { Executor, ExecutorConfig, ExecutorFactory } from './executors/executor.js';
 export { isReplay } from './http/dispatch.js';
 export type { ProblemCode, ProblemDocument } from './http/problem.js';
 export { PROBLEM_TYPE_PREFIX, problems } from './http/problem.js';

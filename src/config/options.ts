@@ -1,23 +1,28 @@
 // The public Options type and parseOptions(): validates once at setup into a fully-defaulted Configuration.
+
 import type { Request } from 'express';
+import type { ExecutorFactory } from '../executors/executor.js';
+import { Scheduler } from '../executors/local.js';
 import type { Job } from '../model/job.js';
 import { MemoryStore } from '../stores/memory.js';
 import { IDEMPOTENCY_METHODS, missingIdempotencyMethods, type Store } from '../stores/store.js';
 import { checkKnown } from '../util/known-options.js';
+import type { Logger } from '../util/logger.js';
 import type { IdempotencyOptions } from './guard-options.js';
 
 /** What a caller wants to do with a job; `authorize` receives it. */
 export type JobAction = 'read' | 'details' | 'result' | 'cancel' | 'delete' | 'events' | 'list-all';
 
-/** Where warnings go. `console` fits; so does a pino or winston logger. */
-export interface Logger {
-  warn(message: string): void;
-  error(message: string): void;
-}
+export type { Logger };
 
 export interface Options {
   /** Where jobs, log lines and results are kept. Defaults to `new MemoryStore()`. */
   store: Store;
+  /**
+   * Where recorded jobs run: a function that builds the executor from these options. Defaults to
+   * the in-process executor (slots, a queue and the lease heartbeat in this process).
+   */
+  executor: ExecutorFactory;
   /**
    * Where the job routes live: an absolute path, which the links bgrs hands out use as they are.
    * Mounting bgrs under a prefix (`app.use('/api', bgrs())`) needs the prefix here too
@@ -117,6 +122,7 @@ const HOUR = 3_600_000;
 function defaults(): Omit<Options, 'store'> {
   return {
     basePath: '/bgrs',
+    executor: (config) => new Scheduler(config),
     owner: () => null,
     authorize: undefined,
     trigger: undefined,
@@ -217,6 +223,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   if (typeof config.owner !== 'function') fail('owner', config.owner, 'a function (req) => string | null');
   if (config.authorize !== undefined && typeof config.authorize !== 'function') fail('authorize', config.authorize, 'a function (req, job, action) => boolean');
   if (config.trigger !== undefined && typeof config.trigger !== 'function') fail('trigger', config.trigger, 'a function (req) => boolean');
+  if (typeof config.executor !== 'function') fail('executor', config.executor, 'a function (options) => Executor');
   positive('retryAfter', config.retryAfter, true);
   config.retryAfter = Math.ceil(config.retryAfter);
   positive('ttl', config.ttl);

@@ -1,5 +1,9 @@
-// What an executor holds for each job it runs: how to stop it, and when it is done.
+// The executor seam: where recorded jobs run (in this process by default; a queue's workers next),
+// and what an executor holds for each job it runs.
+
 import type { JobError } from '../model/job.js';
+import type { Store } from '../stores/store.js';
+import type { Logger } from '../util/logger.js';
 
 export interface RunningJob {
   /** Ends the job now with this status (cancel, shutdown); the handler's signal aborts with `reason`. */
@@ -7,3 +11,67 @@ export interface RunningJob {
   /** Resolves when the final state is in the store. */
   readonly done: Promise<void>;
 }
+
+/** What one job holds here while queued or running: a place in its caller's limit, and body bytes. */
+export interface Held {
+  key: string;
+  bodyBytes: number;
+}
+
+/**
+ * The answer to "may this job start or queue here?". An accepted admission holds its place (a
+ * slot or a queue place, and one of the owner's) until `run`, `enqueue` or `cancel` uses it, so
+ * that requests admitted while their job is being written to the store cannot overfill anything.
+ */
+export type Admission = { ok: true; queued: boolean; held: Held } | { ok: false; reason: 'queue-full' | 'owner-limit' };
+
+/** What an executor reads of the bgrs options. */
+export interface ExecutorConfig {
+  store: Store;
+  logger: Logger;
+  concurrency: number;
+  maxQueued: number;
+  maxPerOwner: number;
+  maxHeldBodyBytes: number;
+  lease: number;
+  ttl: number;
+}
+
+/**
+ * Where recorded jobs run. bgrs records a job in the store, then hands it over here with `place`;
+ * everything else an executor does is report what runs or waits here, and stop it. The in-process
+ * `Scheduler` is the default; a queue-backed executor plugs in the same way.
+ */
+export interface Executor {
+  /** Jobs running here, by id. */
+  readonly running: ReadonlyMap<string, RunningJob>;
+  /** Set by close(): queued jobs no longer start. */
+  closing: boolean;
+  /** Whether a new job of one caller (its limit key) may run or wait here; an accepted admission holds its place until `place` or `cancel`. Asked before the body is read. */
+  admit(key: string): Admission;
+  /** Counts `bytes` more of an admitted job's request body; `false` (counting nothing) beyond the budget. */
+  holdBody(admission: Admission & { ok: true }, bytes: number): boolean;
+  /** Request body bytes held by admitted jobs, all together. */
+  readonly heldBodyBytes: number;
+  /** Gives back an admission that will not be placed (the job could not be recorded, or was answered without running). */
+  cancel(admission: Admission): void;
+  /** Hands over a recorded job: `start` runs it (now or when its turn comes); `skipped` is told when it ends without starting. */
+  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob, skipped?: () => void): void;
+  /** Takes a job that has not started out of the queue (cancelled); whether it was waiting here. */
+  dequeue(id: string): boolean;
+  /** 1-based place of a job in this executor's queue, or undefined. */
+  position(id: string): number | undefined;
+  /** Every job id held here, running or waiting. */
+  held(): string[];
+  /** Ends every job held here with this final status (shutdown). */
+  stopAll(status: 'failed' | 'cancelled', error: JobError, reason: Error): Promise<void>;
+  /** Stops the executor's own timers (after stopAll). */
+  dispose(): void;
+  /** Subscribes to changes of one job made here; returns the unsubscribe function. */
+  subscribe(id: string, listener: () => void): () => void;
+  /** Tells local subscribers that a job changed. */
+  notify(id: string): void;
+}
+
+/** Builds the executor of one bgrs() instance from its options (the `executor` option). */
+export type ExecutorFactory = (config: ExecutorConfig) => Executor;

@@ -1,9 +1,8 @@
-// The jobs of this process: concurrency and queue limits, the lease heartbeat, local change notifications.
-import type { Configuration } from '../config/options.js';
+// The in-process executor (the default): concurrency and queue limits, the lease heartbeat, local change notifications.
 import { JobAbortError } from '../model/errors.js';
 import type { JobError } from '../model/job.js';
 import { endingNow } from '../model/job.js';
-import type { RunningJob } from './executor.js';
+import type { Admission, Executor, ExecutorConfig, Held, RunningJob } from './executor.js';
 
 interface Queued {
   id: string;
@@ -13,27 +12,14 @@ interface Queued {
   skipped?: () => void;
 }
 
-/** What one job holds here while queued or running: a place in its caller's limit, and body bytes. */
-interface Held {
-  key: string;
-  bodyBytes: number;
-}
-
 type Listener = () => void;
-
-/**
- * The answer to "may this job start or queue here?". An accepted admission holds its place (a
- * slot or a queue place, and one of the owner's) until `run`, `enqueue` or `cancel` uses it, so
- * that requests admitted while their job is being written to the store cannot overfill anything.
- */
-export type Admission = { ok: true; queued: boolean; held: Held } | { ok: false; reason: 'queue-full' | 'owner-limit' };
 
 /**
  * Everything this process knows about its own jobs. The store remains the truth that every
  * process shares; this only decides what runs here, keeps the leases of what runs here alive,
  * and tells local waiters (SSE, `wait`) at once when one of these jobs changes.
  */
-export class Scheduler {
+export class Scheduler implements Executor {
   readonly running = new Map<string, RunningJob>();
   readonly #owners = new Map<string, Held>();
   readonly #queue: Queued[] = [];
@@ -50,7 +36,7 @@ export class Scheduler {
   /** Set by close(): queued jobs no longer start (they would only be aborted). */
   closing = false;
 
-  constructor(private readonly config: Configuration) {}
+  constructor(private readonly config: ExecutorConfig) {}
 
   /**
    * Decides whether a new job of one caller (`key`: see limitKey) may run now, queue, or is

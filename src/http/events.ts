@@ -57,7 +57,7 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
     while (!closed.signal.aborted) {
       if (!job) break;
       if (!shown || shown.status !== job.status) {
-        await send('status', jobDocument(job, config.basePath, rt.scheduler.position(job.id)));
+        await send('status', jobDocument(job, config.basePath, rt.executor.position(job.id)));
       }
       if (shown && (shown.progress !== job.progress || shown.message !== job.message || shown.resultCount !== job.resultCount)) {
         await send('progress', { progress: job.progress, message: job.message, resultCount: job.resultCount });

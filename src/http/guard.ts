@@ -88,7 +88,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
       handedOver = await claimAndAnswer(req, res, next, key, prepared, ack);
     } finally {
       // Answered from the record (a replay, 409, 422, 503): the place admission held is given back.
-      if (!handedOver) rt.scheduler.cancel(prepared.admission);
+      if (!handedOver) rt.executor.cancel(prepared.admission);
     }
   }
 

@@ -102,7 +102,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
 
   async function cancel(job: Job): Promise<Job> {
     const error = { type: 'cancelled', message: 'the job was cancelled through the API' };
-    const local = rt.scheduler.running.get(job.id);
+    const local = rt.executor.running.get(job.id);
     if (local) await local.stop('cancelled', error, new JobAbortError('BGRS_CANCELLED', error.message));
     const now = await fromStore(config.store.getJob(job.id));
     if (now && !isFinal(now.status)) {
@@ -111,8 +111,8 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       // The final status first: the queue's end hooks then read it (a queued job whose start races
       // this finds it cancelled and is skipped too).
       await fromStore(config.store.finishJob(job.id, { status: 'cancelled', ...endingNow(config.ttl), response: null, error }));
-      rt.scheduler.dequeue(job.id);
-      rt.scheduler.notify(job.id);
+      rt.executor.dequeue(job.id);
+      rt.executor.notify(job.id);
     }
     return (await fromStore(config.store.getJob(job.id))) ?? job;
   }
@@ -154,7 +154,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       nextParams.set('cursor', page.next);
       next = `${base}?${nextParams.toString()}`;
     }
-    sendJson(res, 200, { items: jobs.map((job) => jobDocument(job, base, rt.scheduler.position(job.id))), next });
+    sendJson(res, 200, { items: jobs.map((job) => jobDocument(job, base, rt.executor.position(job.id))), next });
   }
 
   async function serve(req: Request, res: Response, id: string, sub: string, query: string): Promise<void> {
@@ -216,7 +216,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       }
     }
 
-    if (sub === '') return sendJson(res, 200, jobDocument(job, base, rt.scheduler.position(id)), retryHeaders(job));
+    if (sub === '') return sendJson(res, 200, jobDocument(job, base, rt.executor.position(id)), retryHeaders(job));
 
     if (sub === 'details') {
       const after = integerParam(params, 'after');
@@ -233,7 +233,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     }
 
     // sub === 'result'
-    if (!isFinal(job.status)) return sendJson(res, 202, jobDocument(job, base, rt.scheduler.position(id)), retryHeaders(job));
+    if (!isFinal(job.status)) return sendJson(res, 202, jobDocument(job, base, rt.executor.position(id)), retryHeaders(job));
     if (!job.response && job.error?.type === 'result_too_large') {
       return sendProblem(res, 'result-too-large', job.error.message, { extra: { job: jobDocument(job, base) } });
     }

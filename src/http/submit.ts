@@ -4,7 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
 import { v4 as uuidv4 } from 'uuid';
 import type { Configuration } from '../config/options.js';
-import type { Admission } from '../executors/local.js';
+import type { Admission } from '../executors/executor.js';
 import { waitForFinal } from '../jobs/observe.js';
 import type { Dispatch, RunOptions } from '../jobs/runner.js';
 import { runJob } from '../jobs/runner.js';
@@ -69,13 +69,13 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
     return null;
   }
   // Admission comes before the body: a refused request costs no memory.
-  const admission = rt.scheduler.admit(limitKey(owner, req));
+  const admission = rt.executor.admit(limitKey(owner, req));
   if (!admission.ok) {
     sendQueueFull(config, res, admission.reason);
     return null;
   }
   try {
-    const hold = (bytes: number): boolean => rt.scheduler.holdBody(admission, bytes);
+    const hold = (bytes: number): boolean => rt.executor.holdBody(admission, bytes);
     if (preParsed && !hold(Number(req.headers['content-length']) || 0)) throw new BodyBudgetError();
     const body = !preParsed && hasBody(req) ? await readBody(req, config.maxBodyBytes, hold) : null;
     const dispatch = factory(req, res, preParsed);
@@ -83,7 +83,7 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
     const envelope = buildEnvelope(req, jobUrl(config, clientUrl), body, preParsed);
     return { owner, admission, preParsed, body, parsedBody: preParsed ? req.body : undefined, clientUrl, envelope, dispatch };
   } catch (err) {
-    rt.scheduler.cancel(admission);
+    rt.executor.cancel(admission);
     if (err instanceof BodyTooLargeError) {
       sendProblem(res, 'body-too-large', `A detached request body may be at most ${err.limit} bytes (option maxBodyBytes).`);
       return null;
@@ -134,7 +134,7 @@ export async function launch(
   ack: Acknowledgement | null,
   run: RunOptions = {},
 ): Promise<boolean> {
-  const { config, scheduler } = rt;
+  const { config, executor } = rt;
   const { admission } = prepared;
   const job = newJob({
     id,
@@ -147,7 +147,7 @@ export async function launch(
   try {
     await config.store.createJob(job);
   } catch (err) {
-    scheduler.cancel(admission);
+    executor.cancel(admission);
     config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
     forgetRefused(config, id);
     sendStoreUnavailable(res, config.retryAfter);
@@ -157,7 +157,7 @@ export async function launch(
   const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
   const start = () =>
     runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
-      onChange: () => scheduler.notify(id),
+      onChange: () => executor.notify(id),
       deriveOwner,
       unanswered: sendUnanswered,
       ...run,
@@ -176,7 +176,7 @@ export async function launch(
     })().catch((err: unknown) => config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error)?.message ?? String(err)}`));
   };
   // The admission held its place while the job was written, so it is still valid.
-  scheduler.place(admission, id, start, skipped);
+  executor.place(admission, id, start, skipped);
   if (ack) await answer(rt, res, job, ack);
   return true;
 }
@@ -216,7 +216,7 @@ async function answer(rt: Runtime, res: Response, job: Job, ack: Acknowledgement
     }
     if (ended) job = ended;
   }
-  acknowledge(rt.config, res, job, ack.byPrefer, rt.scheduler.position(job.id));
+  acknowledge(rt.config, res, job, ack.byPrefer, rt.executor.position(job.id));
 }
 
 /** Detaches one request. Never throws: every failure becomes a problem response or `next(err)`. */

@@ -36,7 +36,7 @@ export function nextChange(rt: Runtime, id: string, ms: number, signal?: AbortSi
       resolve();
     };
     const timer = setTimeout(done, Math.max(0, ms));
-    const unsubscribe = rt.scheduler.subscribe(id, done);
+    const unsubscribe = rt.executor.subscribe(id, done);
     signal?.addEventListener('abort', done, { once: true });
   });
 }

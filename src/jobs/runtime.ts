@@ -1,12 +1,12 @@
 // What every part of one bgrs() instance shares: the configuration, the replayer, the executor.
 import type { Configuration } from '../config/options.js';
-import type { Scheduler } from '../executors/local.js';
+import type { Executor } from '../executors/executor.js';
 import type { Replayer } from '../replay/capture.js';
 /** Shared by every part of one bgrs() instance. */
 export interface Runtime {
   config: Configuration;
   replayer: Replayer;
-  scheduler: Scheduler;
+  executor: Executor;
   closing: boolean;
   warned: Set<string>;
   /** Open `/events` streams per caller (limitKey), for `maxEventStreams`. */
