@@ -16,7 +16,8 @@
 //   BENCH_ONLY         scenario groups to run, comma-separated: "core" (bgrs vs plain Express),
 //                      "idempotency" (the guard vs express-idempotency), "stores-rate" (detached
 //                      submissions on RedisStore / PostgresStore vs BullMQ), "stores-rss" (peak RSS while
-//                      a 1 GiB result is captured into each store), "stores" (both store groups)
+//                      a 1 GiB result is captured into each store), "stores" (both store groups),
+//                      "memory-list" (one GET /bgrs page from a MemoryStore holding up to 100,000 jobs)
 //                      (default: core, idempotency, stores-rate; see DEFAULT_GROUPS)
 //   BENCH_REPLAY_KEYS  how many keys the replay scenario cycles through (default 100)
 //   BENCH_PIN          "0" to not pin the load generator and the server to separate cores (default on, Linux with taskset)
@@ -42,6 +43,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
+import { measureMemoryList } from './memory-list.js';
 
 const here = (path: string): string => fileURLToPath(new URL(path, import.meta.url));
 
@@ -65,7 +67,7 @@ const MAJORS = (process.env.BENCH_EXPRESS ?? '5,4')
   .map((major) => major.trim())
   .filter((major): major is '5' | '4' => major === '5' || major === '4');
 if (MAJORS.length === 0) throw new Error('BENCH_EXPRESS must list 5 and/or 4');
-const GROUPS = ['core', 'idempotency', 'stores-rate', 'stores-rss'] as const;
+const GROUPS = ['core', 'idempotency', 'stores-rate', 'stores-rss', 'memory-list'] as const;
 type Group = (typeof GROUPS)[number];
 // stores-rss is left out by default: capturing 1 GiB into PostgreSQL alone takes about a minute
 // (WAL and TOAST for 16,384 chunk rows), which would push the default run past four minutes.
@@ -964,6 +966,7 @@ ${rssTable(rssRuns)}
   of the two peaks.
 - Checked: the job completed with \`response.size\` = ${(RSS_MIB * 2 ** 20).toLocaleString('en-US')} (GET /bgrs/:id);
   then DELETE /bgrs/:id answered 204, and the bench's keys / tables were removed.`,
+  'memory-list': runs('memory-list') ? await measureMemoryList() : null,
 };
 
 await closeServices();
@@ -988,7 +991,7 @@ load generator runs on the same machine, so absolute numbers understate the serv
 what the goals are about. Each section below says when it was measured: a run limited with
 \`BENCH_ONLY\` rewrites its own sections and keeps the others. The default run measures core,
 idempotency and stores-rate; stores-rss (about a minute) runs with \`BENCH_ONLY=stores-rss\` (or
-\`stores\` for both store groups).
+\`stores\` for both store groups), the MemoryStore listing with \`BENCH_ONLY=memory-list\`.
 
 ${body}
 `;

@@ -3,6 +3,7 @@ import { LRUCache } from 'lru-cache';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
+import { JobIndex } from './memory-index.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import { InvalidCursorError, StoreFullError } from './store.js';
 
@@ -31,11 +32,6 @@ function copyJob(job: Job): Job {
 }
 
 /** The listing order, newest first: negative when `a` comes before `b` (newer; on a tie, the greater id). */
-function compareNewestFirst(a: { createdAt: string; id: string }, b: { createdAt: string; id: string }): number {
-  if (a.createdAt !== b.createdAt) return a.createdAt < b.createdAt ? 1 : -1;
-  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
-}
-
 function encodeCursor(job: Job): string {
   return Buffer.from(JSON.stringify([job.createdAt, job.id])).toString('base64url');
 }
@@ -84,6 +80,8 @@ export class MemoryStore implements Store {
   /** The jobs live key records point to. */
   private readonly keyedJobs = new Set<string>();
   private readonly sweeper = setInterval(() => this.sweep(), 60_000).unref();
+  /** Every job held here, in listing order. */
+  private readonly index = new JobIndex();
 
   constructor(options: MemoryStoreOptions = {}) {
     checkKnown('MemoryStore', options, ['max', 'maxBytes', 'ttl', 'maxKeys']);
@@ -112,6 +110,10 @@ export class MemoryStore implements Store {
       // lru-cache's own timers would keep the process alive; expiry is checked on read instead.
       allowStale: false,
       ttlResolution: 1000,
+      // Evicted, expired or deleted: out of the listing too.
+      dispose: (entry, _id, reason) => {
+        if (reason !== 'set') this.index.remove(entry.job, entry.job.owner);
+      },
     });
   }
 
@@ -121,8 +123,7 @@ export class MemoryStore implements Store {
     const finished = this.pinned.get(id) ?? this.finished.get(id);
     // lru-cache's clock is coarse (ttlResolution); expiry is exact to the millisecond here.
     if (finished && finished.job.expiresAt !== null && Date.parse(finished.job.expiresAt) <= Date.now()) {
-      this.finished.delete(id);
-      this.pinned.delete(id);
+      this.forgetFinished(id);
       return undefined;
     }
     return finished;
@@ -131,6 +132,7 @@ export class MemoryStore implements Store {
   async createJob(job: Job): Promise<void> {
     if (this.entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
     this.active.set(job.id, { job: copyJob(job), logs: [], chunks: [], size: 0 });
+    this.index.add(job, job.owner);
   }
 
   async getJob(id: string): Promise<Job | null> {
@@ -144,7 +146,10 @@ export class MemoryStore implements Store {
     if (update.progress !== undefined) entry.job.progress = update.progress;
     if (update.message !== undefined) entry.job.message = update.message;
     if (update.resultCount !== undefined) entry.job.resultCount = update.resultCount;
-    if (update.owner != null && entry.job.owner === null) entry.job.owner = update.owner;
+    if (update.owner != null && entry.job.owner === null) {
+      this.index.move(entry.job, null, update.owner);
+      entry.job.owner = update.owner;
+    }
     return true;
   }
 
@@ -171,25 +176,44 @@ export class MemoryStore implements Store {
     const statuses = query.statuses?.length ? new Set(query.statuses) : null;
     const after = query.cursor ? decodeCursor(query.cursor) : null;
     if (query.cursor && !after) throw new InvalidCursorError();
-    const all: Job[] = [];
-    const consider = (job: Job): void => {
-      if (query.owner !== undefined && job.owner !== query.owner) return;
-      if (statuses && !statuses.has(job.status)) return;
-      if (after && compareNewestFirst(job, after) <= 0) return;
-      all.push(job);
-    };
-    for (const entry of this.active.values()) consider(entry.job);
-    // forEach, not entries(): it does not touch the LRU order.
     const now = Date.now();
-    const live = (entry: Entry): void => {
-      if (entry.job.expiresAt === null || Date.parse(entry.job.expiresAt) > now) consider(entry.job);
-    };
-    this.finished.forEach(live);
-    this.pinned.forEach(live);
-    all.sort(compareNewestFirst);
-    const page = all.slice(0, query.limit);
+    const page: Job[] = [];
+    let more = false;
+    // Newest first from the index: a page reads about as many jobs as it holds (more only when a
+    // status filter skips some), never a sort of every job.
+    for (const key of this.index.newestFirst(query.owner, after)) {
+      const job = this.listed(key.id, now);
+      if (!job) continue;
+      if (statuses && !statuses.has(job.status)) continue;
+      if (page.length === query.limit) {
+        more = true;
+        break;
+      }
+      page.push(job);
+    }
     const last = page.at(-1);
-    return { jobs: page.map(copyJob), next: all.length > query.limit && last ? encodeCursor(last) : null };
+    return { jobs: page.map(copyJob), next: more && last ? encodeCursor(last) : null };
+  }
+
+  /** A job as listing sees it, without touching the LRU order; an expired one is dropped as it is met. */
+  private listed(id: string, now: number): Job | undefined {
+    const entry = this.active.get(id) ?? this.pinned.get(id) ?? this.finished.peek(id, { allowStale: true });
+    if (!entry) return undefined;
+    if (entry.job.expiresAt !== null && Date.parse(entry.job.expiresAt) <= now && !this.active.has(id)) {
+      this.forgetFinished(id);
+      return undefined;
+    }
+    return entry.job;
+  }
+
+  /** Drops a finished job from wherever it is kept, and from the listing. */
+  private forgetFinished(id: string): void {
+    const pinned = this.pinned.get(id);
+    if (pinned) {
+      this.pinned.delete(id);
+      this.index.remove(pinned.job, pinned.job.owner);
+    }
+    this.finished.delete(id);
   }
 
   async finishJob(id: string, finish: JobFinish): Promise<JobFinished | null> {
@@ -253,9 +277,15 @@ export class MemoryStore implements Store {
   }
 
   async deleteJob(id: string): Promise<boolean> {
-    const active = this.active.delete(id);
-    const pinned = this.pinned.delete(id);
-    return this.finished.delete(id) || pinned || active;
+    const running = this.active.get(id);
+    if (running) {
+      this.active.delete(id);
+      this.index.remove(running.job, running.job.owner);
+      return true;
+    }
+    const known = this.pinned.has(id) || this.finished.has(id, { updateAgeOnHas: false });
+    this.forgetFinished(id);
+    return known;
   }
 
   /** A record that still counts, or undefined (expired ones are dropped as they are met). */
@@ -317,7 +347,7 @@ export class MemoryStore implements Store {
   private sweep(): void {
     this.finished.purgeStale();
     const now = Date.now();
-    for (const [id, entry] of this.pinned) if (entry.job.expiresAt !== null && Date.parse(entry.job.expiresAt) <= now) this.pinned.delete(id);
+    for (const [id, entry] of this.pinned) if (entry.job.expiresAt !== null && Date.parse(entry.job.expiresAt) <= now) this.forgetFinished(id);
   }
 
   async close(): Promise<void> {
@@ -327,5 +357,6 @@ export class MemoryStore implements Store {
     this.pinned.clear();
     this.keys.clear();
     this.keyedJobs.clear();
+    this.index.clear();
   }
 }
