@@ -1,8 +1,8 @@
 // Dependency rules, checked by `npm run lint`: no import cycle, and no layer imports a layer above it.
 // Layers, top to bottom (README, Contributing): the entry points; http/ (everything that knows
-// Express); views/; jobs/ (the lifecycle); config/ (options, which build the executor);
+// Express); jobs/ (the lifecycle); config/ (options: the default executor and view); views/;
 // executors/; replay/ (the private server); stores/; model/ and util/ (the job model and helpers every layer shares).
-const LAYERS = ['entry', 'http', 'views', 'jobs', 'config', 'executors', 'replay', 'stores', 'base'];
+const LAYERS = ['entry', 'http', 'jobs', 'config', 'views', 'executors', 'replay', 'stores', 'base'];
 const PATHS = {
   entry: '^src/[^/]+\\.ts$|^src/testing/',
   http: '^src/http/',

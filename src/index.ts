@@ -16,3 +16,5 @@ export { MemoryStore } from './stores/memory.js';
 export type { IdempotencyClaimResult, IdempotencyRecord, IdempotencyStore, JobStore, Store } from './stores/store.js';
 export { InvalidCursorError, StoreFullError } from './stores/store.js';
 export type { JobDocument } from './views/native.js';
+export { nativeView } from './views/native.js';
+export type { Placement, Rendered, View } from './views/view.js';

@@ -8,6 +8,8 @@ import { MemoryStore } from '../stores/memory.js';
 import { IDEMPOTENCY_METHODS, missingIdempotencyMethods, type Store } from '../stores/store.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Logger } from '../util/logger.js';
+import { nativeView } from '../views/native.js';
+import type { View } from '../views/view.js';
 import type { IdempotencyOptions } from './guard-options.js';
 
 /** What a caller wants to do with a job; `authorize` receives it. */
@@ -23,6 +25,8 @@ export interface Options {
    * the in-process executor (slots, a queue and the lease heartbeat in this process).
    */
   executor: ExecutorFactory;
+  /** How jobs and their pages are rendered: the ack, the job document, log and list pages, event data, result headers. Defaults to the native view (express-bgrs' own documents). */
+  view: View;
   /**
    * Where the job routes live: an absolute path, which the links bgrs hands out use as they are.
    * Mounting bgrs under a prefix (`app.use('/api', bgrs())`) needs the prefix here too
@@ -123,6 +127,7 @@ function defaults(): Omit<Options, 'store'> {
   return {
     basePath: '/bgrs',
     executor: (config) => new Scheduler(config),
+    view: nativeView,
     owner: () => null,
     authorize: undefined,
     trigger: undefined,
@@ -224,6 +229,11 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   if (config.authorize !== undefined && typeof config.authorize !== 'function') fail('authorize', config.authorize, 'a function (req, job, action) => boolean');
   if (config.trigger !== undefined && typeof config.trigger !== 'function') fail('trigger', config.trigger, 'a function (req) => boolean');
   if (typeof config.executor !== 'function') fail('executor', config.executor, 'a function (options) => Executor');
+  const view = config.view as Partial<Record<keyof View, unknown>> | null;
+  const viewMethods = ['ack', 'job', 'logPage', 'listPage', 'event', 'resultHeaders'] as const;
+  if (!view || typeof view !== 'object' || viewMethods.some((method) => typeof view[method] !== 'function')) {
+    fail('view', config.view, `a View (an object with ${viewMethods.map((m) => `${m}()`).join(', ')})`);
+  }
   positive('retryAfter', config.retryAfter, true);
   config.retryAfter = Math.ceil(config.retryAfter);
   positive('ttl', config.ttl);

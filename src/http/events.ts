@@ -4,7 +4,6 @@ import { nextChange, POLL_MS, readJob } from '../jobs/observe.js';
 import type { Runtime } from '../jobs/runtime.js';
 import type { Job, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
-import { jobDocument } from '../views/native.js';
 
 const LOG_PAGE = 1000;
 
@@ -57,7 +56,7 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
     while (!closed.signal.aborted) {
       if (!job) break;
       if (!shown || shown.status !== job.status) {
-        await send('status', jobDocument(job, config.basePath, rt.executor.position(job.id)));
+        await send('status', config.view.event(job, { base: config.basePath, position: rt.executor.position(job.id) }));
       }
       if (shown && (shown.progress !== job.progress || shown.message !== job.message || shown.resultCount !== job.resultCount)) {
         await send('progress', { progress: job.progress, message: job.message, resultCount: job.resultCount });
@@ -73,7 +72,7 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
         }
       } while (lines.length === LOG_PAGE && !closed.signal.aborted);
       if (isFinal(job.status)) {
-        await send('end', jobDocument(job, config.basePath));
+        await send('end', config.view.event(job, { base: config.basePath }));
         break;
       }
       await nextChange(rt, job.id, POLL_MS, closed.signal);

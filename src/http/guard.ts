@@ -8,7 +8,6 @@ import type { Job, JobResponse } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import type { IdempotencyClaimResult, IdempotencyStore, Store } from '../stores/store.js';
 import { missingIdempotencyMethods, StoreFullError } from '../stores/store.js';
-import { jobDocument } from '../views/native.js';
 import type { DispatchFactory } from './dispatch.js';
 import { isReplay, throughApp } from './dispatch.js';
 import { defaultFingerprint, parseIdempotencyKey, recordKey } from './idempotency-key.js';
@@ -226,7 +225,8 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
 
   /** A finished job, retried with a detach: its document, as the replayed answer. */
   function sendJobDocument(res: Response, job: Job): void {
-    sendJson(res, 200, jobDocument(job, config.basePath), { Location: `${config.basePath}/${job.id}`, 'Idempotent-Replayed': 'true' });
+    const rendered = config.view.job(job, { base: config.basePath });
+    sendJson(res, 200, rendered.body, { Location: `${config.basePath}/${job.id}`, 'Idempotent-Replayed': 'true', ...rendered.headers });
   }
 
   function handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void {

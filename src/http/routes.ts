@@ -1,4 +1,5 @@
 // The job routes under the base path: list, status, details, result, cancel, delete and events.
+
 import type { NextFunction, Request, Response } from 'express';
 import type { JobAction } from '../config/options.js';
 import { readJob, waitForFinal } from '../jobs/observe.js';
@@ -7,7 +8,7 @@ import { JobAbortError } from '../model/errors.js';
 import type { Job, JobPage, JobResponse, JobStatus } from '../model/job.js';
 import { endingNow, isFinal } from '../model/job.js';
 import { InvalidCursorError } from '../stores/store.js';
-import { jobDocument } from '../views/native.js';
+import type { Rendered } from '../views/view.js';
 import { streamEvents } from './events.js';
 import { sendJson } from './json.js';
 import { limitKey, resolveOwner } from './owner.js';
@@ -96,6 +97,11 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     return Math.min(parsePrefer(req.headers.prefer).wait ?? 0, config.maxWait);
   }
 
+  /** Sends what the view rendered, its own headers over the route's. */
+  function render(res: Response, status: number, rendered: Rendered, headers: Record<string, string> = {}): void {
+    sendJson(res, status, rendered.body, { ...headers, ...rendered.headers });
+  }
+
   function retryHeaders(job: Job): Record<string, string> {
     return isFinal(job.status) ? {} : { 'Retry-After': String(config.retryAfter) };
   }
@@ -134,7 +140,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     const everyone = config.authorize ? Boolean(await config.authorize(req, null, 'list-all')) : false;
     const owner = everyone ? undefined : await resolveOwner(config.owner, req);
     // A caller without an identity has no jobs to list: anonymous jobs are reachable only by their id.
-    if (owner === null) return sendJson(res, 200, { items: [], next: null });
+    if (owner === null) return render(res, 200, config.view.listPage([], null, base));
     const pageSize = limit ?? LIST_DEFAULT_LIMIT;
     let page: JobPage;
     try {
@@ -154,7 +160,15 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       nextParams.set('cursor', page.next);
       next = `${base}?${nextParams.toString()}`;
     }
-    sendJson(res, 200, { items: jobs.map((job) => jobDocument(job, base, rt.executor.position(job.id))), next });
+    render(
+      res,
+      200,
+      config.view.listPage(
+        jobs.map((job) => ({ job, position: rt.executor.position(job.id) })),
+        next,
+        base,
+      ),
+    );
   }
 
   async function serve(req: Request, res: Response, id: string, sub: string, query: string): Promise<void> {
@@ -174,7 +188,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
         return;
       }
       const cancelled = await cancel(job);
-      return sendJson(res, 202, jobDocument(cancelled, base), retryHeaders(cancelled));
+      return render(res, 202, config.view.job(cancelled, { base }), retryHeaders(cancelled));
     }
 
     if (sub === 'events' && req.method === 'HEAD') {
@@ -216,7 +230,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       }
     }
 
-    if (sub === '') return sendJson(res, 200, jobDocument(job, base, rt.executor.position(id)), retryHeaders(job));
+    if (sub === '') return render(res, 200, config.view.job(job, { base, position: rt.executor.position(id) }), retryHeaders(job));
 
     if (sub === 'details') {
       const after = integerParam(params, 'after');
@@ -229,20 +243,20 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       const items = await fromStore(config.store.readLogs(id, after ?? 0, pageSize));
       const last = items.at(-1)?.seq ?? after ?? 0;
       const next = items.length === pageSize ? `${base}/${id}/details?after=${last}&limit=${pageSize}` : null;
-      return sendJson(res, 200, { items, next }, retryHeaders(job));
+      return render(res, 200, config.view.logPage(job, items, next), retryHeaders(job));
     }
 
     // sub === 'result'
-    if (!isFinal(job.status)) return sendJson(res, 202, jobDocument(job, base, rt.executor.position(id)), retryHeaders(job));
+    if (!isFinal(job.status)) return render(res, 202, config.view.job(job, { base, position: rt.executor.position(id) }), retryHeaders(job));
     if (!job.response && job.error?.type === 'result_too_large') {
-      return sendProblem(res, 'result-too-large', job.error.message, { extra: { job: jobDocument(job, base) } });
+      return sendProblem(res, 'result-too-large', job.error.message, { extra: { job: config.view.job(job, { base }).body } });
     }
     if (!job.response) {
-      return sendProblem(res, 'no-result', `The job ended ${job.status} before its handler answered.`, { extra: { job: jobDocument(job, base) } });
+      return sendProblem(res, 'no-result', `The job ended ${job.status} before its handler answered.`, { extra: { job: config.view.job(job, { base }).body } });
     }
     const body = await fromStore(config.store.readResult(id));
     if (!body) return sendProblem(res, 'result-expired', 'The result of this job is no longer kept.');
-    await replayResult(res, job as Job & { response: JobResponse }, body, config.replayCookies);
+    await replayResult(res, job as Job & { response: JobResponse }, body, config.replayCookies, config.view.resultHeaders(job));
   }
 
   return function bgrsRoutes(req: Request, res: Response, next: NextFunction): void {

@@ -13,7 +13,6 @@ import type { Job, JobError, JobResponse } from '../model/job.js';
 import { isFinal, newJob } from '../model/job.js';
 import type { Envelope } from '../replay/capture.js';
 import { BodyBudgetError, BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from '../replay/envelope.js';
-import { jobDocument } from '../views/native.js';
 import type { DispatchFactory } from './dispatch.js';
 import { sendJson } from './json.js';
 import { limitKey, resolveOwner } from './owner.js';
@@ -31,7 +30,8 @@ function jobUrl(config: Configuration, url: string): string {
 export function acknowledge(config: Configuration, res: ServerResponse, job: Job, byPrefer: boolean, position?: number): void {
   const headers: Record<string, string> = { Location: `${config.basePath}/${job.id}`, 'Retry-After': String(config.retryAfter), Vary: 'Prefer' };
   if (byPrefer) headers['Preference-Applied'] = 'respond-async';
-  sendJson(res, 202, jobDocument(job, config.basePath, position), headers);
+  const rendered = config.view.ack(job, { base: config.basePath, position });
+  sendJson(res, 202, rendered.body, { ...headers, ...rendered.headers });
 }
 
 /** A request made ready to run in the background: who owns it, what to replay, how to dispatch it. */

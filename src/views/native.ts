@@ -1,5 +1,6 @@
 // The native view: the job document of express-bgrs' own routes (the default view).
 import type { Job, JobResponse } from '../model/job.js';
+import type { View } from './view.js';
 
 /** What clients see: the job without its owner, lease and raw headers, plus links. */
 export interface JobDocument extends Omit<Job, 'owner' | 'leaseUntil' | 'response'> {
@@ -9,7 +10,7 @@ export interface JobDocument extends Omit<Job, 'owner' | 'leaseUntil' | 'respons
   links: { self: string; details: string; result: string; events: string; cancel: string };
 }
 
-export function jobDocument(job: Job, base: string, position?: number): JobDocument {
+function jobDocument(job: Job, base: string, position?: number): JobDocument {
   const self = `${base}/${job.id}`;
   return {
     id: job.id,
@@ -32,3 +33,13 @@ export function jobDocument(job: Job, base: string, position?: number): JobDocum
     links: { self, details: `${self}/details`, result: `${self}/result`, events: `${self}/events`, cancel: `${self}/cancel` },
   };
 }
+
+/** express-bgrs' own documents: the job document, `{ items, next }` pages, the job document as event data. */
+export const nativeView: View = {
+  ack: (job, at) => ({ body: jobDocument(job, at.base, at.position) }),
+  job: (job, at) => ({ body: jobDocument(job, at.base, at.position) }),
+  logPage: (_job, lines, next) => ({ body: { items: lines, next } }),
+  listPage: (jobs, next, base) => ({ body: { items: jobs.map(({ job, position }) => jobDocument(job, base, position)), next } }),
+  event: (job, at) => jobDocument(job, at.base, at.position),
+  resultHeaders: () => ({}),
+};
