@@ -16,7 +16,7 @@ import { credentialScope, resolveOwner } from './owner.js';
 import { sendInvalidBgrs, sendProblem, sendStoreUnavailable } from './problem.js';
 import { replayResult } from './result.js';
 import type { Prepared } from './submit.js';
-import { acknowledge, launch, prepare } from './submit.js';
+import { acknowledge, prepare, submit } from './submit.js';
 import { decide } from './trigger.js';
 
 const REPLAYED = { 'Idempotent-Replayed': 'true' };
@@ -56,7 +56,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
         });
     }, guard.lease / 3);
     renew.unref();
-    const started = await launch(rt, res, prepared, id, method, ack, {
+    const started = await submit(rt, res, prepared, id, method, ack, {
       live: ack ? undefined : res,
       // The stored response must outlive the key that replays it.
       ttl: Math.max(config.ttl, guard.ttl),

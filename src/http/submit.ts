@@ -1,4 +1,5 @@
-// Decides whether a request is detached, takes its body, acks with 202 and starts the background run.
+// The one way a job is accepted: take what the run needs from the request (prepare), record the job,
+// hand it to the executor and answer the client (submit: ack, wait, or live).
 
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
@@ -37,7 +38,7 @@ export function acknowledge(config: Configuration, res: ServerResponse, job: Job
 /** A request made ready to run in the background: who owns it, what to replay, how to dispatch it. */
 export interface Prepared {
   owner: string | null;
-  /** The place this job holds in the scheduler (a slot or a queue place, and its body bytes): used by launch, or given back. */
+  /** The place this job holds in the executor (a slot or a queue place, and its body bytes): used by submit, or given back. */
   admission: Admission & { ok: true };
   preParsed: boolean;
   /** The raw body when bgrs read it; `null` when a parser had read it first (see `parsedBody`) or there was none. */
@@ -120,12 +121,13 @@ export interface Acknowledgement {
 }
 
 /**
- * Records the job and starts it, or queues it when `concurrency` jobs already run here. With
- * `ack`, answers 202 (or, with `ack.wait`, the real response if it comes in time); with
- * `run.live`, the response is streamed to that client as it is captured. Resolves `false` (after
- * answering 429 or 503) when the job could not be taken.
+ * The one submit of every job (a plain detach, a keyed detach, a synchronous guarded request):
+ * records it, hands it to the executor (which starts or queues it) and answers. With `ack`, answers
+ * 202 (or, with `ack.wait`, the real response if it comes in time); with `run.live`, the response
+ * is streamed to that client as it is captured. Resolves `false` (after answering 503) when the
+ * store refused the job.
  */
-export async function launch(
+export async function submit(
   rt: Runtime,
   res: Response,
   prepared: Prepared,
@@ -155,20 +157,30 @@ export async function launch(
   }
   // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
   const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
+  // One end per job, whichever path ends it (its run, or the queue before it started): the end
+  // hooks (the guard's key) run exactly once.
+  let ended = false;
+  const onEnd = async (final: Job | null, answered: boolean): Promise<void> => {
+    if (ended) return;
+    ended = true;
+    await run.onEnd?.(final, answered);
+  };
   const start = () =>
     runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
       onChange: () => executor.notify(id),
       deriveOwner,
       unanswered: sendUnanswered,
       ...run,
+      onEnd,
     });
   // Ended before it started (cancelled while queued, shut down): the run's end hooks still run,
   // and a client waiting for its response gets an answer.
   const skipped = (): void => {
+    if (ended) return;
     void (async () => {
       const ended = await config.store.getJob(id).catch(() => null);
       const final = ended && isFinal(ended.status) ? ended : null;
-      await run.onEnd?.(final, false);
+      await onEnd(final, false);
       if (run.live)
         sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, {
           extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } },
@@ -230,5 +242,5 @@ export async function detach(
   run: RunOptions = {},
 ): Promise<void> {
   const prepared = await prepare(rt, req, res, next, factory);
-  if (prepared) await launch(rt, res, prepared, uuidv4(), req.method, { byPrefer: decision.byPrefer, wait: decision.wait }, run);
+  if (prepared) await submit(rt, res, prepared, uuidv4(), req.method, { byPrefer: decision.byPrefer, wait: decision.wait }, run);
 }
