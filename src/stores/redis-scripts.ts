@@ -19,15 +19,22 @@ function script(name: string, lua: string): Script {
 export const CREATE_JOB = script(
   'createJob',
   `--[[
-  Creates a job's hash unless the id is taken.
-  KEYS[1] job hash
+  Creates a job's hash unless the id is taken, and (outside a Cluster) lists it in the same step.
+  KEYS[1] job hash; outside a Cluster also KEYS[2] every job, KEYS[3] its owner's index,
+  KEYS[4] the expiries (on a Cluster those live in other slots and the client writes them after)
   ARGV[1] epoch ms at which the hash expires, or '' for none (only jobs created final have one)
-  ARGV[2..] field, value pairs (values JSON-encoded)
+  ARGV[2] the index member, ARGV[3] the expiries entry
+  ARGV[4..] field, value pairs (values JSON-encoded)
   Returns 1 when created, 0 when a job with that id exists.
 ]]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 if ARGV[1] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
+if #KEYS == 4 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  redis.call('ZADD', KEYS[3], 0, ARGV[2])
+  if ARGV[1] ~= '' then redis.call('ZADD', KEYS[4], ARGV[1], ARGV[3]) end
+end
 return 1`,
 );
 
@@ -88,7 +95,8 @@ export const FINISH_JOB = script(
   'finishJob',
   `--[[
   The one final transition; from then on every key of the job expires with it.
-  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list
+  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list; outside a Cluster also KEYS[4] the
+  expiries, where the job's entry is added in the same step (on a Cluster the client adds it after)
   ARGV[1] expiresAt as epoch ms (PEXPIREAT of all three keys)
   ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for an unconditional finish
   ARGV[3..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
@@ -107,6 +115,12 @@ end
 redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 3))
 local job = redis.call('HGETALL', KEYS[1])
 for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], ARGV[1]) end
+if #KEYS == 4 then
+  -- The entry the client would write: [owner, "<createdAt> <id>"], owner as stored (JSON).
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  local member = cjson.decode(redis.call('HGET', KEYS[1], 'createdAt')) .. ' ' .. cjson.decode(redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZADD', KEYS[4], ARGV[1], '[' .. owner .. ',' .. cjson.encode(member) .. ']')
+end
 return {1, job}`,
 );
 

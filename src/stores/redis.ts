@@ -184,15 +184,21 @@ export class RedisStore implements Store {
 
   async createJob(job: Job): Promise<void> {
     const expireAt = isFinal(job.status) && job.expiresAt !== null ? String(epochMs(job.expiresAt, 'expiresAt')) : '';
-    const created = await this.run(scripts.CREATE_JOB, [this.jobKeys(job.id)[0]], [expireAt, ...jobArgs(job)]);
-    if (created !== 1) throw new Error(`RedisStore: job ${job.id} exists already`);
-    // Indexes live in other slots, so they are written after the script: a crash in between leaves
-    // a job that exists but is not listed, never a listed job that does not exist.
     const member = indexMember(job.createdAt, job.id);
+    const entry = JSON.stringify([job.owner, member]);
+    // One round trip, atomic: the script lists the job too, unless the indexes are in other slots.
+    const keys = this.client.isCluster
+      ? [this.jobKeys(job.id)[0]]
+      : [this.jobKeys(job.id)[0], `${this.prefix}jobs`, this.ownerKey(job.owner), `${this.prefix}expiries`];
+    const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, ...jobArgs(job)]);
+    if (created !== 1) throw new Error(`RedisStore: job ${job.id} exists already`);
+    if (!this.client.isCluster) return;
+    // On a Cluster the indexes live in other slots, so they are written after the script: a crash in
+    // between leaves a job that exists but is not listed, never a listed job that does not exist.
     await Promise.all([
       this.client.zadd(`${this.prefix}jobs`, 0, member),
       this.client.zadd(this.ownerKey(job.owner), 0, member),
-      expireAt && this.client.zadd(`${this.prefix}expiries`, expireAt, JSON.stringify([job.owner, member])),
+      expireAt && this.client.zadd(`${this.prefix}expiries`, expireAt, entry),
     ]);
   }
 
@@ -290,14 +296,16 @@ export class RedisStore implements Store {
     };
     if (finish.status === 'completed') fields.progress = 100;
     const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
-    const reply = (await this.run(scripts.FINISH_JOB, this.jobKeys(id), args)) as [number, string[]] | null;
+    const keys = this.client.isCluster ? this.jobKeys(id) : [...this.jobKeys(id), `${this.prefix}expiries`];
+    const reply = (await this.run(scripts.FINISH_JOB, keys, args)) as [number, string[]] | null;
     if (!reply) return null;
     const [applied, flat] = reply;
     const hash: Record<string, string> = {};
     for (let i = 0; i < flat.length; i += 2) hash[flat[i]!] = flat[i + 1]!;
     const job = jobFromHash(hash);
     if (applied !== 1) return { applied: false, job };
-    await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, indexMember(job.createdAt, job.id)]));
+    if (this.client.isCluster) await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, indexMember(job.createdAt, job.id)]));
+    // Rate-limited housekeeping (at most every SWEEP_INTERVAL_MS): not a round trip of every finish.
     await this.sweep();
     return { applied: true, job };
   }
