@@ -8,7 +8,7 @@ import type { DispatchFactory } from './http/dispatch.js';
 import { ensureDefaultContext, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './http/dispatch.js';
 import type { Guard } from './http/guard.js';
 import { createGuard } from './http/guard.js';
-import { sendInvalidBgrs, sendProblem } from './http/problem.js';
+import { problemsFor } from './http/problem.js';
 import { createRoutes, reachesBasePath, underBasePath } from './http/routes.js';
 import { detach } from './http/submit.js';
 import { decide, PARAM } from './http/trigger.js';
@@ -57,6 +57,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   const parsed = parseOptions(options);
   // The core reaches the store only through timeouts; users get their own store back as `.store`.
   const config = { ...parsed, store: withTimeouts(parsed.store, parsed.storeTimeout) };
+  const { sendInvalidBgrs, sendProblem } = problemsFor(config.view);
   const rt: Runtime = { config, replayer: new Replayer(), executor: config.executor(config), closing: false, warned: new Set(), streams: new Map() };
   const routes = createRoutes(rt);
   if (config.validations && parsed.store.local === true && process.env.NODE_ENV === 'production') {

@@ -15,6 +15,8 @@ const wrapped: View = {
   listPage: (jobs, next, base) => ({ body: { view: 'list', count: jobs.length, data: nativeView.listPage(jobs, next, base).body } }),
   event: (job, at) => ({ view: 'event', status: (nativeView.event(job, at) as { status: string }).status }),
   resultHeaders: (job) => ({ 'X-Job': job.id }),
+  // A Mastodon-style error: { error }, as plain JSON.
+  problem: (problem) => ({ body: { error: problem.title, code: problem.type }, headers: { 'Content-Type': 'application/json; charset=utf-8' } }),
 };
 
 it('refuses a view without its methods', () => {
@@ -68,5 +70,19 @@ forEachExpress((express) => {
     const result = await fetch(`${server.url}/bgrs/${id}/result`, { headers });
     assert.equal(result.headers.get('x-job'), id);
     assert.equal(await result.text(), 'done');
+
+    // Errors too: a job route's 404, a bad parameter, a bad bgrs value on any route.
+    for (const [path, status] of [
+      [`/bgrs/${id}`, 404],
+      [`/bgrs/${id}/details?after=-1`, 400],
+      ['/work?bgrs=maybe', 400],
+    ] as const) {
+      const res = await fetch(`${server.url}${path}`, { headers: path.startsWith(`/bgrs/${id}`) && status === 404 ? {} : headers });
+      assert.equal(res.status, status, path);
+      assert.equal(res.headers.get('content-type'), 'application/json; charset=utf-8', path);
+      const body = (await res.json()) as { error: string; code: string };
+      assert.match(body.code, /^urn:express-bgrs:problem:/, path);
+      assert.equal(typeof body.error, 'string');
+    }
   });
 });

@@ -230,7 +230,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
   if (config.trigger !== undefined && typeof config.trigger !== 'function') fail('trigger', config.trigger, 'a function (req) => boolean');
   if (typeof config.executor !== 'function') fail('executor', config.executor, 'a function (options) => Executor');
   const view = config.view as Partial<Record<keyof View, unknown>> | null;
-  const viewMethods = ['ack', 'job', 'logPage', 'listPage', 'event', 'resultHeaders'] as const;
+  const viewMethods = ['ack', 'job', 'logPage', 'listPage', 'event', 'resultHeaders', 'problem'] as const;
   if (!view || typeof view !== 'object' || viewMethods.some((method) => typeof view[method] !== 'function')) {
     fail('view', config.view, `a View (an object with ${viewMethods.map((m) => `${m}()`).join(', ')})`);
   }

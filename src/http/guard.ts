@@ -13,7 +13,7 @@ import { isReplay, throughApp } from './dispatch.js';
 import { defaultFingerprint, parseIdempotencyKey, recordKey } from './idempotency-key.js';
 import { sendJson } from './json.js';
 import { credentialScope, resolveOwner } from './owner.js';
-import { sendInvalidBgrs, sendProblem, sendStoreUnavailable } from './problem.js';
+import { problemsFor } from './problem.js';
 import { replayResult } from './result.js';
 import type { Prepared } from './submit.js';
 import { acknowledge, prepare, submit } from './submit.js';
@@ -32,6 +32,7 @@ export interface Guard {
 
 export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Guard {
   const { config } = rt;
+  const { sendInvalidBgrs, sendProblem, sendStoreUnavailable } = problemsFor(config.view);
   const missing = missingIdempotencyMethods(config.store);
   if (missing.length > 0) {
     throw new TypeError(

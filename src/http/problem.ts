@@ -1,5 +1,7 @@
 // problem+json (RFC 9457) errors: one stable `type` per cause, sent the same way everywhere.
 import type { ServerResponse } from 'node:http';
+import { nativeView } from '../views/native.js';
+import type { ProblemDocument, View } from '../views/view.js';
 
 /** Every cause of an error the library produces, with its status and title. The README lists them. */
 export const problems = {
@@ -32,15 +34,7 @@ export type ProblemCode = keyof typeof problems;
 /** The base of every problem `type` URI: `urn:express-bgrs:problem:<code>`. */
 export const PROBLEM_TYPE_PREFIX = 'urn:express-bgrs:problem:';
 
-export interface ProblemDocument {
-  type: string;
-  title: string;
-  status: number;
-  detail?: string;
-  /** Mirrors `title` for clients that read `error` (Mastodon-style). */
-  error: string;
-  [extension: string]: unknown;
-}
+export type { ProblemDocument };
 
 function problemDocument(code: ProblemCode, detail?: string, extra?: Record<string, unknown>): ProblemDocument {
   const { status, title } = problems[code];
@@ -52,41 +46,54 @@ function problemDocument(code: ProblemCode, detail?: string, extra?: Record<stri
 /** Precomputed once: every unknown, malformed, expired or foreign id gets exactly these bytes. */
 const notFoundBody = JSON.stringify(problemDocument('not-found', 'No such job.'));
 
-/**
- * Sends a problem on a plain Node response, so it works the same on Express 4, 5 and the raw router.
- * `retryAfter` (seconds) is added for 429/503 and whenever given.
- */
-export function sendProblem(
-  res: ServerResponse,
-  code: ProblemCode,
-  detail?: string,
-  options: { retryAfter?: number; extra?: Record<string, unknown> } = {},
-): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
-  }
-  const doc = code === 'not-found' && detail === undefined && !options.extra ? null : problemDocument(code, detail, options.extra);
-  const body = doc ? JSON.stringify(doc) : notFoundBody;
-  res.statusCode = problems[code].status;
-  res.setHeader('Content-Type', 'application/problem+json; charset=utf-8');
-  res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  if (options.retryAfter !== undefined) res.setHeader('Retry-After', String(options.retryAfter));
-  res.end(body);
+interface ProblemOptions {
+  retryAfter?: number;
+  extra?: Record<string, unknown>;
 }
 
-/** The store failed or timed out: 503 with Retry-After, the same wherever it happens. */
-export function sendStoreUnavailable(res: ServerResponse, retryAfter: number): void {
-  sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter });
+/** The problem answers of one view: every error bgrs sends goes through that view's `problem`. */
+export interface ProblemSender {
+  /** Sends a problem on a plain Node response (Express 4, 5 and the raw router alike); `retryAfter` in seconds. */
+  sendProblem(res: ServerResponse, code: ProblemCode, detail?: string, options?: ProblemOptions): void;
+  /** The store failed or timed out: 503 with Retry-After, the same wherever it happens. */
+  sendStoreUnavailable(res: ServerResponse, retryAfter: number): void;
+  /** A `bgrs` query value other than yes, 1, true, no, 0 or false. */
+  sendInvalidBgrs(res: ServerResponse): void;
+  /** The 404 every job route answers for any id it will not reveal. */
+  sendNotFound(res: ServerResponse): void;
 }
 
-/** A `bgrs` query value other than yes, 1, true, no, 0 or false. */
-export function sendInvalidBgrs(res: ServerResponse): void {
-  sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.');
-}
+const senders = new WeakMap<View, ProblemSender>();
 
-/** The 404 every job route answers for any id it will not reveal. */
-export function sendNotFound(res: ServerResponse): void {
-  sendProblem(res, 'not-found');
+export function problemsFor(view: View): ProblemSender {
+  const known = senders.get(view);
+  if (known) return known;
+  const sendProblem = (res: ServerResponse, code: ProblemCode, detail?: string, options: ProblemOptions = {}): void => {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    let body = notFoundBody;
+    let headers: Record<string, string> | undefined;
+    if (view !== nativeView || code !== 'not-found' || detail !== undefined || options.extra) {
+      const rendered = view.problem(problemDocument(code, detail, options.extra));
+      body = JSON.stringify(rendered.body);
+      headers = rendered.headers;
+    }
+    res.statusCode = problems[code].status;
+    res.setHeader('Content-Type', 'application/problem+json; charset=utf-8');
+    res.setHeader('Cache-Control', 'no-store');
+    res.setHeader('Content-Length', Buffer.byteLength(body));
+    if (options.retryAfter !== undefined) res.setHeader('Retry-After', String(options.retryAfter));
+    if (headers) for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
+    res.end(body);
+  };
+  const sender: ProblemSender = {
+    sendProblem,
+    sendStoreUnavailable: (res, retryAfter) => sendProblem(res, 'store-unavailable', 'The job store is unavailable; try again later.', { retryAfter }),
+    sendInvalidBgrs: (res) => sendProblem(res, 'invalid-bgrs-value', 'The `bgrs` query parameter must be yes, 1, true, no, 0 or false.'),
+    sendNotFound: (res) => sendProblem(res, 'not-found'),
+  };
+  senders.set(view, sender);
+  return sender;
 }

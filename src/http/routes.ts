@@ -12,7 +12,7 @@ import type { Rendered } from '../views/view.js';
 import { streamEvents } from './events.js';
 import { sendJson } from './json.js';
 import { limitKey, resolveOwner } from './owner.js';
-import { sendNotFound, sendProblem, sendStoreUnavailable } from './problem.js';
+import { problemsFor } from './problem.js';
 import { replayResult } from './result.js';
 import { parsePrefer } from './trigger.js';
 
@@ -76,6 +76,7 @@ export function reachesBasePath(mount: string, base: string): boolean {
 
 export function createRoutes(rt: Runtime): (req: Request, res: Response, next: NextFunction) => void {
   const { config } = rt;
+  const { sendNotFound, sendProblem, sendStoreUnavailable } = problemsFor(config.view);
   const base = config.basePath;
 
   /**

@@ -17,7 +17,7 @@ import { BodyBudgetError, BodyTooLargeError, bodyConsumed, buildEnvelope, hasBod
 import type { DispatchFactory } from './dispatch.js';
 import { sendJson } from './json.js';
 import { limitKey, resolveOwner } from './owner.js';
-import { sendProblem, sendStoreUnavailable } from './problem.js';
+import { problemsFor } from './problem.js';
 import { replayResult } from './result.js';
 import type { TriggerDecision } from './trigger.js';
 import { stripParam } from './trigger.js';
@@ -56,6 +56,7 @@ export interface Prepared {
  */
 export async function prepare(rt: Runtime, req: Request, res: Response, next: NextFunction, factory: DispatchFactory): Promise<Prepared | null> {
   const { config } = rt;
+  const { sendProblem } = problemsFor(config.view);
   if (rt.closing) {
     sendProblem(res, 'shutting-down', 'The server is shutting down and accepts no new background requests.', { retryAfter: config.retryAfter });
     return null;
@@ -106,6 +107,7 @@ export async function prepare(rt: Runtime, req: Request, res: Response, next: Ne
 }
 
 function sendQueueFull(config: Configuration, res: Response, reason: 'queue-full' | 'owner-limit'): void {
+  const { sendProblem } = problemsFor(config.view);
   const detail =
     reason === 'queue-full'
       ? `This server runs ${config.concurrency} background requests at once and has ${config.maxQueued} waiting; try again later.`
@@ -137,6 +139,7 @@ export async function submit(
   run: RunOptions = {},
 ): Promise<boolean> {
   const { config, executor } = rt;
+  const { sendProblem, sendStoreUnavailable } = problemsFor(config.view);
   const { admission } = prepared;
   const job = newJob({
     id,
@@ -169,7 +172,7 @@ export async function submit(
     runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
       onChange: () => executor.notify(id),
       deriveOwner,
-      unanswered: sendUnanswered,
+      unanswered: (live, ended) => sendUnanswered(config, live, ended),
       ...run,
       onEnd,
     });
@@ -194,7 +197,8 @@ export async function submit(
 }
 
 /** The waiting client of a job that ended before its response began: a problem naming how it ended. */
-function sendUnanswered(live: ServerResponse, ended: { id: string; status: string; error: JobError | null }): void {
+function sendUnanswered(config: Configuration, live: ServerResponse, ended: { id: string; status: string; error: JobError | null }): void {
+  const { sendProblem } = problemsFor(config.view);
   const error = ended.error && { type: ended.error.type, message: ended.error.message };
   sendProblem(live, 'job-failed', ended.error?.message ?? `the job ended ${ended.status}`, { extra: { job: { id: ended.id, status: ended.status, error } } });
 }

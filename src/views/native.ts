@@ -42,4 +42,5 @@ export const nativeView: View = {
   listPage: (jobs, next, base) => ({ body: { items: jobs.map(({ job, position }) => jobDocument(job, base, position)), next } }),
   event: (job, at) => jobDocument(job, at.base, at.position),
   resultHeaders: () => ({}),
+  problem: (problem) => ({ body: problem }),
 };

@@ -27,4 +27,17 @@ export interface View {
   event(job: Job, at: Placement): unknown;
   /** Headers added to a finished job's replayed result. */
   resultHeaders(job: Job): Record<string, string>;
+  /** An error bgrs answers (sent with its HTTP status; `application/problem+json` unless the view's headers say otherwise). */
+  problem(problem: ProblemDocument): Rendered;
+}
+
+/** An RFC 9457 problem as bgrs builds it, before a view renders it. */
+export interface ProblemDocument {
+  type: string;
+  title: string;
+  status: number;
+  detail?: string;
+  /** Mirrors `title` for clients that read `error` (Mastodon-style). */
+  error: string;
+  [extension: string]: unknown;
 }
