@@ -2,6 +2,7 @@
 import { debuglog } from 'node:util';
 import type { Pool } from 'pg';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
+import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
@@ -261,7 +262,15 @@ export class PostgresStore implements Store {
       finish.ifLeaseExpiredBy ?? null,
     ];
     const { rows } = await this.query<JobRow & { applied: boolean }>(this.sql.finishJob, values);
-    return rows[0] ? { applied: rows[0].applied, job: rowToJob(rows[0]) } : null;
+    if (!rows[0]) return null;
+    const job = rowToJob(rows[0]);
+    // Not applied and not final: a concurrent finish committed while this statement waited for the
+    // row, and the statement's snapshot still shows the row before it. Read the end it recorded.
+    if (!rows[0].applied && !isFinal(job.status)) {
+      const now = await this.getJob(id);
+      return now ? { applied: false, job: now } : null;
+    }
+    return { applied: rows[0].applied, job };
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {

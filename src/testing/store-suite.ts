@@ -120,6 +120,25 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.equal(await store.finishJob(randomUUID(), finish('failed')), null);
       });
 
+      it('applies exactly one of many racing finishes, and every other one reports the end that won', async () => {
+        for (let round = 0; round < 5; round++) {
+          const j = job();
+          await store.createJob(j);
+          const statuses = ['completed', 'failed', 'cancelled'] as const;
+          const results = await Promise.all(
+            Array.from({ length: 9 }, (_, i) => store.finishJob(j.id, finish(statuses[i % 3]!, { error: { type: `t${i}`, message: `m${i}` } }))),
+          );
+          const applied = results.filter((r) => r?.applied);
+          assert.equal(applied.length, 1, 'one finish wins');
+          const winner = applied[0]!.job;
+          for (const result of results) {
+            assert.ok(result, 'the job exists');
+            assert.equal(result.job.status, winner.status, 'a finish that lost reports the final status that won');
+            assert.deepEqual(result.job.error, winner.error);
+          }
+        }
+      });
+
       it('loses no final status when progress and finish race', async () => {
         for (let round = 0; round < 20; round++) {
           const j = job();
