@@ -58,7 +58,15 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   // The core reaches the store only through timeouts; users get their own store back as `.store`.
   const config = { ...parsed, store: withTimeouts(parsed.store, parsed.storeTimeout) };
   const { sendInvalidBgrs, sendProblem } = problemsFor(config.view);
-  const rt: Runtime = { config, replayer: new Replayer(), executor: config.executor(config), closing: false, warned: new Set(), streams: new Map() };
+  const rt: Runtime = {
+    config,
+    replayer: new Replayer(),
+    executor: config.executor(config),
+    closing: false,
+    submitting: new Set(),
+    warned: new Set(),
+    streams: new Map(),
+  };
   const routes = createRoutes(rt);
   if (config.validations && parsed.store.local === true && process.env.NODE_ENV === 'production') {
     config.logger.warn(
@@ -178,6 +186,8 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
   async function close(closeOptions: CloseOptions = {}): Promise<void> {
     rt.closing = true;
     rt.executor.closing = true;
+    // A job recorded while close() began is handed over (and then shut down) before close() goes on.
+    while (rt.submitting.size > 0) await Promise.allSettled([...rt.submitting]);
     const grace = closeOptions.grace ?? 0;
     const pending = [...rt.executor.running.values()].map((job) => job.done);
     if (grace > 0 && pending.length) {

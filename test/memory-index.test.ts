@@ -28,14 +28,14 @@ describe('JobIndex', () => {
     index.add(key('1', 'x'), 'alice');
     index.add(key('2', 'y'), null);
     index.add(key('3', 'z'), 'bob');
-    index.move(key('2', 'y'), null, 'alice');
+    index.move(key('2', 'y'), 'alice');
     assert.deepEqual(
       [...index.newestFirst('alice', null)].map((k) => k.id),
       ['y', 'x'],
     );
     assert.deepEqual([...index.newestFirst(null, null)], []);
-    index.remove(key('1', 'x'), 'alice');
-    index.remove(key('1', 'x'), 'alice');
+    index.remove(key('1', 'x'));
+    index.remove(key('1', 'x'));
     assert.deepEqual(
       [...index.newestFirst('alice', null)].map((k) => k.id),
       ['y'],

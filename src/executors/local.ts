@@ -191,7 +191,8 @@ export class Scheduler implements Executor {
 
   /** Starts queued jobs while there are free slots; a job cancelled while queued is skipped. */
   #startNext(): void {
-    while (!this.closing && this.running.size < this.config.concurrency && this.#queue.length > 0) {
+    // Slots reserved by admissions whose jobs are still being recorded count as taken.
+    while (!this.closing && this.running.size + this.#reservedSlots < this.config.concurrency && this.#queue.length > 0) {
       const entry = this.#queue.shift()!;
       const now = Date.now();
       // Reserve the slot at once, so that concurrent completions do not overfill it.

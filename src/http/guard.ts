@@ -193,6 +193,13 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
         if (!reused()) sendResultGone(res);
         return false;
       }
+      // Its holder is alive (its lease runs): only it knows whether its handler began answering (a
+      // cancel recorded by another process does not say), and it completes or releases the key as
+      // its run ends. Until then the key is in use.
+      if (record.state === 'running' && !lapsed) {
+        if (!reused()) sendInUse(res);
+        return false;
+      }
       // Ended without a response (timeout, cancel, a crash before any answer): the key is new again.
       await store.releaseIdempotencyKey(name, record.jobId).catch(() => false);
     }

@@ -149,51 +149,61 @@ export async function submit(
     status: admission.queued ? 'queued' : 'running',
     leaseUntil: new Date(Date.now() + config.lease).toISOString(),
   });
-  try {
-    await config.store.createJob(job);
-  } catch (err) {
-    executor.cancel(admission);
-    config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
-    forgetRefused(config, id);
-    sendStoreUnavailable(res, config.retryAfter);
-    return false;
-  }
-  // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
-  const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
-  // One end per job, whichever path ends it (its run, or the queue before it started): the end
-  // hooks (the guard's key) run exactly once.
-  let ended = false;
-  const onEnd = async (final: Job | null, answered: boolean): Promise<void> => {
-    if (ended) return;
-    ended = true;
-    await run.onEnd?.(final, answered);
-  };
-  const start = () =>
-    runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
-      onChange: () => executor.notify(id),
-      deriveOwner,
-      unanswered: (live, ended) => sendUnanswered(config, live, ended),
-      ...run,
-      onEnd,
-    });
-  // Ended before it started (cancelled while queued, shut down): the run's end hooks still run,
-  // and a client waiting for its response gets an answer.
-  const skipped = (): void => {
-    if (ended) return;
-    void (async () => {
-      const ended = await config.store.getJob(id).catch(() => null);
-      const final = ended && isFinal(ended.status) ? ended : null;
-      await onEnd(final, false);
-      if (run.live)
-        sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, {
-          extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } },
-        });
-    })().catch((err: unknown) => config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error)?.message ?? String(err)}`));
-  };
-  // The admission held its place while the job was written, so it is still valid.
-  executor.place(admission, id, start, skipped);
+  // close() waits for this hand-over: a job recorded as close() begins still reaches the executor,
+  // which then shuts it down with the others, rather than starting after close() resolved.
+  const handing = handOver();
+  rt.submitting.add(handing);
+  const placed = await handing.finally(() => rt.submitting.delete(handing));
+  if (!placed) return false;
   if (ack) await answer(rt, res, job, ack);
   return true;
+
+  async function handOver(): Promise<boolean> {
+    try {
+      await config.store.createJob(job);
+    } catch (err) {
+      executor.cancel(admission);
+      config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
+      forgetRefused(config, id);
+      sendStoreUnavailable(res, config.retryAfter);
+      return false;
+    }
+    // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
+    const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
+    // One end per job, whichever path ends it (its run, or the queue before it started): the end
+    // hooks (the guard's key) run exactly once.
+    let ended = false;
+    const onEnd = async (final: Job | null, answered: boolean): Promise<void> => {
+      if (ended) return;
+      ended = true;
+      await run.onEnd?.(final, answered);
+    };
+    const start = () =>
+      runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
+        onChange: () => executor.notify(id),
+        deriveOwner,
+        unanswered: (live, ended) => sendUnanswered(config, live, ended),
+        ...run,
+        onEnd,
+      });
+    // Ended before it started (cancelled while queued, shut down): the run's end hooks still run,
+    // and a client waiting for its response gets an answer.
+    const skipped = (): void => {
+      if (ended) return;
+      void (async () => {
+        const ended = await config.store.getJob(id).catch(() => null);
+        const final = ended && isFinal(ended.status) ? ended : null;
+        await onEnd(final, false);
+        if (run.live)
+          sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, {
+            extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } },
+          });
+      })().catch((err: unknown) => config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error)?.message ?? String(err)}`));
+    };
+    // The admission held its place while the job was written, so it is still valid.
+    executor.place(admission, id, start, skipped);
+    return true;
+  }
 }
 
 /** The waiting client of a job that ended before its response began: a problem naming how it ended. */

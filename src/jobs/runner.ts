@@ -254,11 +254,17 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       if (flushed) {
         // The client has its answer already.
       } else if (live && !live.destroyed) {
-        if (answered && writer) writer.flushLive();
-        // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
-        else if (liveStarted) live.destroy();
-        else if (options.unanswered) options.unanswered(live, { id, status, error });
-        else live.destroy();
+        try {
+          if (answered && writer) writer.flushLive();
+          // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
+          else if (liveStarted) live.destroy();
+          else if (options.unanswered) options.unanswered(live, { id, status, error });
+          else live.destroy();
+        } catch (err) {
+          // A view that throws must not keep the job's slot forever.
+          config.logger.error(`express-bgrs: could not answer the client of job ${id}: ${(err as Error)?.message ?? String(err)}`);
+          live.destroy();
+        }
       }
       resolveDone();
     }

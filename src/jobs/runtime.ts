@@ -8,6 +8,8 @@ export interface Runtime {
   replayer: Replayer;
   executor: Executor;
   closing: boolean;
+  /** Submits between their store write and their hand-over to the executor: close() waits for them. */
+  submitting: Set<Promise<unknown>>;
   warned: Set<string>;
   /** Open `/events` streams per caller (limitKey), for `maxEventStreams`. */
   streams: Map<string, number>;

@@ -41,16 +41,24 @@ export class JobIndex {
   readonly #all: IndexKey[] = [];
   /** Per owner; `null` holds the anonymous jobs. */
   readonly #byOwner = new Map<string | null, IndexKey[]>();
+  /** Whose list each indexed job is in. */
+  readonly #ownerOf = new Map<string, string | null>();
 
   add(key: IndexKey, owner: string | null): void {
+    if (this.#ownerOf.has(key.id)) return;
     const entry = { createdAt: key.createdAt, id: key.id };
     insert(this.#all, entry);
+    this.#ownerOf.set(key.id, owner);
     let list = this.#byOwner.get(owner);
     if (!list) this.#byOwner.set(owner, (list = []));
     insert(list, entry);
   }
 
-  remove(key: IndexKey, owner: string | null): void {
+  /** Forgets a job; removing one that is not indexed does nothing. */
+  remove(key: IndexKey): void {
+    if (!this.#ownerOf.has(key.id)) return;
+    const owner = this.#ownerOf.get(key.id) ?? null;
+    this.#ownerOf.delete(key.id);
     remove(this.#all, key);
     const list = this.#byOwner.get(owner);
     if (!list) return;
@@ -59,15 +67,15 @@ export class JobIndex {
   }
 
   /** A job given its owner after the fact (the replay's auth): it moves to that owner's list. */
-  move(key: IndexKey, from: string | null, to: string | null): void {
-    const list = this.#byOwner.get(from);
-    if (list) {
-      remove(list, key);
-      if (list.length === 0) this.#byOwner.delete(from);
-    }
-    let target = this.#byOwner.get(to);
-    if (!target) this.#byOwner.set(to, (target = []));
-    insert(target, { createdAt: key.createdAt, id: key.id });
+  move(key: IndexKey, to: string | null): void {
+    if (!this.#ownerOf.has(key.id)) return;
+    this.remove(key);
+    this.add(key, to);
+  }
+
+  /** How many jobs are indexed (every owner). */
+  get size(): number {
+    return this.#all.length;
   }
 
   /**
@@ -86,5 +94,6 @@ export class JobIndex {
   clear(): void {
     this.#all.length = 0;
     this.#byOwner.clear();
+    this.#ownerOf.clear();
   }
 }

@@ -112,7 +112,7 @@ export class MemoryStore implements Store {
       ttlResolution: 1000,
       // Evicted, expired or deleted: out of the listing too.
       dispose: (entry, _id, reason) => {
-        if (reason !== 'set') this.index.remove(entry.job, entry.job.owner);
+        if (reason !== 'set') this.index.remove(entry.job);
       },
     });
   }
@@ -147,7 +147,7 @@ export class MemoryStore implements Store {
     if (update.message !== undefined) entry.job.message = update.message;
     if (update.resultCount !== undefined) entry.job.resultCount = update.resultCount;
     if (update.owner != null && entry.job.owner === null) {
-      this.index.move(entry.job, null, update.owner);
+      this.index.move(entry.job, update.owner);
       entry.job.owner = update.owner;
     }
     return true;
@@ -183,7 +183,11 @@ export class MemoryStore implements Store {
     // status filter skips some), never a sort of every job.
     for (const key of this.index.newestFirst(query.owner, after)) {
       const job = this.listed(key.id, now);
-      if (!job) continue;
+      if (!job) {
+        // Gone without telling the index (lru-cache drops a stale entry on read): forget it now.
+        this.index.remove(key);
+        continue;
+      }
       if (statuses && !statuses.has(job.status)) continue;
       if (page.length === query.limit) {
         more = true;
@@ -197,8 +201,12 @@ export class MemoryStore implements Store {
 
   /** A job as listing sees it, without touching the LRU order; an expired one is dropped as it is met. */
   private listed(id: string, now: number): Job | undefined {
-    const entry = this.active.get(id) ?? this.pinned.get(id) ?? this.finished.peek(id, { allowStale: true });
-    if (!entry) return undefined;
+    // peek: no LRU reordering; a stale entry (past its expiresAt or the ttl cap) reads as gone.
+    const entry = this.active.get(id) ?? this.pinned.get(id) ?? this.finished.peek(id);
+    if (!entry) {
+      this.finished.delete(id);
+      return undefined;
+    }
     if (entry.job.expiresAt !== null && Date.parse(entry.job.expiresAt) <= now && !this.active.has(id)) {
       this.forgetFinished(id);
       return undefined;
@@ -211,7 +219,7 @@ export class MemoryStore implements Store {
     const pinned = this.pinned.get(id);
     if (pinned) {
       this.pinned.delete(id);
-      this.index.remove(pinned.job, pinned.job.owner);
+      this.index.remove(pinned.job);
     }
     this.finished.delete(id);
   }
@@ -219,7 +227,8 @@ export class MemoryStore implements Store {
   async finishJob(id: string, finish: JobFinish): Promise<JobFinished | null> {
     const entry = this.active.get(id);
     if (!entry) {
-      const ended = this.pinned.get(id) ?? this.finished.get(id);
+      // entry(): a job past its expiry is unknown here as everywhere.
+      const ended = this.entry(id);
       return ended ? { applied: false, job: copyJob(ended.job) } : null;
     }
     if (finish.ifLeaseExpiredBy !== undefined && !(entry.job.leaseUntil !== null && entry.job.leaseUntil <= finish.ifLeaseExpiredBy)) {
@@ -232,7 +241,11 @@ export class MemoryStore implements Store {
     let ttl = Math.max(1, Date.parse(finish.expiresAt) - Date.now());
     if (this.ttlCap !== undefined) ttl = Math.min(ttl, this.ttlCap);
     if (this.keyedJobs.has(id)) this.pinned.set(id, entry);
-    else this.finished.set(id, entry, { ttl });
+    else {
+      this.finished.set(id, entry, { ttl });
+      // Larger than maxBytes on its own: lru-cache keeps nothing (its dispose says 'set'), so the job is gone.
+      if (!this.finished.has(id, { updateAgeOnHas: false })) this.index.remove(entry.job);
+    }
     // A busy server also sweeps every 256 finishes, so expired results never pile up between sweeps.
     if (++this.finishesSincePurge >= 256) {
       this.finishesSincePurge = 0;
@@ -280,7 +293,7 @@ export class MemoryStore implements Store {
     const running = this.active.get(id);
     if (running) {
       this.active.delete(id);
-      this.index.remove(running.job, running.job.owner);
+      this.index.remove(running.job);
       return true;
     }
     const known = this.pinned.has(id) || this.finished.has(id, { updateAgeOnHas: false });
