@@ -1,4 +1,5 @@
 // bgrs(options): resolves the options once and wires the middleware, the job routes and the runner together.
+
 import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
 import type { IdempotencyOptions } from './config/guard-options.js';
 import { parseIdempotencyOptions } from './config/guard-options.js';
@@ -8,6 +9,7 @@ import type { DispatchFactory } from './http/dispatch.js';
 import { ensureDefaultContext, isReplay, passThrough, takeResume, throughApp, throughHandlers } from './http/dispatch.js';
 import type { Guard } from './http/guard.js';
 import { createGuard } from './http/guard.js';
+import { rememberEntryOwner, resolveOwner } from './http/owner.js';
 import { problemsFor } from './http/problem.js';
 import { createRoutes, reachesBasePath, underBasePath } from './http/routes.js';
 import { detach } from './http/submit.js';
@@ -105,7 +107,13 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     ensureDefaultContext(req);
     // The common request asks for nothing: no parameter, no Prefer header, no guard to apply. A
     // custom trigger is the one rule instead, so it is asked on every request.
-    if (globalGuard === null && config.trigger === undefined && req.url.indexOf(PARAM) === -1 && req.headers.prefer === undefined) {
+    if (
+      globalGuard === null &&
+      config.trigger === undefined &&
+      req.url.indexOf(PARAM) === -1 &&
+      req.headers.prefer === undefined &&
+      req.headers['idempotency-key'] === undefined
+    ) {
       return underBasePath(config.basePath, req.originalUrl ?? req.url) ? routes(req, res, next) : next();
     }
     if (isReplay(req)) return next();
@@ -120,7 +128,15 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     if (guard) return guard.handle(req, res, next, throughApp);
     if (!decision.detach || req.method === 'HEAD' || req.method === 'OPTIONS') {
       passThrough(req, customTrigger);
-      return next();
+      if (req.headers['idempotency-key'] === undefined) return next();
+      // A keyed request going on to its route: its guard scopes the key by the owner seen here.
+      return void resolveOwner(config.owner, req).then(
+        (owner) => {
+          rememberEntryOwner(req, owner);
+          next();
+        },
+        () => next(),
+      );
     }
     void detach(rt, req, res, next, decision, throughApp);
   } as BgrsMiddleware;
@@ -174,7 +190,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       }
       if (refuseKeyed(req, res)) return;
       const guard = req.headers['idempotency-key'] !== undefined && detachGuard?.applies(req) ? detachGuard : null;
-      if (guard) return guard.handle(req, res, next, factory);
+      if (guard) return guard.handle(req, res, next, factory, run);
       void detach(rt, req, res, next, decision, factory, run);
     };
   }

@@ -3,6 +3,7 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { v4 as uuidv4 } from 'uuid';
 import type { GuardConfig } from '../config/guard-options.js';
 import { readJob } from '../jobs/observe.js';
+import type { RunOptions } from '../jobs/runner.js';
 import type { Runtime } from '../jobs/runtime.js';
 import type { Job, JobResponse } from '../model/job.js';
 import { isFinal } from '../model/job.js';
@@ -12,10 +13,10 @@ import type { DispatchFactory } from './dispatch.js';
 import { isReplay, throughApp } from './dispatch.js';
 import { defaultFingerprint, parseIdempotencyKey, recordKey } from './idempotency-key.js';
 import { sendJson } from './json.js';
-import { credentialScope, resolveOwner } from './owner.js';
+import { credentialScope, entryOwner, resolveOwner } from './owner.js';
 import { problemsFor } from './problem.js';
 import { replayResult } from './result.js';
-import type { Prepared } from './submit.js';
+import type { Acknowledgement, Prepared } from './submit.js';
 import { acknowledge, prepare, submit } from './submit.js';
 import { decide } from './trigger.js';
 
@@ -27,7 +28,7 @@ export interface Guard {
   /** Whether this guard takes the request (its method is guarded). */
   applies(req: Request): boolean;
   /** Runs the guard for a request bgrs is about to detach (so the key is claimed before any 202). */
-  handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void;
+  handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory, route?: RunOptions): void;
 }
 
 export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Guard {
@@ -43,7 +44,15 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
   const unavailable = (res: Response): void => sendStoreUnavailable(res, config.retryAfter);
 
   /** The first request with this key: it runs, as a job, and its response is stored with the key. */
-  async function execute(res: Response, prepared: Prepared, method: string, id: string, name: string, ack: { byPrefer: boolean } | null): Promise<void> {
+  async function execute(
+    res: Response,
+    prepared: Prepared,
+    method: string,
+    id: string,
+    name: string,
+    ack: Acknowledgement | null,
+    route: RunOptions,
+  ): Promise<void> {
     // One renewal in flight at most: a slow store is not piled up with more of them.
     let renewing = false;
     const renew = setInterval(() => {
@@ -58,6 +67,8 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     }, guard.lease / 3);
     renew.unref();
     const started = await submit(rt, res, prepared, id, method, ack, {
+      // The route's own run options (detachable({ timeout })) hold with a key too.
+      ...route,
       live: ack ? undefined : res,
       // The stored response must outlive the key that replays it.
       ttl: Math.max(config.ttl, guard.ttl),
@@ -78,14 +89,15 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     }
   }
 
-  async function keyed(req: Request, res: Response, next: NextFunction, key: string, factory: DispatchFactory): Promise<void> {
+  async function keyed(req: Request, res: Response, next: NextFunction, key: string, factory: DispatchFactory, route: RunOptions): Promise<void> {
     const decision = decide(config, req);
-    const ack = decision.detach ? { byPrefer: decision.byPrefer } : null;
+    // Prefer: respond-async, wait=N holds with a key as without one.
+    const ack: Acknowledgement | null = decision.detach ? { byPrefer: decision.byPrefer, wait: decision.wait } : null;
     const prepared = await prepare(rt, req, res, next, factory);
     if (!prepared) return;
     let handedOver = false;
     try {
-      handedOver = await claimAndAnswer(req, res, next, key, prepared, ack);
+      handedOver = await claimAndAnswer(req, res, next, key, prepared, ack, route);
     } finally {
       // Answered from the record (a replay, 409, 422, 503): the place admission held is given back.
       if (!handedOver) rt.executor.cancel(prepared.admission);
@@ -99,7 +111,8 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     next: NextFunction,
     key: string,
     prepared: Prepared,
-    ack: { byPrefer: boolean } | null,
+    ack: Acknowledgement | null,
+    route: RunOptions,
   ): Promise<boolean> {
     let fingerprint: string;
     let scope: string | null;
@@ -130,7 +143,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
         return false;
       }
       if (claim.won) {
-        await execute(res, prepared, req.method, id, name, ack);
+        await execute(res, prepared, req.method, id, name, ack, route);
         return true;
       }
       const { record } = claim;
@@ -228,7 +241,11 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
       const scope = await resolveOwner(guard.scope, req);
       return scope === null ? null : `scope:${scope}`;
     }
-    return owner !== null ? `owner:${owner}` : credentialScope(req);
+    // Where app.use(bgrs()) met the request first, the owner it saw there decides, as it did for
+    // a detached try of the same key (claimed before the route's auth ran).
+    const entry = entryOwner(req);
+    const who = entry !== undefined ? entry : owner;
+    return who !== null ? `owner:${who}` : credentialScope(req);
   }
 
   /** A finished job, retried with a detach: its document, as the replayed answer. */
@@ -237,7 +254,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     sendJson(res, 200, rendered.body, { Location: `${config.basePath}/${job.id}`, 'Idempotent-Replayed': 'true', ...rendered.headers });
   }
 
-  function handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory): void {
+  function handle(req: Request, res: Response, next: NextFunction, factory: DispatchFactory, route: RunOptions = {}): void {
     const header = req.headers['idempotency-key'];
     if (header === undefined) {
       if (guard.required) return sendProblem(res, 'idempotency-key-missing', `${req.method} requests here need an Idempotency-Key header.`);
@@ -254,7 +271,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     if (decide(config, req).invalid) {
       return sendInvalidBgrs(res);
     }
-    void keyed(req, res, next, key, factory).catch(next);
+    void keyed(req, res, next, key, factory, route).catch(next);
   }
 
   const applies = (req: Request): boolean => guard.methods.has(req.method);

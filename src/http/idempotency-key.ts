@@ -81,10 +81,13 @@ const FORM = 'application/x-www-form-urlencoded';
 
 /** A form's pairs in one order, with `a[]`, `a[0]` and `a` read alike (as qs and querystring parse them). */
 function canonicalForm(pairs: Array<[string, string]>): string {
-  const normalised = pairs.map(([key, value]) => [key.replace(/\[\d*\]/g, ''), value] as [string, string]);
-  // A stable sort by name keeps the order of repeated names, which is the order of array items.
-  normalised.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
-  return JSON.stringify(normalised);
+  // An explicit index (`a[1]`) orders the items as qs does; without one, the order they came in.
+  const normalised = pairs.map(([key, value], position) => {
+    const index = /\[(\d+)\]/.exec(key);
+    return { name: key.replace(/\[\d*\]/g, ''), value, order: index ? Number(index[1]) : position };
+  });
+  normalised.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.order - b.order));
+  return JSON.stringify(normalised.map(({ name, value }) => [name, value]));
 }
 
 /** A parsed form (`express.urlencoded`, extended or not) back into name/value pairs, nested names in brackets. */
@@ -163,7 +166,9 @@ export function defaultFingerprint(
   const hash = createHash('sha256');
   hash.update(`${req.method}\n${q === -1 ? url : url.slice(0, q)}\n${canonicalQuery(url, keepParam)}\n`);
   const body = bodyDigestInput(req.headers['content-type'], raw, parsed, preParsed);
-  if (body !== null) hash.update(body);
+  // Raw bytes are tagged like the canonical forms, so no body can pass for another kind.
+  if (typeof body === 'string') hash.update(body);
+  else if (body !== null) hash.update('raw:').update(body);
   return hash.digest('base64url');
 }
 

@@ -36,3 +36,20 @@ export function credentialScope(req: Request): string | null {
     .update(JSON.stringify([authorization ?? null, cookie ?? null]))
     .digest('base64url')}`;
 }
+
+/** The owner `app.use(bgrs())` saw when a request with an Idempotency-Key passed it. */
+const kEntryOwner = Symbol('express-bgrs.entryOwner');
+
+/**
+ * Remembers who owned a keyed request where `app.use(bgrs())` met it, before the route's own
+ * auth: a route guard scopes the key by that same owner, so a detached try (claimed there) and a
+ * synchronous retry (claimed at the route) share one record whatever the auth layout.
+ */
+export function rememberEntryOwner(req: Request, owner: string | null): void {
+  (req as Request & { [kEntryOwner]?: string | null })[kEntryOwner] = owner;
+}
+
+/** The owner remembered at `app.use(bgrs())`, or `undefined` when the request did not pass one. */
+export function entryOwner(req: Request): string | null | undefined {
+  return (req as Request & { [kEntryOwner]?: string | null })[kEntryOwner];
+}

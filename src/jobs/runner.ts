@@ -185,12 +185,21 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
   const startedAt = Date.now();
   let replayed: IncomingMessage | undefined;
   let owned: Promise<void> | undefined;
-  /** Runs deriveOwner once, on the replayed request as the route's middleware left it. */
+  /** Whether the owner is on record (or there is none to derive). */
+  let ownerKnown = !options.deriveOwner;
+  /**
+   * Runs deriveOwner on the replayed request as the route's middleware left it: at the first
+   * `req.bgrs` write, and once more at the response head when that gave no owner (a middleware
+   * that logs before the route's auth ran must not leave the job anonymous).
+   */
   const settleOwner = (): Promise<void> =>
     (owned ??= (async () => {
       if (!options.deriveOwner || !replayed) return;
       const owner = await options.deriveOwner(replayed);
-      if (owner !== null) await config.store.updateProgress(id, { owner });
+      if (owner !== null) {
+        await config.store.updateProgress(id, { owner });
+        ownerKnown = true;
+      }
     })().catch((err: unknown) => config.logger.error(`express-bgrs: could not record the owner of job ${id}: ${(err as Error)?.message ?? String(err)}`)));
   const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms), options.deriveOwner ? settleOwner : undefined, config);
   let timer: NodeJS.Timeout | undefined;
@@ -299,6 +308,10 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       began = true;
       // Whose result this is must be on record before any byte of it is.
       await settleOwner();
+      if (!ownerKnown) {
+        owned = undefined;
+        await settleOwner();
+      }
       writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);
       if (live) {
         writeLiveHead(live, res);
