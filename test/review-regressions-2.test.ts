@@ -131,3 +131,32 @@ describe('fingerprints', () => {
     assert.notEqual(raw, json);
   });
 });
+
+forEachExpress((express) => {
+  describe('repeated query parameters on the job routes', () => {
+    let server: Running;
+    let background: ReturnType<typeof bgrs>;
+    before(async () => {
+      background = bgrs({ owner: () => 'alice' });
+      const app = express();
+      app.use(background);
+      app.get('/work', (_req: Request, res: Response) => res.json({ ok: true }));
+      server = await listen(app);
+    });
+    after(async () => {
+      await background.close();
+      await server.close();
+    });
+
+    // Promise: an ambiguous client value is a 400 problem, never read one way or the other.
+    it('answers a repeated wait or cursor with 400 invalid-parameter, as a repeated after or limit', async () => {
+      const ack = await fetch(`${server.url}/work?bgrs=yes`);
+      const { id } = (await ack.json()) as { id: string };
+      for (const path of [`/bgrs/${id}?wait=1&wait=2`, `/bgrs/${id}/result?wait=0&wait=3`, '/bgrs?cursor=a&cursor=b']) {
+        const res = await fetch(`${server.url}${path}`);
+        assert.equal(res.status, 400, path);
+        assert.equal(((await res.json()) as { type: string }).type, 'urn:express-bgrs:problem:invalid-parameter', path);
+      }
+    });
+  });
+});

@@ -90,6 +90,8 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
 
   /** `?wait=N` or `Prefer: wait=N`, in seconds, capped by `maxWait`; `null` when `?wait` is invalid. */
   function waitSeconds(req: Request, params: URLSearchParams): number | null {
+    // A repeated parameter is ambiguous, answered 400 like a repeated `after` or `limit`.
+    if (params.getAll('wait').length > 1) return null;
     const query = params.get('wait');
     if (query !== null) {
       if (!/^\d+(\.\d+)?$/.test(query)) return null;
@@ -137,6 +139,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
       .filter(Boolean);
     const unknown = statuses.find((status) => !STATUSES.has(status));
     if (unknown !== undefined) return sendProblem(res, 'invalid-parameter', `Unknown status \`${unknown}\`; use ${[...STATUSES].join(', ')}.`);
+    if (params.getAll('cursor').length > 1) return sendProblem(res, 'invalid-parameter', '`cursor` may be given once.');
     const cursor = params.get('cursor');
     const everyone = config.authorize ? Boolean(await config.authorize(req, null, 'list-all')) : false;
     const owner = everyone ? undefined : await resolveOwner(config.owner, req);
@@ -223,7 +226,7 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
 
     if (sub === '' || sub === 'result') {
       const wait = waitSeconds(req, params);
-      if (wait === null) return sendProblem(res, 'invalid-parameter', '`wait` must be a number of seconds.');
+      if (wait === null) return sendProblem(res, 'invalid-parameter', '`wait` must be one number of seconds.');
       if (wait > 0 && !isFinal(job.status)) {
         const closed = new AbortController();
         res.once('close', () => closed.abort());
