@@ -5,7 +5,7 @@ import type { ExecutorFactory } from '../executors/executor.js';
 import { Scheduler } from '../executors/local.js';
 import type { Job } from '../model/job.js';
 import { MemoryStore } from '../stores/memory.js';
-import { IDEMPOTENCY_METHODS, missingIdempotencyMethods, type Store } from '../stores/store.js';
+import { IDEMPOTENCY_METHODS, JOB_METHODS, missingIdempotencyMethods, type Store } from '../stores/store.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Logger } from '../util/logger.js';
 import { nativeView } from '../views/native.js';
@@ -156,22 +156,6 @@ function defaults(): Omit<Options, 'store'> {
 
 const KNOWN = ['store', ...Object.keys(defaults())] as Array<keyof Options>;
 
-/** What every store must implement (the Store interface's required methods). */
-const STORE_METHODS = [
-  'createJob',
-  'getJob',
-  'updateProgress',
-  'startJob',
-  'renewLeases',
-  'listJobs',
-  'finishJob',
-  'appendLog',
-  'readLogs',
-  'appendResult',
-  'readResult',
-  'deleteJob',
-] as const;
-
 function fail(option: string, value: unknown, expected: string): never {
   let shown: string;
   try {
@@ -208,7 +192,7 @@ export function parseOptions(input: Partial<Options> | undefined): Configuration
 
   if (!ownsStore) {
     const store = config.store as Partial<Store> | null;
-    const missing = STORE_METHODS.filter((method) => !store || typeof store[method] !== 'function');
+    const missing = JOB_METHODS.filter((method) => !store || typeof store[method] !== 'function');
     if (missing.length) {
       throw new TypeError(`bgrs(): \`store\` must be a Store; it lacks ${missing.map((method) => `\`${method}()\``).join(', ')} (README, "Writing a store").`);
     }

@@ -1,7 +1,9 @@
 // The in-process executor (the default): concurrency and queue limits, the lease heartbeat, local change notifications.
+
 import { JobAbortError } from '../model/errors.js';
 import type { JobError } from '../model/job.js';
 import { endingNow } from '../model/job.js';
+import { oneAtATime } from '../util/one-at-a-time.js';
 import type { Admission, Executor, ExecutorConfig, Held, RunningJob } from './executor.js';
 
 interface Queued {
@@ -32,7 +34,6 @@ export class Scheduler implements Executor {
   #heartbeat: NodeJS.Timeout | undefined;
   /** Queued jobs whose start the store is recording now. */
   readonly #starting = new Set<Promise<void>>();
-  #beating = false;
   /** Set by close(): queued jobs no longer start (they would only be aborted). */
   closing = false;
 
@@ -237,13 +238,10 @@ export class Scheduler implements Executor {
     if (this.#heartbeat) return;
     const every = Math.max(50, Math.min(this.config.lease / 3, 1000));
     // A beat still waiting on a slow store is not joined by another: one renewal in flight at most.
-    this.#heartbeat = setInterval(() => {
-      if (this.#beating) return;
-      this.#beating = true;
-      void this.#beat().finally(() => {
-        this.#beating = false;
-      });
-    }, every);
+    this.#heartbeat = setInterval(
+      oneAtATime(() => this.#beat()),
+      every,
+    );
     this.#heartbeat.unref();
   }
 

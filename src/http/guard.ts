@@ -1,4 +1,5 @@
 // The Idempotency-Key guard: one key, one execution; retries replay the stored response or re-attach to the job.
+
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { v4 as uuidv4 } from 'uuid';
 import type { GuardConfig } from '../config/guard-options.js';
@@ -9,6 +10,7 @@ import type { Job, JobResponse } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import type { IdempotencyClaimResult, IdempotencyStore, Store } from '../stores/store.js';
 import { missingIdempotencyMethods, StoreFullError } from '../stores/store.js';
+import { oneAtATime } from '../util/one-at-a-time.js';
 import type { DispatchFactory } from './dispatch.js';
 import { isReplay, throughApp } from './dispatch.js';
 import { defaultFingerprint, parseIdempotencyKey, recordKey } from './idempotency-key.js';
@@ -54,17 +56,10 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     route: RunOptions,
   ): Promise<void> {
     // One renewal in flight at most: a slow store is not piled up with more of them.
-    let renewing = false;
-    const renew = setInterval(() => {
-      if (renewing) return;
-      renewing = true;
-      store
-        .renewIdempotencyKey(name, id, Date.now() + guard.lease)
-        .catch(() => false)
-        .finally(() => {
-          renewing = false;
-        });
-    }, guard.lease / 3);
+    const renew = setInterval(
+      oneAtATime(() => store.renewIdempotencyKey(name, id, Date.now() + guard.lease)),
+      guard.lease / 3,
+    );
     renew.unref();
     const started = await submit(rt, res, prepared, id, method, ack, {
       // The route's own run options (detachable({ timeout })) hold with a key too.
@@ -164,6 +159,10 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
         return false;
       }
       const lapsed = record.state === 'running' && record.leaseUntil <= Date.now();
+      // Its execution answered but its holder's completion may have been lost (a store fault, a crash): complete it now.
+      const completeForHolder = async (): Promise<void> => {
+        if (record.state === 'running') await store.completeIdempotencyKey(name, record.jobId, Date.now() + guard.ttl).catch(() => false);
+      };
       if (job && isFinal(job.status) && job.response) {
         // Its execution answered. A response storeResponse excludes frees the key (the app's choice).
         if (!guard.storeResponse(job.response.status)) {
@@ -171,8 +170,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
           continue;
         }
         if (reused()) return false;
-        // Its holder's completion may have been lost (a store fault, a crash): complete it now.
-        if (record.state === 'running') await store.completeIdempotencyKey(name, record.jobId, Date.now() + guard.ttl).catch(() => false);
+        await completeForHolder();
         if (ack) sendJobDocument(res, job);
         else if (body) await replayResult(res, job as Job & { response: JobResponse }, body, config.replayCookies, REPLAYED);
         else sendResultGone(res);
@@ -202,7 +200,7 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
       // A completed key whose response was not kept (the store failed under it), or an execution
       // that began answering before it failed and whose key's completion was lost: never run again.
       if (record.state === 'done' || job.error?.answered) {
-        if (record.state === 'running') await store.completeIdempotencyKey(name, record.jobId, Date.now() + guard.ttl).catch(() => false);
+        await completeForHolder();
         if (!reused()) sendResultGone(res);
         return false;
       }

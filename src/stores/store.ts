@@ -149,6 +149,22 @@ export interface IdempotencyStore {
 /** A store as bgrs takes it: the job methods, and the guard's methods when it backs the guard. */
 export interface Store extends JobStore, Partial<IdempotencyStore> {}
 
+/** The job methods every store has, in the order the errors name them. */
+export const JOB_METHODS = [
+  'createJob',
+  'getJob',
+  'updateProgress',
+  'startJob',
+  'renewLeases',
+  'listJobs',
+  'finishJob',
+  'appendLog',
+  'readLogs',
+  'appendResult',
+  'readResult',
+  'deleteJob',
+] as const satisfies ReadonlyArray<keyof JobStore>;
+
 /** The guard's methods, in the order the errors name them. */
 export const IDEMPOTENCY_METHODS = ['claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const;
 

@@ -1,5 +1,6 @@
 // Wraps the user's store so that no call the core makes can hang: each one fails after `storeTimeout`.
 import type { Store } from './store.js';
+import { IDEMPOTENCY_METHODS, JOB_METHODS } from './store.js';
 
 class StoreTimeoutError extends Error {
   readonly code = 'BGRS_STORE_TIMEOUT';
@@ -8,24 +9,7 @@ class StoreTimeoutError extends Error {
   }
 }
 
-const METHODS = [
-  'createJob',
-  'getJob',
-  'updateProgress',
-  'startJob',
-  'renewLeases',
-  'listJobs',
-  'finishJob',
-  'appendLog',
-  'readLogs',
-  'appendResult',
-  'readResult',
-  'deleteJob',
-  'claimIdempotencyKey',
-  'renewIdempotencyKey',
-  'completeIdempotencyKey',
-  'releaseIdempotencyKey',
-] as const satisfies ReadonlyArray<keyof Store>;
+const METHODS = [...JOB_METHODS, ...IDEMPOTENCY_METHODS] as const;
 
 /**
  * A client that queues commands while disconnected (ioredis' offline queue) or a pool waiting for
