@@ -209,6 +209,26 @@ for (const kind of await storeKinds())
           assert.equal((end.data as JobDoc).warnings, 1);
         });
 
+        // Promise: a stream whose job vanishes from the store says so (`gone`) and closes, rather
+        // than closing silently (an EventSource would reconnect forever into 404s).
+        it('sends gone and closes when the job disappears from the store while streaming', { timeout: 20_000 }, async () => {
+          const ack = await fetch(`${server.url}/steps?bgrs=yes&gate=sse-gone`, user('ann'));
+          const { id, links } = (await ack.json()) as JobDoc;
+          const stream = sse(await fetch(server.url + links.events, user('ann')));
+          const [status] = await stream.take(1);
+          assert.equal(status!.event, 'status');
+          assert.equal(await store.deleteJob(id), true);
+          await step('sse-gone-1');
+          const rest = await stream.rest();
+          assert.deepEqual(rest.at(-1), { event: 'gone', id: rest.at(-1)!.id, data: { id } });
+          assert.ok(!rest.some((e) => e.event === 'end'), 'no end event for a job that is gone');
+          // Let the handler run out (its writes land on a job that no longer exists).
+          for (let i = 2; i <= 4; i++) {
+            for (let t = 0; t < 50 && !gates.has(`sse-gone-${i}`); t++) await sleep(10);
+            gates.get(`sse-gone-${i}`)?.();
+          }
+        });
+
         it('answers 404 for a foreign job, and streams a finished one to its end at once', { timeout: 20_000 }, async () => {
           const ack = await fetch(`${server.url}/quick?bgrs=yes&n=sse`, user('ann'));
           const { links } = (await ack.json()) as JobDoc;

@@ -10,7 +10,9 @@ const LOG_PAGE = 1000;
 /**
  * Streams events until the job is final: `status` (job document) when the status changes,
  * `progress` (`{ progress, message, resultCount }`) when those change, `log` for each log line,
- * then `end` (the final job document) and the stream closes.
+ * then `end` (the final job document) and the stream closes. A job that disappears meanwhile
+ * (deleted, expired or evicted from its store) gets `gone` (`{ id }`) instead of `end`, so a client
+ * knows to stop rather than reconnect (an `EventSource` reconnects after any close).
  *
  * Every event's `id:` is the seq of the last log line sent so far. Log lines are the only events
  * that are deltas; status and progress are snapshots. So a client that reconnects with
@@ -54,7 +56,10 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
   let job: Job | null = first;
   try {
     while (!closed.signal.aborted) {
-      if (!job) break;
+      if (!job) {
+        await send('gone', { id: first.id });
+        break;
+      }
       if (!shown || shown.status !== job.status) {
         await send('status', config.view.event(job, { base: config.basePath, position: rt.executor.position(job.id) }));
       }
