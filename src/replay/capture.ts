@@ -113,7 +113,15 @@ export class Replayer {
       encrypted: envelope.encrypted || undefined,
       [kSlot]: slot,
     });
-    Object.assign(clientSide, SOCKET_NO_OPS);
+    Object.assign(clientSide, SOCKET_NO_OPS, {
+      // The client calls this once the response is over. Without it, it ends its side instead, and
+      // the server end, already finished, is told to end again: Node builds (and drops) an
+      // ERR_STREAM_ALREADY_FINISHED with its stack for every job. The pair is destroyed right after
+      // anyway (on the response's close), so destroying it here only skips that end.
+      destroySoon() {
+        clientSide.destroy();
+      },
+    });
     this.#server.emit('connection', serverSide);
     const request = http.request({
       method: envelope.method,
