@@ -646,7 +646,8 @@ async function runStoresRate(major: Major): Promise<Comparison[]> {
       name: `RedisStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker (concurrency 64) in the same process`,
       baseline: a1,
       subject: b1,
-      goal: 1.0,
+      // Issue 12's goal (the earlier 1.0 came from the first design draft).
+      goal: 0.8,
       background: true,
     },
     {
