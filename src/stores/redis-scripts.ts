@@ -114,11 +114,12 @@ if ARGV[2] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 3))
 local job = redis.call('HGETALL', KEYS[1])
+-- Read before PEXPIREAT: an expiresAt already past (a short ttl, a clock behind Redis's) deletes the keys at once.
+local owner, createdAt, id = unpack(redis.call('HMGET', KEYS[1], 'owner', 'createdAt', 'id'))
 for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], ARGV[1]) end
 if #KEYS == 4 then
   -- The entry the client would write: [owner, "<createdAt> <id>"], owner as stored (JSON).
-  local owner = redis.call('HGET', KEYS[1], 'owner')
-  local member = cjson.decode(redis.call('HGET', KEYS[1], 'createdAt')) .. ' ' .. cjson.decode(redis.call('HGET', KEYS[1], 'id'))
+  local member = cjson.decode(createdAt) .. ' ' .. cjson.decode(id)
   redis.call('ZADD', KEYS[4], ARGV[1], '[' .. owner .. ',' .. cjson.encode(member) .. ']')
 end
 return {1, job}`,
