@@ -1,13 +1,18 @@
-// RedisStore's listing indexes against a real Redis, beyond the conformance suite.
+// RedisStore's per-status indexes against a real Redis: status-filtered pages equal a brute-force listing, and entries move and leave with the job.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, describe, it, test } from 'node:test';
 import { Redis } from 'ioredis';
-import type { JobFinish } from '../src/model/job.js';
+import type { Job, JobFinish, JobQuery, JobStatus } from '../src/model/job.js';
 import { newJob } from '../src/model/job.js';
 import { RedisStore } from '../src/stores/redis.js';
+import { storeConformanceSuite } from '../src/testing/index.js';
 import { REDIS_URL, serviceAvailable } from './services.js';
 import { dropRedisPrefix } from './stores.js';
+
+const STATUSES: JobStatus[] = ['queued', 'running', 'completed', 'failed', 'cancelled'];
+// A quote, the `:status:` separator and a lone surrogate (which Redis's cjson cannot decode) in owner names.
+const OWNERS = ['ann', 'bob', 'c"x:status:queued', 'd\ud800', null];
 
 const inMs = (ms: number): string => new Date(Date.now() + ms).toISOString();
 const finish = (status: JobFinish['status'], expiresInMs = 3_600_000): JobFinish => ({
@@ -17,26 +22,209 @@ const finish = (status: JobFinish['status'], expiresInMs = 3_600_000): JobFinish
   response: null,
   error: null,
 });
+const member = (job: Pick<Job, 'createdAt' | 'id'>): string => `${job.createdAt} ${job.id}`;
+
+/** A small seeded generator, so a failing run can be replayed. */
+function random(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+/** A store on its own prefix and client. `cluster` takes the Cluster code paths (indexes written after each script) on this one server. */
+function open(cluster: boolean, prefix = `bgrs-test-${randomUUID().slice(0, 8)}:`) {
+  const client = new Redis(REDIS_URL);
+  client.isCluster = cluster;
+  return { client, prefix, store: new RedisStore({ client, prefix }) };
+}
+
+/** The jobs a query should list, newest first by (createdAt, id) in bytes, as Redis orders them. */
+function expected(jobs: Iterable<Job>, query: Omit<JobQuery, 'limit'>): string[] {
+  return [...jobs]
+    .filter((j) => query.owner === undefined || j.owner === query.owner)
+    .filter((j) => !query.statuses?.length || query.statuses.includes(j.status))
+    .map(member)
+    .sort((a, b) => Buffer.compare(Buffer.from(b), Buffer.from(a)))
+    .map((m) => m.slice(m.indexOf(' ') + 1));
+}
+
+/** Walks a query's pages and checks each against the expected list: same jobs, same page cuts, `next` only when more remain. */
+async function assertPages(store: RedisStore, jobs: Map<string, Job>, query: Omit<JobQuery, 'limit' | 'cursor'>, limit: number): Promise<void> {
+  const want = expected(jobs.values(), query);
+  let cursor: string | null = null;
+  for (let start = 0; ; start += limit) {
+    const page = await store.listJobs({ ...query, limit, cursor });
+    const label = `${JSON.stringify(query)} limit ${limit} from ${start}`;
+    assert.deepEqual(
+      page.jobs.map((j) => j.id),
+      want.slice(start, start + limit),
+      label,
+    );
+    for (const j of page.jobs) assert.deepEqual(j, jobs.get(j.id), label);
+    assert.equal(page.next !== null, start + limit < want.length, `${label}: next`);
+    if (!page.next) return;
+    cursor = page.next;
+  }
+}
+
+const QUERIES: Array<JobStatus[]> = [
+  ...STATUSES.map((s) => [s]),
+  ['queued', 'running'],
+  ['completed', 'failed', 'cancelled'],
+  ['cancelled', 'queued'],
+  ['running', 'running'],
+  STATUSES,
+];
+
+async function assertAllPages(store: RedisStore, jobs: Map<string, Job>, limits: number[]): Promise<void> {
+  for (const owner of [undefined, ...OWNERS]) {
+    for (const statuses of QUERIES) for (const limit of limits) await assertPages(store, jobs, { owner, statuses }, limit);
+  }
+}
+
+/**
+ * Creates `count` jobs across owners and statuses (some sharing a createdAt, some created final),
+ * then starts, finishes, moves (anonymous → owner) and deletes some. Returns them as they now stand.
+ */
+async function populate(store: RedisStore, count: number, seed: number): Promise<Map<string, Job>> {
+  const next = random(seed);
+  const pick = <T>(list: readonly T[]): T => list[Math.floor(next() * list.length)]!;
+  const jobs = new Map<string, Job>();
+  for (let i = 0; i < count; i++) {
+    const status = pick<JobStatus>(['queued', 'queued', 'running', 'running', 'completed']);
+    const j: Job = {
+      ...newJob({ id: randomUUID(), method: 'GET', url: `/x/${i}`, owner: pick(OWNERS), status, leaseUntil: inMs(60_000) }),
+      createdAt: new Date(Date.UTC(2030, 0, 1) + Math.floor(next() * count) * 1000).toISOString(),
+    };
+    if (status === 'completed') Object.assign(j, { finishedAt: j.createdAt, expiresAt: inMs(3_600_000), leaseUntil: null });
+    await store.createJob(j);
+    jobs.set(j.id, j);
+  }
+  const refresh = async (id: string): Promise<void> => {
+    const j = await store.getJob(id);
+    if (j) jobs.set(id, j);
+    else jobs.delete(id);
+  };
+  for (const id of [...jobs.keys()]) {
+    const roll = next();
+    if (roll < 0.3) await store.startJob(id, { startedAt: new Date().toISOString(), leaseUntil: inMs(60_000) });
+    else if (roll < 0.6) await store.finishJob(id, finish(pick(['completed', 'failed', 'cancelled'] as const)));
+    else if (roll < 0.7) await store.updateProgress(id, { owner: pick(['ann', 'eve']), progress: 3 });
+    else if (roll < 0.75) await store.deleteJob(id);
+    await refresh(id);
+  }
+  return jobs;
+}
 
 if (await serviceAvailable('Redis', REDIS_URL)) {
-  describe('RedisStore listing indexes', () => {
-    const client = new Redis(REDIS_URL);
-    const prefix = `bgrs-test-${randomUUID().slice(0, 8)}:`;
-    const store = new RedisStore({ client, prefix });
-    after(async () => {
+  // The whole contract again, on the code paths a Cluster takes.
+  const opened = new Map<RedisStore, { client: Redis; prefix: string }>();
+  storeConformanceSuite('RedisStore (Cluster code paths, one node)', {
+    create: () => {
+      const { client, prefix, store } = open(true);
+      opened.set(store, { client, prefix });
+      return store;
+    },
+    destroy: async (store) => {
+      const { client, prefix } = opened.get(store as RedisStore)!;
       await dropRedisPrefix(client, prefix);
       await client.quit();
-    });
-
-    it('finishes a job whose expiresAt has already passed: Redis deletes it at once, and the finish still applies', async () => {
-      const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: 'ann', status: 'running', leaseUntil: inMs(60_000) });
-      await store.createJob(j);
-      const finished = await store.finishJob(j.id, finish('completed', -1000));
-      assert.equal(finished?.applied, true);
-      assert.equal(finished?.job.status, 'completed');
-      assert.equal(await store.getJob(j.id), null);
-    });
+    },
+    expiryGraceMs: 100,
   });
+
+  for (const cluster of [false, true]) {
+    describe(`RedisStore per-status indexes (${cluster ? 'Cluster code paths, one node' : 'one server'})`, () => {
+      const cleanups: Array<() => Promise<void>> = [];
+      const fresh = (prefix?: string) => {
+        const opened = open(cluster, prefix);
+        cleanups.push(async () => {
+          await dropRedisPrefix(opened.client, opened.prefix);
+          await opened.client.quit();
+        });
+        return opened;
+      };
+      after(async () => {
+        for (const cleanup of cleanups) await cleanup();
+      });
+
+      it('lists every status filter page by page exactly as a brute-force listing does', async (t) => {
+        const seed = Math.floor(Math.random() * 2 ** 31);
+        t.diagnostic(`seed ${seed}`);
+        const { store } = fresh();
+        const jobs = await populate(store, 300, seed);
+        await assertAllPages(store, jobs, [1, 7, 1000]);
+      });
+
+      it('drops a job from every status index when it is deleted, and when the sweep meets it expired', async () => {
+        const { store, client, prefix } = fresh();
+        const owner = 'ann';
+        const everywhere = (m: string) =>
+          Promise.all(
+            [`${prefix}jobs`, `${prefix}owner:${owner}`, ...STATUSES.flatMap((s) => [`${prefix}status:${s}`, `${prefix}status:${s}:"${owner}"`])].map(
+              async (key) => ((await client.zscore(key, m)) === null ? null : key),
+            ),
+          ).then((keys) => keys.filter((key) => key !== null));
+
+        const deleted = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner, status: 'queued' });
+        await store.createJob(deleted);
+        await store.startJob(deleted.id, { startedAt: new Date().toISOString(), leaseUntil: inMs(60_000) });
+        assert.deepEqual(await everywhere(member(deleted)), [
+          `${prefix}jobs`,
+          `${prefix}owner:ann`,
+          `${prefix}status:running`,
+          `${prefix}status:running:"ann"`,
+        ]);
+        assert.equal(await store.deleteJob(deleted.id), true);
+        assert.deepEqual(await everywhere(member(deleted)), []);
+
+        // Expired past the sweep's grace already: its keys go at once, and this store's first finish sweeps.
+        const expired = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner, status: 'running', leaseUntil: inMs(60_000) });
+        await store.createJob(expired);
+        // An entry a Cluster move left behind goes too.
+        await client.zadd(`${prefix}status:queued:"ann"`, 0, member(expired));
+        const finished = await store.finishJob(expired.id, finish('completed', -120_000));
+        assert.equal(finished?.applied, true);
+        assert.deepEqual(await everywhere(member(expired)), []);
+        assert.equal(await client.zcard(`${prefix}expiries`), 0);
+      });
+
+      it('finishes a job whose expiresAt has already passed: Redis deletes it at once, and the finish still applies', async () => {
+        const { store } = fresh();
+        const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: 'ann', status: 'running', leaseUntil: inMs(60_000) });
+        await store.createJob(j);
+        const finished = await store.finishJob(j.id, finish('completed', -1000));
+        assert.equal(finished?.applied, true);
+        assert.equal(finished?.job.status, 'completed');
+        assert.equal(await store.getJob(j.id), null);
+      });
+
+      it('moves an anonymous job to the status indexes of the owner its replay established', async () => {
+        const { store, client, prefix } = fresh();
+        const queued = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'queued' });
+        const running = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running', leaseUntil: inMs(60_000) });
+        for (const j of [queued, running]) await store.createJob(j);
+        const ids = async (query: Omit<JobQuery, 'limit'>) => (await store.listJobs({ ...query, limit: 10 })).jobs.map((j) => j.id);
+        assert.deepEqual(await ids({ owner: null, statuses: ['queued'] }), [queued.id]);
+
+        for (const j of [queued, running]) assert.equal(await store.updateProgress(j.id, { owner: 'ann' }), true);
+        assert.deepEqual(await ids({ owner: null, statuses: ['queued', 'running'] }), []);
+        assert.deepEqual(await ids({ owner: 'ann', statuses: ['queued'] }), [queued.id]);
+        assert.deepEqual(await ids({ owner: 'ann', statuses: ['running'] }), [running.id]);
+        assert.deepEqual(await ids({ statuses: ['queued'] }), [queued.id], 'every job’s index is unchanged');
+        for (const s of ['queued', 'running']) assert.equal(await client.zcard(`${prefix}status:${s}:null`), 0, `no ${s} entry is left as anonymous`);
+
+        await store.startJob(queued.id, { startedAt: new Date().toISOString(), leaseUntil: inMs(60_000) });
+        await store.finishJob(running.id, finish('cancelled'));
+        assert.deepEqual(await ids({ owner: 'ann', statuses: ['running'] }), [queued.id]);
+        assert.deepEqual(await ids({ owner: 'ann', statuses: ['cancelled'] }), [running.id]);
+        assert.deepEqual(await ids({ owner: 'ann', statuses: ['queued'] }), []);
+      });
+    });
+  }
 } else {
-  test.skip('RedisStore listing indexes: Redis is not reachable');
+  test.skip('RedisStore per-status indexes: Redis is not reachable');
 }

@@ -13,15 +13,21 @@ function script(name: string, lua: string): Script {
 }
 
 // Job hash fields hold JSON-encoded values, so a status reads `"running"` (quotes included) in Lua.
-// Each script touches the keys of one job (or one record) only, which share a hash slot: they
-// also run on Redis Cluster.
+// On Redis Cluster each script touches the keys of one job (or one record) only, which share a hash
+// slot, and the client writes the listing indexes after it. Outside a Cluster the scripts that
+// change a job's status or owner also move its index entries, in the same atomic step. One owner's
+// index of a status is named after every job's index of that status, ':' and the owner as the hash
+// stores it (JSON): START_JOB and FINISH_JOB, whose caller does not know the owner, name that key
+// from the hash without decoding the owner (cjson refuses some strings JavaScript allows). Only
+// outside a Cluster, where Redis runs a script on keys it was not given.
 
 export const CREATE_JOB = script(
   'createJob',
   `--[[
   Creates a job's hash unless the id is taken, and (outside a Cluster) lists it in the same step.
   KEYS[1] job hash; outside a Cluster also KEYS[2] every job, KEYS[3] its owner's index,
-  KEYS[4] the expiries (on a Cluster those live in other slots and the client writes them after)
+  KEYS[4] every job in its status, KEYS[5] its owner's jobs in its status, KEYS[6] the expiries
+  (on a Cluster those live in other slots and the client writes them after)
   ARGV[1] epoch ms at which the hash expires, or '' for none (only jobs created final have one)
   ARGV[2] the index member, ARGV[3] the expiries entry
   ARGV[4..] field, value pairs (values JSON-encoded)
@@ -30,10 +36,9 @@ export const CREATE_JOB = script(
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 if ARGV[1] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
-if #KEYS == 4 then
-  redis.call('ZADD', KEYS[2], 0, ARGV[2])
-  redis.call('ZADD', KEYS[3], 0, ARGV[2])
-  if ARGV[1] ~= '' then redis.call('ZADD', KEYS[4], ARGV[1], ARGV[3]) end
+if #KEYS == 6 then
+  for i = 2, 5 do redis.call('ZADD', KEYS[i], 0, ARGV[2]) end
+  if ARGV[1] ~= '' then redis.call('ZADD', KEYS[6], ARGV[1], ARGV[3]) end
 end
 return 1`,
 );
@@ -42,18 +47,29 @@ export const UPDATE_PROGRESS = script(
   'updateProgress',
   `--[[
   Applies progress fields to a job that is not final.
-  KEYS[1] job hash
+  KEYS[1] job hash; with an owner to give and outside a Cluster also KEYS[2] the anonymous index,
+  KEYS[3] that owner's index, KEYS[4] and KEYS[5] the anonymous queued and running indexes,
+  KEYS[6] and KEYS[7] that owner's queued and running indexes
   ARGV[1] the owner to give a job that has none (JSON), or '' to leave the owner alone
   ARGV[2..] field, value pairs (may be none)
-  Returns 0 when the job is unknown or final; else 1, or the job's createdAt (JSON) when ARGV[1]
-  became its owner (the caller then moves its index entry).
+  Returns 0 when the job is unknown or final; else 1, or {createdAt, status} (JSON) when ARGV[1]
+  became its owner: outside a Cluster its index entries have moved, on a Cluster the caller moves them.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
 if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') == 'null' then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-  return redis.call('HGET', KEYS[1], 'createdAt')
+  local createdAt = redis.call('HGET', KEYS[1], 'createdAt')
+  if #KEYS == 7 then
+    local member = cjson.decode(createdAt) .. ' ' .. cjson.decode(redis.call('HGET', KEYS[1], 'id'))
+    local queued = status == '"queued"'
+    redis.call('ZADD', KEYS[3], 0, member)
+    redis.call('ZADD', queued and KEYS[6] or KEYS[7], 0, member)
+    redis.call('ZREM', KEYS[2], member)
+    redis.call('ZREM', queued and KEYS[4] or KEYS[5], member)
+  end
+  return {createdAt, status}
 end
 return 1`,
 );
@@ -62,13 +78,23 @@ export const START_JOB = script(
   'startJob',
   `--[[
   Moves a queued job to running.
-  KEYS[1] job hash
+  KEYS[1] job hash; outside a Cluster also KEYS[2] every queued job and KEYS[3] every running job,
+  where the job's entry moves in the same step (and in its owner's, named after them)
   ARGV[1] startedAt (JSON), ARGV[2] leaseUntil (JSON), ARGV[3] leaseUntil as epoch ms
-  Returns 1 when started, 0 when the job is unknown or not queued.
+  Returns {createdAt, owner} (JSON) when started, for the caller to move the index entries on a
+  Cluster; nil when the job is unknown or not queued.
 ]]
-if redis.call('HGET', KEYS[1], 'status') ~= '"queued"' then return 0 end
+local job = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'owner', 'id')
+if job[1] ~= '"queued"' then return false end
 redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
-return 1`,
+if #KEYS == 3 then
+  local member = cjson.decode(job[2]) .. ' ' .. cjson.decode(job[4])
+  redis.call('ZADD', KEYS[3], 0, member)
+  redis.call('ZADD', KEYS[3] .. ':' .. job[3], 0, member)
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('ZREM', KEYS[2] .. ':' .. job[3], member)
+end
+return {job[2], job[3]}`,
 );
 
 export const RENEW_LEASES = script(
@@ -96,7 +122,9 @@ export const FINISH_JOB = script(
   `--[[
   The one final transition; from then on every key of the job expires with it.
   KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list; outside a Cluster also KEYS[4] the
-  expiries, where the job's entry is added in the same step (on a Cluster the client adds it after)
+  expiries, KEYS[5] every queued job, KEYS[6] every running job, KEYS[7] every job in the final
+  status: the job's entries are written in the same step, its owner's per-status ones named after
+  KEYS[5..7] (on a Cluster the client writes them after)
   ARGV[1] expiresAt as epoch ms (PEXPIREAT of all three keys)
   ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for an unconditional finish
   ARGV[3..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
@@ -117,10 +145,15 @@ local job = redis.call('HGETALL', KEYS[1])
 -- Read before PEXPIREAT: an expiresAt already past (a short ttl, a clock behind Redis's) deletes the keys at once.
 local owner, createdAt, id = unpack(redis.call('HMGET', KEYS[1], 'owner', 'createdAt', 'id'))
 for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], ARGV[1]) end
-if #KEYS == 4 then
+if #KEYS == 7 then
   -- The entry the client would write: [owner, "<createdAt> <id>"], owner as stored (JSON).
   local member = cjson.decode(createdAt) .. ' ' .. cjson.decode(id)
   redis.call('ZADD', KEYS[4], ARGV[1], '[' .. owner .. ',' .. cjson.encode(member) .. ']')
+  local from = status == '"queued"' and KEYS[5] or KEYS[6]
+  redis.call('ZADD', KEYS[7], 0, member)
+  redis.call('ZADD', KEYS[7] .. ':' .. owner, 0, member)
+  redis.call('ZREM', from, member)
+  redis.call('ZREM', from .. ':' .. owner, member)
 end
 return {1, job}`,
 );

@@ -10,8 +10,10 @@
 //   p + 'jobs'               sorted set, every score 0: member `<createdAt> <id>`, so lexical order is
 //                            (createdAt, id) order and a cursor is an exclusive lexical bound
 //   p + 'owner:<owner>'      the same, one owner's jobs; p + 'anonymous' for owner null
+//   p + 'status:<status>'    the same, every job in that status
+//   p + 'status:<status>:<owner as JSON>'  one owner's jobs in that status (`…:null` for anonymous)
 //   p + 'expiries'           sorted set: member JSON [owner, '<createdAt> <id>'] scored by expiresAt,
-//                            to drop expired jobs from the two indexes above
+//                            to drop expired jobs from the indexes above
 //   p + 'idem:<key>'         hash: an Idempotency-Key record (fingerprint, jobId, state, leaseUntil, expiresAt)
 //
 // TTLs: a running job's keys have none (it lives while its lease is renewed); finishing a job sets
@@ -19,11 +21,16 @@
 // its expiresAt. Index entries do not expire by themselves: deleteJob removes them, a listing drops
 // the entries of jobs it finds gone, and finishJob sweeps the entries of jobs that expired.
 //
-// The `{<id>}` hash tag keeps the keys of one job in one Cluster slot, and every script touches one
-// job's (or one record's) keys only, so the store also runs on Redis Cluster.
+// Statuses only move forward (queued → running → final), so a status index entry whose job has
+// another status is stale for good. Such entries exist for a moment on a Cluster (the client moves
+// entries after the script).
+//
+// The `{<id>}` hash tag keeps the keys of one job in one Cluster slot. On a Cluster every script is
+// given one job's (or one record's) keys only and the client writes the indexes after it, so the
+// store also runs there; outside a Cluster the scripts write them in the same atomic step.
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, LogLevel, LogLine } from '../model/job.js';
+import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import type { Script } from './redis-scripts.js';
@@ -52,6 +59,7 @@ export interface RedisStoreOptions {
 const READ_WINDOW_BYTES = 2 ** 20;
 /** How many index members `listJobs` reads at a time while it filters. */
 const LIST_WINDOW = 200;
+const STATUSES: readonly JobStatus[] = ['queued', 'running', 'completed', 'failed', 'cancelled'];
 /** The expiry sweep runs at most this often per store (ms), and handles this many jobs at a time. */
 const SWEEP_INTERVAL_MS = 10_000;
 const SWEEP_BATCH = 500;
@@ -128,6 +136,12 @@ function idOf(member: string): string {
   return member.slice(member.indexOf(' ') + 1);
 }
 
+function addTo(lists: Map<string, string[]>, key: string, value: string): void {
+  const list = lists.get(key);
+  if (list) list.push(value);
+  else lists.set(key, [value]);
+}
+
 /**
  * A Store in Redis, for apps that run in several processes: any process can answer for any job,
  * and every transition that could race runs as one Lua script. Tested on Redis 7.
@@ -172,6 +186,17 @@ export class RedisStore implements Store {
     return owner === null ? `${this.prefix}anonymous` : `${this.prefix}owner:${owner}`;
   }
 
+  /** Every job's index of a status, or (owner given) that owner's: named as the scripts name it (see redis-scripts.ts). */
+  private statusKey(status: JobStatus, owner?: string | null): string {
+    const key = `${this.prefix}status:${status}`;
+    return owner === undefined ? key : `${key}:${JSON.stringify(owner)}`;
+  }
+
+  /** Every index a job of this owner may be listed in. */
+  private indexesOf(owner: string | null): string[] {
+    return [`${this.prefix}jobs`, this.ownerKey(owner), ...STATUSES.flatMap((status) => [this.statusKey(status), this.statusKey(status, owner)])];
+  }
+
   /** EVALSHA, and EVAL (which caches the script again) when Redis answers NOSCRIPT after a restart or SCRIPT FLUSH. */
   private async run(script: Script, keys: string[], args: Array<string | Buffer>): Promise<unknown> {
     try {
@@ -186,20 +211,15 @@ export class RedisStore implements Store {
     const expireAt = isFinal(job.status) && job.expiresAt !== null ? String(epochMs(job.expiresAt, 'expiresAt')) : '';
     const member = indexMember(job.createdAt, job.id);
     const entry = JSON.stringify([job.owner, member]);
+    const indexes = [`${this.prefix}jobs`, this.ownerKey(job.owner), this.statusKey(job.status), this.statusKey(job.status, job.owner)];
     // One round trip, atomic: the script lists the job too, unless the indexes are in other slots.
-    const keys = this.client.isCluster
-      ? [this.jobKeys(job.id)[0]]
-      : [this.jobKeys(job.id)[0], `${this.prefix}jobs`, this.ownerKey(job.owner), `${this.prefix}expiries`];
+    const keys = this.client.isCluster ? [this.jobKeys(job.id)[0]] : [this.jobKeys(job.id)[0], ...indexes, `${this.prefix}expiries`];
     const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, ...jobArgs(job)]);
     if (created !== 1) throw new Error(`RedisStore: job ${job.id} exists already`);
     if (!this.client.isCluster) return;
     // On a Cluster the indexes live in other slots, so they are written after the script: a crash in
     // between leaves a job that exists but is not listed, never a listed job that does not exist.
-    await Promise.all([
-      this.client.zadd(`${this.prefix}jobs`, 0, member),
-      this.client.zadd(this.ownerKey(job.owner), 0, member),
-      expireAt && this.client.zadd(`${this.prefix}expiries`, expireAt, entry),
-    ]);
+    await Promise.all([...indexes.map((index) => this.client.zadd(index, 0, member)), expireAt && this.client.zadd(`${this.prefix}expiries`, expireAt, entry)]);
   }
 
   async getJob(id: string): Promise<Job | null> {
@@ -213,18 +233,41 @@ export class RedisStore implements Store {
       if (update[field] !== undefined) args.push(field, JSON.stringify(update[field]));
     }
     const owner = update.owner ?? null;
-    const answer = await this.run(scripts.UPDATE_PROGRESS, [this.jobKeys(id)[0]], [owner === null ? '' : JSON.stringify(owner), ...args]);
-    if (typeof answer === 'string' && owner !== null) {
-      // The job was anonymous: it leaves the anonymous index for its owner's.
-      const member = indexMember(JSON.parse(answer) as string, id);
-      await Promise.all([this.client.zadd(this.ownerKey(owner), 0, member), this.client.zrem(this.ownerKey(null), member)]);
+    const keys = [this.jobKeys(id)[0]];
+    // A job that is anonymous leaves the anonymous indexes for its owner's: in the script, outside a Cluster.
+    if (owner !== null && !this.client.isCluster) {
+      keys.push(this.ownerKey(null), this.ownerKey(owner));
+      for (const who of [null, owner]) keys.push(this.statusKey('queued', who), this.statusKey('running', who));
+    }
+    const answer = await this.run(scripts.UPDATE_PROGRESS, keys, [owner === null ? '' : JSON.stringify(owner), ...args]);
+    if (Array.isArray(answer) && owner !== null && this.client.isCluster) {
+      const [createdAt, status] = (answer as [string, string]).map((value) => JSON.parse(value) as string) as [string, JobStatus];
+      const indexes = (who: string | null): string[] => [this.ownerKey(who), this.statusKey(status, who)];
+      await this.relist(indexMember(createdAt, id), indexes(owner), indexes(null));
     }
     return answer !== 0;
   }
 
+  /**
+   * A Cluster's index move after a script: adds before it removes, so a listing never misses the
+   * job; in between it is in both, and a listing counts it once and checks its status in its hash.
+   */
+  private async relist(member: string, to: string[], from: string[]): Promise<void> {
+    await Promise.all(to.map((key) => this.client.zadd(key, 0, member)));
+    await Promise.all(from.map((key) => this.client.zrem(key, member)));
+  }
+
   async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {
     const args = [JSON.stringify(start.startedAt), JSON.stringify(start.leaseUntil), leaseMs(start.leaseUntil)];
-    return (await this.run(scripts.START_JOB, [this.jobKeys(id)[0]], args)) === 1;
+    const keys = this.client.isCluster ? [this.jobKeys(id)[0]] : [this.jobKeys(id)[0], this.statusKey('queued'), this.statusKey('running')];
+    const started = (await this.run(scripts.START_JOB, keys, args)) as [string, string] | null;
+    if (!started) return false;
+    if (this.client.isCluster) {
+      const [createdAt, owner] = [JSON.parse(started[0]) as string, JSON.parse(started[1]) as string | null];
+      const statuses = (status: JobStatus): string[] => [this.statusKey(status), this.statusKey(status, owner)];
+      await this.relist(indexMember(createdAt, id), statuses('running'), statuses('queued'));
+    }
+    return true;
   }
 
   async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
@@ -296,7 +339,9 @@ export class RedisStore implements Store {
     };
     if (finish.status === 'completed') fields.progress = 100;
     const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
-    const keys = this.client.isCluster ? this.jobKeys(id) : [...this.jobKeys(id), `${this.prefix}expiries`];
+    const keys = this.client.isCluster
+      ? this.jobKeys(id)
+      : [...this.jobKeys(id), `${this.prefix}expiries`, this.statusKey('queued'), this.statusKey('running'), this.statusKey(finish.status)];
     const reply = (await this.run(scripts.FINISH_JOB, keys, args)) as [number, string[]] | null;
     if (!reply) return null;
     const [applied, flat] = reply;
@@ -304,7 +349,13 @@ export class RedisStore implements Store {
     for (let i = 0; i < flat.length; i += 2) hash[flat[i]!] = flat[i + 1]!;
     const job = jobFromHash(hash);
     if (applied !== 1) return { applied: false, job };
-    if (this.client.isCluster) await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, indexMember(job.createdAt, job.id)]));
+    if (this.client.isCluster) {
+      const member = indexMember(job.createdAt, job.id);
+      const statuses = (...list: JobStatus[]): string[] => list.flatMap((status) => [this.statusKey(status), this.statusKey(status, job.owner)]);
+      await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, member]));
+      // The reply does not say whether the job was queued or running: it leaves both.
+      await this.relist(member, statuses(job.status), statuses('queued', 'running'));
+    }
     // Rate-limited housekeeping (at most every SWEEP_INTERVAL_MS): not a round trip of every finish.
     await this.sweep();
     return { applied: true, job };
@@ -321,12 +372,11 @@ export class RedisStore implements Store {
     try {
       const due = await this.client.zrangebyscore(`${this.prefix}expiries`, '-inf', now - SWEEP_GRACE_MS, 'LIMIT', 0, SWEEP_BATCH);
       if (due.length === 0) return;
-      const byIndex = new Map<string, string[]>([[`${this.prefix}jobs`, []]]);
+      const byIndex = new Map<string, string[]>();
       for (const entry of due) {
         const [owner, member] = JSON.parse(entry) as [string | null, string];
-        byIndex.get(`${this.prefix}jobs`)!.push(member);
-        const key = this.ownerKey(owner);
-        byIndex.set(key, [...(byIndex.get(key) ?? []), member]);
+        // Every status, not only the final one: an entry a move left behind goes too.
+        for (const key of this.indexesOf(owner)) addTo(byIndex, key, member);
       }
       await Promise.all([...byIndex].map(([key, members]) => this.client.zrem(key, ...members)));
       await this.client.zrem(`${this.prefix}expiries`, ...due);
@@ -389,8 +439,7 @@ export class RedisStore implements Store {
     const owner = JSON.parse(fields[1]) as string | null;
     const member = indexMember(createdAt, id);
     await Promise.all([
-      this.client.zrem(`${this.prefix}jobs`, member),
-      this.client.zrem(this.ownerKey(owner), member),
+      ...this.indexesOf(owner).map((key) => this.client.zrem(key, member)),
       this.client.zrem(`${this.prefix}expiries`, JSON.stringify([owner, member])),
     ]);
     return true;
