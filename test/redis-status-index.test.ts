@@ -1,4 +1,4 @@
-// RedisStore's per-status indexes against a real Redis: status-filtered pages equal a brute-force listing, and entries move and leave with the job.
+// RedisStore's per-status indexes against a real Redis: status-filtered pages equal a brute-force listing, cost O(page) commands, survive an upgrade from 0.1, and leave with the job.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, describe, it, test } from 'node:test';
@@ -34,11 +34,41 @@ function random(seed: number): () => number {
   };
 }
 
+/** The names of the commands a client sends from now on (once connected: its handshake is not the store's). */
+async function recordCommands(client: Redis): Promise<string[]> {
+  await client.ping();
+  const names: string[] = [];
+  const send = client.sendCommand.bind(client);
+  client.sendCommand = (...args: Parameters<Redis['sendCommand']>) => {
+    names.push(args[0].name);
+    return send(...args);
+  };
+  return names;
+}
+
 /** A store on its own prefix and client. `cluster` takes the Cluster code paths (indexes written after each script) on this one server. */
 function open(cluster: boolean, prefix = `bgrs-test-${randomUUID().slice(0, 8)}:`) {
   const client = new Redis(REDIS_URL);
   client.isCluster = cluster;
   return { client, prefix, store: new RedisStore({ client, prefix }) };
+}
+
+/** Every key matching a pattern (SCAN, not KEYS: the database may be shared). */
+async function keysUnder(client: Redis, pattern: string): Promise<string[]> {
+  const keys: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, found] = await client.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    keys.push(...found);
+    cursor = next;
+  } while (cursor !== '0');
+  return keys;
+}
+
+/** What a 0.1 store left behind: no per-status indexes and no version key. */
+async function forgetStatusIndexes(client: Redis, prefix: string): Promise<void> {
+  const keys = [...(await keysUnder(client, `${prefix}status:*`)), `${prefix}version`];
+  await client.del(...keys);
 }
 
 /** The jobs a query should list, newest first by (createdAt, id) in bytes, as Redis orders them. */
@@ -154,9 +184,113 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
       it('lists every status filter page by page exactly as a brute-force listing does', async (t) => {
         const seed = Math.floor(Math.random() * 2 ** 31);
         t.diagnostic(`seed ${seed}`);
-        const { store } = fresh();
+        const { store, client, prefix } = fresh();
         const jobs = await populate(store, 300, seed);
+        assert.equal(await client.get(`${prefix}version`), '2', 'a fresh prefix is indexed from its first job');
         await assertAllPages(store, jobs, [1, 7, 1000]);
+      });
+
+      it('lists running jobs among 20,000 finished ones in a few commands', { timeout: 120_000 }, async (t) => {
+        const { store, client, prefix } = fresh();
+        // The running jobs are the oldest, so a scan of the owner index would meet them last.
+        const runningJobs: Job[] = [];
+        for (const [i, owner] of ['ann', 'ann', null].entries()) {
+          const j = {
+            ...newJob({ id: randomUUID(), method: 'GET', url: '/x', owner, status: 'running', leaseUntil: inMs(60_000) }),
+            createdAt: `2020-01-01T00:00:0${i}.000Z`,
+          };
+          await store.createJob(j);
+          runningJobs.push(j);
+        }
+        for (let batch = 0; batch < 40; batch++) {
+          await Promise.all(
+            Array.from({ length: 500 }, () => {
+              const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: 'ann', status: 'completed' });
+              return store.createJob({ ...j, finishedAt: j.createdAt, expiresAt: inMs(3_600_000) });
+            }),
+          );
+        }
+        const sent = await recordCommands(client);
+        const page = await store.listJobs({ statuses: ['running'], limit: 20 });
+        assert.deepEqual(
+          page.jobs.map((j) => j.id),
+          runningJobs.map((j) => j.id).reverse(),
+        );
+        assert.equal(page.next, null);
+        t.diagnostic(`indexed, first listing: ${sent.length} commands (${sent.join(' ')})`);
+        assert.deepEqual(sent, ['get', 'zrevrangebylex', 'hgetall', 'hgetall', 'hgetall'], 'the version key once, one window, one hash per job');
+        sent.length = 0;
+        const owned = await store.listJobs({ owner: 'ann', statuses: ['queued', 'running'], limit: 1 });
+        assert.deepEqual(
+          owned.jobs.map((j) => j.id),
+          [runningJobs[1]!.id],
+        );
+        assert.ok(owned.next);
+        assert.deepEqual(sent, ['zrevrangebylex', 'zrevrangebylex', 'hgetall', 'hgetall'], 'one window per status, limit + 1 hashes');
+
+        // The same listing before migrate(), as 0.1 did it: a scan of all 20,003 jobs.
+        await forgetStatusIndexes(client, prefix);
+        const scanning = fresh(prefix);
+        const scanned = await recordCommands(scanning.client);
+        assert.deepEqual(await scanning.store.listJobs({ statuses: ['running'], limit: 20 }), page);
+        t.diagnostic(`before migrate(): ${scanned.length} commands`);
+        assert.ok(scanned.length > 20_000);
+
+        // migrate() indexes them in batches; the next listing reads the index again.
+        await scanning.store.migrate();
+        scanned.length = 0;
+        assert.deepEqual(await scanning.store.listJobs({ statuses: ['running'], limit: 20 }), page);
+        assert.deepEqual(scanned, ['zrevrangebylex', 'hgetall', 'hgetall', 'hgetall'], 'the store that migrated knows without asking');
+        assert.equal(await client.zcard(`${prefix}status:completed:"ann"`), 20_000);
+      });
+
+      it('lists right before and after migrate() on a prefix written by 0.1, and migrate() is safe to run concurrently', async (t) => {
+        const seed = Math.floor(Math.random() * 2 ** 31);
+        t.diagnostic(`seed ${seed}`);
+        const { store, client, prefix } = fresh();
+        const jobs = await populate(store, 150, seed);
+        await forgetStatusIndexes(client, prefix);
+
+        const upgraded = fresh(prefix).store;
+        await assertAllPages(upgraded, jobs, [4, 1000]);
+        // Jobs this version writes before migrate() are listed too (and indexed, but the scan does not rely on it).
+        const later = await populate(upgraded, 40, seed + 1);
+        for (const [id, j] of later) jobs.set(id, j);
+        assert.equal(await client.get(`${prefix}version`), null, 'a prefix holding 0.1 jobs is not taken for fresh');
+        await assertAllPages(upgraded, jobs, [4, 1000]);
+
+        // Three processes migrate at once while jobs keep moving.
+        const racing = [...jobs.values()].filter((j) => j.status === 'queued' || j.status === 'running').slice(0, 20);
+        await Promise.all([
+          fresh(prefix).store.migrate(),
+          fresh(prefix).store.migrate(),
+          upgraded.migrate(),
+          ...racing.map(async (j) => {
+            await upgraded.finishJob(j.id, finish('failed'));
+            jobs.set(j.id, (await upgraded.getJob(j.id))!);
+          }),
+        ]);
+        assert.equal(await client.get(`${prefix}version`), '2');
+        await upgraded.migrate(); // again: nothing to do
+        for (const s of [upgraded, fresh(prefix).store]) await assertAllPages(s, jobs, [4, 1000]);
+
+        // The listings read the indexes now: a handful of commands, not one per job.
+        const reader = fresh(prefix);
+        const sent = await recordCommands(reader.client);
+        await reader.store.listJobs({ statuses: ['running'], limit: 2 });
+        assert.ok(sent.length <= 5, `${sent.length} commands: ${sent.join(' ')}`);
+      });
+
+      it('skips and drops a status entry whose job has moved on, as a 0.1 process leaves it', async () => {
+        const { store, client, prefix } = fresh();
+        const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: 'ann', status: 'running', leaseUntil: inMs(60_000) });
+        await store.createJob(j);
+        // 0.1's finish: the hash changes, the status indexes do not.
+        await client.hset(`${prefix}job:{${j.id}}`, 'status', '"completed"');
+        assert.deepEqual((await store.listJobs({ statuses: ['running'], limit: 5 })).jobs, []);
+        assert.deepEqual((await store.listJobs({ owner: 'ann', statuses: ['running'], limit: 5 })).jobs, []);
+        assert.equal(await client.zscore(`${prefix}status:running`, member(j)), null);
+        assert.equal(await client.zscore(`${prefix}status:running:"ann"`, member(j)), null);
       });
 
       it('drops a job from every status index when it is deleted, and when the sweep meets it expired', async () => {

@@ -10,8 +10,10 @@
 //   p + 'jobs'               sorted set, every score 0: member `<createdAt> <id>`, so lexical order is
 //                            (createdAt, id) order and a cursor is an exclusive lexical bound
 //   p + 'owner:<owner>'      the same, one owner's jobs; p + 'anonymous' for owner null
-//   p + 'status:<status>'    the same, every job in that status
+//   p + 'status:<status>'    the same, every job in that status, so a status filter reads only matches
 //   p + 'status:<status>:<owner as JSON>'  one owner's jobs in that status (`…:null` for anonymous)
+//   p + 'version'            '2' once every job is in its status's indexes (see migrate()); a prefix
+//                            written by 0.1 has none, and a status filter scans the jobs index instead
 //   p + 'expiries'           sorted set: member JSON [owner, '<createdAt> <id>'] scored by expiresAt,
 //                            to drop expired jobs from the indexes above
 //   p + 'idem:<key>'         hash: an Idempotency-Key record (fingerprint, jobId, state, leaseUntil, expiresAt)
@@ -22,8 +24,8 @@
 // the entries of jobs it finds gone, and finishJob sweeps the entries of jobs that expired.
 //
 // Statuses only move forward (queued → running → final), so a status index entry whose job has
-// another status is stale for good. Such entries exist for a moment on a Cluster (the client moves
-// entries after the script).
+// another status is stale for good: a listing skips and drops it. Such entries exist for a moment on
+// a Cluster (the client moves entries after the script) and may be left by a 0.1 process.
 //
 // The `{<id>}` hash tag keeps the keys of one job in one Cluster slot. On a Cluster every script is
 // given one job's (or one record's) keys only and the client writes the indexes after it, so the
@@ -57,8 +59,12 @@ export interface RedisStoreOptions {
 
 /** About how many bytes of a result `readResult` asks Redis for at a time. */
 const READ_WINDOW_BYTES = 2 ** 20;
-/** How many index members `listJobs` reads at a time while it filters. */
+/** How many index members `listJobs` reads at a time while it filters the owner index by status (before migrate()). */
 const LIST_WINDOW = 200;
+/** How many jobs `migrate()` indexes at a time. */
+const MIGRATE_BATCH = 500;
+/** The value of the `version` key once every job is in its status's indexes. */
+const LAYOUT_VERSION = '2';
 const STATUSES: readonly JobStatus[] = ['queued', 'running', 'completed', 'failed', 'cancelled'];
 /** The expiry sweep runs at most this often per store (ms), and handles this many jobs at a time. */
 const SWEEP_INTERVAL_MS = 10_000;
@@ -142,6 +148,11 @@ function addTo(lists: Map<string, string[]>, key: string, value: string): void {
   else lists.set(key, [value]);
 }
 
+/** Newest first, in Redis's lexical order: by bytes, which is not JavaScript's string order beyond the BMP. */
+function newestFirst(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(b), Buffer.from(a));
+}
+
 /**
  * A Store in Redis, for apps that run in several processes: any process can answer for any job,
  * and every transition that could race runs as one Lua script. Tested on Redis 7.
@@ -158,6 +169,9 @@ export class RedisStore implements Store {
   private readonly chunkBytes: number;
   private readonly readWindow: number;
   private nextSweep = 0;
+  /** Set once the `version` key says every job is in its status's indexes: it never goes back. */
+  private statusIndexed = false;
+  private freshChecked: Promise<void> | undefined;
 
   constructor(options: RedisStoreOptions) {
     checkKnown('RedisStore', options, ['client', 'prefix', 'chunkBytes']);
@@ -212,6 +226,7 @@ export class RedisStore implements Store {
     const member = indexMember(job.createdAt, job.id);
     const entry = JSON.stringify([job.owner, member]);
     const indexes = [`${this.prefix}jobs`, this.ownerKey(job.owner), this.statusKey(job.status), this.statusKey(job.status, job.owner)];
+    await this.markIfFresh();
     // One round trip, atomic: the script lists the job too, unless the indexes are in other slots.
     const keys = this.client.isCluster ? [this.jobKeys(job.id)[0]] : [this.jobKeys(job.id)[0], ...indexes, `${this.prefix}expiries`];
     const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, ...jobArgs(job)]);
@@ -220,6 +235,20 @@ export class RedisStore implements Store {
     // On a Cluster the indexes live in other slots, so they are written after the script: a crash in
     // between leaves a job that exists but is not listed, never a listed job that does not exist.
     await Promise.all([...indexes.map((index) => this.client.zadd(index, 0, member)), expireAt && this.client.zadd(`${this.prefix}expiries`, expireAt, entry)]);
+  }
+
+  /**
+   * A prefix without jobs holds nothing for migrate() to index: it is marked indexed before this
+   * store lists its first job there. Checked once per store; a failed check is retried by the next create.
+   */
+  private markIfFresh(): Promise<void> {
+    this.freshChecked ??= (async () => {
+      if ((await this.client.zcard(`${this.prefix}jobs`)) === 0) await this.client.set(`${this.prefix}version`, LAYOUT_VERSION);
+    })().catch((error: unknown) => {
+      this.freshChecked = undefined;
+      throw error;
+    });
+    return this.freshChecked;
   }
 
   async getJob(id: string): Promise<Job | null> {
@@ -295,22 +324,36 @@ export class RedisStore implements Store {
     }
     const index = query.owner === undefined ? `${this.prefix}jobs` : this.ownerKey(query.owner);
     const statuses = query.statuses?.length ? new Set(query.statuses) : null;
+    // A status filter reads the indexes of those statuses, once every job is in them; until then
+    // (a prefix written by 0.1, before migrate()) it scans the owner's (or every) job, as 0.1 did.
+    const byStatus = statuses !== null && (await this.isStatusIndexed());
+    const keys = byStatus ? [...statuses].map((status) => this.statusKey(status, query.owner)) : [index];
     const jobs: Job[] = [];
     const members: string[] = [];
     let more = false;
-    // Newest first through the index, a window at a time, until the page is full and one more
-    // match shows there is a next page (or the index ends).
+    // Newest first through the indexes, a window at a time, until the page is full and one more
+    // match shows there is a next page (or the indexes end). Each window asks for as many matches
+    // as are still wanted, unless most entries are expected not to match (the scan).
     while (!more) {
-      const window = await this.client.zrevrangebylex(index, bound, '-', 'LIMIT', 0, LIST_WINDOW);
+      const want = statuses && !byStatus ? LIST_WINDOW : query.limit + 1 - jobs.length;
+      const windows = await Promise.all(keys.map((key) => this.client.zrevrangebylex(key, bound, '-', 'LIMIT', 0, want)));
+      // The newest `want` members of the windows are the newest `want` of the indexes together (each
+      // window holds its index's newest `want`), so the merge costs O(want) per index. A member
+      // found in two indexes (mid-move) counts once.
+      const window = [...new Set(windows.flat())].sort(newestFirst).slice(0, want);
       const hashes = await Promise.all(window.map((member) => this.client.hgetall(this.jobKeys(idOf(member))[0])));
       const gone: string[] = [];
+      const stale: string[] = [];
       for (const [i, hash] of hashes.entries()) {
         if (hash.id === undefined) {
           gone.push(window[i]!);
           continue;
         }
         const job = jobFromHash(hash);
-        if (statuses && !statuses.has(job.status)) continue;
+        if (statuses && !statuses.has(job.status)) {
+          if (byStatus) stale.push(window[i]!);
+          continue;
+        }
         if (jobs.length === query.limit) {
           more = true;
           break;
@@ -318,12 +361,49 @@ export class RedisStore implements Store {
         jobs.push(job);
         members.push(window[i]!);
       }
-      // Expired jobs met on the way leave the indexes now rather than at the next sweep.
-      if (gone.length > 0) await Promise.all([...new Set([index, `${this.prefix}jobs`])].map((key) => this.client.zrem(key, ...gone)));
-      if (window.length < LIST_WINDOW) break;
+      // Expired jobs met on the way leave the indexes now rather than at the next sweep, and so do
+      // status entries their job has left for good.
+      await Promise.all([
+        ...(gone.length > 0 ? [...new Set([...keys, index, `${this.prefix}jobs`])].map((key) => this.client.zrem(key, ...gone)) : []),
+        ...(stale.length > 0 ? keys.map((key) => this.client.zrem(key, ...stale)) : []),
+      ]);
+      if (window.length < want) break;
       bound = `(${window.at(-1)!}`;
     }
     return { jobs, next: more ? encodeCursor(members.at(-1)!) : null };
+  }
+
+  private async isStatusIndexed(): Promise<boolean> {
+    this.statusIndexed ||= (await this.client.get(`${this.prefix}version`)) === LAYOUT_VERSION;
+    return this.statusIndexed;
+  }
+
+  /**
+   * Lists every job in the indexes of its status, for a prefix that holds jobs written by 0.1 (which
+   * kept none), then sets the `version` key so status filters read those indexes instead of scanning.
+   * Run it once every process runs this version: a 0.1 process still writing jobs afterwards would
+   * leave them out. Batched, idempotent, and safe from several processes at once (it only adds
+   * entries; one that is stale by then is skipped and dropped by listings and the sweep). A prefix
+   * that had no jobs when this version first wrote to it is marked at once and needs none of this.
+   */
+  async migrate(): Promise<void> {
+    if (await this.isStatusIndexed()) return;
+    let bound = '-';
+    for (;;) {
+      const batch = await this.client.zrangebylex(`${this.prefix}jobs`, bound, '+', 'LIMIT', 0, MIGRATE_BATCH);
+      const fields = await Promise.all(batch.map((member) => this.client.hmget(this.jobKeys(idOf(member))[0], 'status', 'owner')));
+      const adds = new Map<string, string[]>();
+      for (const [i, [status, owner]] of fields.entries()) {
+        if (!status || !owner) continue; // expired: the sweep or a listing drops its entries
+        const [s, o] = [JSON.parse(status) as JobStatus, JSON.parse(owner) as string | null];
+        for (const key of [this.statusKey(s), this.statusKey(s, o)]) addTo(adds, key, batch[i]!);
+      }
+      await Promise.all([...adds].map(([key, members]) => this.client.zadd(key, ...members.flatMap((member) => [0, member]))));
+      if (batch.length < MIGRATE_BATCH) break;
+      bound = `(${batch.at(-1)!}`;
+    }
+    await this.client.set(`${this.prefix}version`, LAYOUT_VERSION);
+    this.statusIndexed = true;
   }
 
   async finishJob(id: string, finish: JobFinish): Promise<JobFinished | null> {
