@@ -206,9 +206,14 @@ export class RedisStore implements Store {
     return owner === undefined ? key : `${key}:${JSON.stringify(owner)}`;
   }
 
+  /** For each status, every job's index of it and this owner's: where a job of `owner` in that status is listed. */
+  private statusKeys(owner: string | null, ...statuses: JobStatus[]): string[] {
+    return statuses.flatMap((status) => [this.statusKey(status), this.statusKey(status, owner)]);
+  }
+
   /** Every index a job of this owner may be listed in. */
   private indexesOf(owner: string | null): string[] {
-    return [`${this.prefix}jobs`, this.ownerKey(owner), ...STATUSES.flatMap((status) => [this.statusKey(status), this.statusKey(status, owner)])];
+    return [`${this.prefix}jobs`, this.ownerKey(owner), ...this.statusKeys(owner, ...STATUSES)];
   }
 
   /** EVALSHA, and EVAL (which caches the script again) when Redis answers NOSCRIPT after a restart or SCRIPT FLUSH. */
@@ -225,7 +230,7 @@ export class RedisStore implements Store {
     const expireAt = isFinal(job.status) && job.expiresAt !== null ? String(epochMs(job.expiresAt, 'expiresAt')) : '';
     const member = indexMember(job.createdAt, job.id);
     const entry = JSON.stringify([job.owner, member]);
-    const indexes = [`${this.prefix}jobs`, this.ownerKey(job.owner), this.statusKey(job.status), this.statusKey(job.status, job.owner)];
+    const indexes = [`${this.prefix}jobs`, this.ownerKey(job.owner), ...this.statusKeys(job.owner, job.status)];
     await this.markIfFresh();
     // One round trip, atomic: the script lists the job too, unless the indexes are in other slots.
     const keys = this.client.isCluster ? [this.jobKeys(job.id)[0]] : [this.jobKeys(job.id)[0], ...indexes, `${this.prefix}expiries`];
@@ -293,8 +298,7 @@ export class RedisStore implements Store {
     if (!started) return false;
     if (this.client.isCluster) {
       const [createdAt, owner] = [JSON.parse(started[0]) as string, JSON.parse(started[1]) as string | null];
-      const statuses = (status: JobStatus): string[] => [this.statusKey(status), this.statusKey(status, owner)];
-      await this.relist(indexMember(createdAt, id), statuses('running'), statuses('queued'));
+      await this.relist(indexMember(createdAt, id), this.statusKeys(owner, 'running'), this.statusKeys(owner, 'queued'));
     }
     return true;
   }
@@ -396,7 +400,7 @@ export class RedisStore implements Store {
       for (const [i, [status, owner]] of fields.entries()) {
         if (!status || !owner) continue; // expired: the sweep or a listing drops its entries
         const [s, o] = [JSON.parse(status) as JobStatus, JSON.parse(owner) as string | null];
-        for (const key of [this.statusKey(s), this.statusKey(s, o)]) addTo(adds, key, batch[i]!);
+        for (const key of this.statusKeys(o, s)) addTo(adds, key, batch[i]!);
       }
       await Promise.all([...adds].map(([key, members]) => this.client.zadd(key, ...members.flatMap((member) => [0, member]))));
       if (batch.length < MIGRATE_BATCH) break;
@@ -431,10 +435,9 @@ export class RedisStore implements Store {
     if (applied !== 1) return { applied: false, job };
     if (this.client.isCluster) {
       const member = indexMember(job.createdAt, job.id);
-      const statuses = (...list: JobStatus[]): string[] => list.flatMap((status) => [this.statusKey(status), this.statusKey(status, job.owner)]);
       await this.client.zadd(`${this.prefix}expiries`, expiresAt, JSON.stringify([job.owner, member]));
       // The reply does not say whether the job was queued or running: it leaves both.
-      await this.relist(member, statuses(job.status), statuses('queued', 'running'));
+      await this.relist(member, this.statusKeys(job.owner, job.status), this.statusKeys(job.owner, 'queued', 'running'));
     }
     // Rate-limited housekeeping (at most every SWEEP_INTERVAL_MS): not a round trip of every finish.
     await this.sweep();
