@@ -23,9 +23,9 @@ forEachExpress((express) => {
         seen = config;
         const local = new Scheduler(config);
         const place = local.place.bind(local);
-        local.place = (admission, id, start, skipped) => {
+        local.place = (admission, id, start, end) => {
           placed.push(id);
-          place(admission, id, start, skipped);
+          place(admission, id, start, end);
         };
         return local;
       },

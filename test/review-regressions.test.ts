@@ -158,9 +158,9 @@ describe('the in-process executor', () => {
     const b = s.admit('ip:b');
     assert.ok(a.ok && !a.queued && b.ok && b.queued);
     await store.createJob(newJob({ id: 'b', method: 'POST', url: '/x', owner: null, status: 'queued' }));
-    s.place(b, 'b', run());
+    s.place(b, 'b', run(), async () => undefined);
     await sleep(20);
-    s.place(a, 'a', run());
+    s.place(a, 'a', run(), async () => undefined);
     assert.equal(peak, 1);
     s.dispose();
     await store.close();

@@ -1,5 +1,5 @@
-// Unit tests without HTTP: the request envelope (src/envelope.ts: body reading, budget, replayed headers) and
-// the scheduler (src/scheduler.ts: admission, placing, body bytes, limits, the queue, skipped hooks, stopAll,
+// Unit tests without HTTP: the request envelope (src/replay/envelope.ts: body reading, budget, replayed headers) and
+// the scheduler (src/executors/local.ts: admission, placing, body bytes, limits, the queue, ends of queued jobs, stopAll,
 // the lease heartbeat), on a real MemoryStore.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -8,9 +8,10 @@ import { Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import type { Options } from '../src/config/options.js';
 import { parseOptions } from '../src/config/options.js';
-import type { Admission, RunningJob } from '../src/executors/executor.js';
+import type { Admission, EndQueued, RunningJob } from '../src/executors/executor.js';
 import { Scheduler } from '../src/executors/local.js';
 import { MemoryStore } from '../src/index.js';
+import { JobEnd } from '../src/jobs/end.js';
 import { JobAbortError } from '../src/model/errors.js';
 import type { Job, JobError } from '../src/model/job.js';
 import { leaseExpired, newJob } from '../src/model/job.js';
@@ -338,7 +339,8 @@ interface Placed {
   id: string;
   admission: Admission & { ok: true };
   started: number;
-  skipped: number;
+  /** How the scheduler ended it without a start, each time it did (it must be once at most). */
+  ended: Array<Parameters<EndQueued>[0]>;
   /** The running job, once started. */
   run?: ReturnType<typeof controllable>;
 }
@@ -366,7 +368,9 @@ function harness(options: Partial<Options> = {}, store = new MemoryStore()): Har
           leaseUntil: new Date(Date.now() + 150).toISOString(),
         }),
       );
-      const placed: Placed = { id, admission, started: 0, skipped: 0 };
+      const placed: Placed = { id, admission, started: 0, ended: [] };
+      // The job's real end, as submit builds it: it records the ending and wakes subscribers.
+      const end = new JobEnd(config, id, { notify: () => scheduler.notify(id) });
       scheduler.place(
         admission,
         id,
@@ -375,7 +379,10 @@ function harness(options: Partial<Options> = {}, store = new MemoryStore()): Har
           placed.run = controllable();
           return placed.run.job;
         },
-        () => void placed.skipped++,
+        (ending) => {
+          placed.ended.push(ending);
+          return end.end(ending && { ...ending, response: null });
+        },
       );
       return placed;
     },
@@ -519,7 +526,7 @@ describe('scheduler', () => {
       const queued = await h.add('b', { bodyBytes: 200 });
       const dropped = await h.add('c', { bodyBytes: 100 });
       assert.equal(h.scheduler.heldBodyBytes, 600);
-      assert.equal(h.scheduler.dequeue(dropped.id), true);
+      assert.equal(h.scheduler.dequeue(dropped.id, null), true);
       assert.equal(h.scheduler.heldBodyBytes, 500);
       running.run!.finish();
       await settle();
@@ -556,22 +563,25 @@ describe('scheduler', () => {
       c.run!.finish();
       await settle();
       assert.deepEqual(h.scheduler.held(), []);
-      assert.deepEqual([a.skipped, b.skipped, c.skipped], [0, 0, 0], 'started jobs are never skipped');
+      assert.deepEqual([a.ended, b.ended, c.ended], [[], [], []], 'started jobs are never ended by the queue');
       await h.close();
     });
 
-    it('dequeue() removes a queued job and runs its skipped hook once; false for a job not queued here', async () => {
+    it('dequeue() removes a queued job and ends it once, as told; false for a job not queued here', async () => {
       const h = harness({ concurrency: 1, maxPerOwner: 3 });
       const a = await h.add('owner:ann');
       const b = await h.add('owner:ann');
       const c = await h.add('owner:ann');
       assert.deepEqual(h.scheduler.admit('owner:ann'), { ok: false, reason: 'owner-limit' });
-      assert.equal(h.scheduler.dequeue(b.id), true);
-      assert.equal(b.skipped, 1);
-      assert.equal(h.scheduler.dequeue(b.id), false, 'once');
-      assert.equal(b.skipped, 1);
-      assert.equal(h.scheduler.dequeue(a.id), false, 'a running job is not dequeued');
-      assert.equal(h.scheduler.dequeue(randomUUID()), false);
+      const cancelled = { status: 'cancelled' as const, error: { type: 'cancelled', message: 'by hand' } };
+      assert.equal(h.scheduler.dequeue(b.id, cancelled), true);
+      assert.deepEqual(b.ended, [cancelled]);
+      assert.equal(h.scheduler.dequeue(b.id, cancelled), false, 'once');
+      assert.deepEqual(b.ended, [cancelled]);
+      assert.equal(h.scheduler.dequeue(a.id, cancelled), false, 'a running job is not dequeued');
+      assert.equal(h.scheduler.dequeue(randomUUID(), cancelled), false);
+      await settle();
+      assert.equal((await h.store.getJob(b.id))?.status, 'cancelled', "the job's end recorded it");
       assert.equal(h.scheduler.position(c.id), 1);
       const next = h.scheduler.admit('owner:ann');
       assert.ok(next.ok, "the dequeued job's owner place is free");
@@ -600,7 +610,7 @@ describe('scheduler', () => {
       a.run!.finish();
       await settle();
       assert.equal(b.started, 0);
-      assert.equal(b.skipped, 1, 'its end hooks run');
+      assert.deepEqual(b.ended, [null], 'ended as the store holds it');
       assert.equal(c.started, 1, 'the next one takes the slot');
       c.run!.finish();
       await settle();
@@ -642,16 +652,21 @@ describe('scheduler', () => {
       await h.store.createJob(newJob({ id, method: 'GET', url: '/b', owner: null, status: 'queued' }));
       let started = 0;
       const run = controllable();
-      h.scheduler.place(admission, id, () => {
-        started++;
-        return run.job;
-      });
+      h.scheduler.place(
+        admission,
+        id,
+        () => {
+          started++;
+          return run.job;
+        },
+        async () => assert.fail('it starts'),
+      );
       await settle();
       try {
         assert.equal(started, 1, 'the free slot runs it');
       } finally {
         run.finish();
-        h.scheduler.dequeue(id);
+        h.scheduler.dequeue(id, null);
         await h.close();
       }
     });
@@ -697,20 +712,23 @@ describe('scheduler', () => {
       await h.close();
     });
 
-    it('notifies when a running job ends', async () => {
+    it("leaves a running job's end to the job: waiters are told once, by its end, not again by the scheduler", async () => {
       const h = harness();
       const a = await h.add('a');
       let told = 0;
       h.scheduler.subscribe(a.id, () => told++);
+      // What a run's JobEnd does once the final state is stored: tell, then resolve done.
+      h.scheduler.notify(a.id);
       a.run!.finish();
       await settle();
       assert.equal(told, 1);
+      assert.deepEqual(h.scheduler.held(), []);
       await h.close();
     });
   });
 
   describe('stopAll', () => {
-    it('stops the running jobs, records the queued ones final in the store, then runs their skipped hooks', async () => {
+    it('stops the running jobs and ends the queued ones (recorded final in the store, waiters told)', async () => {
       const h = harness({ concurrency: 2 });
       const a = await h.add('a');
       const b = await h.add('b');
@@ -727,7 +745,7 @@ describe('scheduler', () => {
         assert.equal(job?.status, 'failed');
         assert.deepEqual(job?.error, error);
         assert.equal(job?.response, null);
-        assert.equal(q.skipped, 1, 'its end hooks ran');
+        assert.deepEqual(q.ended, [{ status: 'failed', error }], 'ended once, as shut down');
         assert.equal(q.started, 0);
         assert.equal(h.scheduler.position(q.id), undefined);
       }
@@ -737,35 +755,7 @@ describe('scheduler', () => {
       await h.close();
     });
 
-    it('runs the skipped hook after the final status is stored', async () => {
-      const h = harness({ concurrency: 1 });
-      const a = await h.add('a');
-      const admission = h.scheduler.admit('b');
-      assert.ok(admission.ok && admission.queued);
-      const id = randomUUID();
-      await h.store.createJob(newJob({ id, method: 'GET', url: '/b', owner: null, status: 'queued' }));
-      let statusAtSkip: string | undefined;
-      let resolveSkip!: () => void;
-      const skippedRan = new Promise<void>((resolve) => (resolveSkip = resolve));
-      h.scheduler.place(
-        admission,
-        id,
-        () => assert.fail('never started'),
-        () => {
-          void h.store.getJob(id).then((job) => {
-            statusAtSkip = job?.status;
-            resolveSkip();
-          });
-        },
-      );
-      await h.scheduler.stopAll('cancelled', { type: 'cancelled', message: 'x' }, new JobAbortError('BGRS_CANCELLED', 'x'));
-      await skippedRan;
-      assert.equal(statusAtSkip, 'cancelled');
-      assert.equal(a.run!.stops[0]?.status, 'cancelled');
-      await h.close();
-    });
-
-    it("logs, and still runs the skipped hook, when the store cannot record a queued job's end", async () => {
+    it('logs, and still ends the queued job, when the store cannot record its end', async () => {
       class NoFinish extends MemoryStore {
         override async finishJob(): Promise<null> {
           throw new Error('store away');
@@ -775,7 +765,7 @@ describe('scheduler', () => {
       const a = await h.add('a');
       const b = await h.add('b');
       await h.scheduler.stopAll('failed', { type: 'shutdown', message: 'bye' }, new JobAbortError('BGRS_SHUTDOWN', 'bye'));
-      assert.equal(b.skipped, 1);
+      assert.equal(b.ended.length, 1);
       assert.match(h.errors.join('\n'), new RegExp(`could not record the end of job ${b.id}: store away`));
       assert.equal(a.run!.stops.length, 1);
       await h.close();
@@ -841,13 +831,13 @@ describe('scheduler', () => {
       };
       await h.store.finishJob(a.id, { status: 'cancelled', ...ending });
       await h.store.finishJob(b.id, { status: 'cancelled', ...ending });
-      for (let i = 0; i < 50 && (a.run!.stops.length === 0 || b.skipped === 0); i++) await sleep(20);
+      for (let i = 0; i < 50 && (a.run!.stops.length === 0 || b.ended.length === 0); i++) await sleep(20);
       assert.equal(a.run!.stops.length, 1);
       assert.equal(a.run!.stops[0]!.status, 'cancelled');
       assert.equal((a.run!.stops[0]!.reason as JobAbortError).code, 'BGRS_CANCELLED');
-      assert.equal(b.skipped, 1);
+      assert.deepEqual(b.ended, [null], 'ended as the store holds it');
       assert.equal(b.started, 0);
-      assert.ok(told >= 1, "the queued job's waiters are told");
+      assert.equal(told, 1, "the queued job's waiters are told once");
       await settle();
       assert.deepEqual(h.scheduler.held(), []);
       await h.close();

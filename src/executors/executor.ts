@@ -12,6 +12,13 @@ export interface RunningJob {
   readonly done: Promise<void>;
 }
 
+/**
+ * How a job held here ends without having started: cancelled while queued, shut down, or found
+ * ended by another process (`null`: the store holds its end already). The job's one end records it
+ * and runs its end hooks; the executor only says why. Never rejects.
+ */
+export type EndQueued = (ending: { status: 'failed' | 'cancelled'; error: JobError | null } | null) => Promise<unknown>;
+
 /** What one job holds here while queued or running: a place in its caller's limit, and body bytes. */
 export interface Held {
   key: string;
@@ -55,10 +62,10 @@ export interface Executor {
   readonly heldBodyBytes: number;
   /** Gives back an admission that will not be placed (the job could not be recorded, or was answered without running). */
   cancel(admission: Admission): void;
-  /** Hands over a recorded job: `start` runs it (now or when its turn comes); `skipped` is told when it ends without starting. */
-  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob, skipped?: () => void): void;
-  /** Takes a job that has not started out of the queue (cancelled); whether it was waiting here. */
-  dequeue(id: string): boolean;
+  /** Hands over a recorded job: `start` runs it (now or when its turn comes); `end` ends it if it never starts. */
+  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob, end: EndQueued): void;
+  /** Takes a job that has not started out of the queue and ends it with `ending` (see EndQueued); whether it was waiting here. */
+  dequeue(id: string, ending: Parameters<EndQueued>[0]): boolean;
   /** 1-based place of a job in this executor's queue, or undefined. */
   position(id: string): number | undefined;
   /** Every job id held here, running or waiting. */

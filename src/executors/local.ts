@@ -2,16 +2,15 @@
 
 import { JobAbortError } from '../model/errors.js';
 import type { JobError } from '../model/job.js';
-import { endingNow } from '../model/job.js';
 import { oneAtATime } from '../util/one-at-a-time.js';
-import type { Admission, Executor, ExecutorConfig, Held, RunningJob } from './executor.js';
+import type { Admission, EndQueued, Executor, ExecutorConfig, Held, RunningJob } from './executor.js';
 
 interface Queued {
   id: string;
   held: Held;
   start(): RunningJob;
-  /** Told when the job leaves the queue without starting (cancelled, shut down): its end hooks run there. */
-  skipped?: () => void;
+  /** Ends it when it leaves the queue without starting (cancelled, shut down, ended elsewhere). */
+  end: EndQueued;
 }
 
 type Listener = () => void;
@@ -82,7 +81,7 @@ export class Scheduler implements Executor {
   }
 
   /** Starts or queues a job, as its admission decided. `start` runs it (for a queued job, once a slot frees and the store agrees). */
-  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob, skipped?: () => void): void {
+  place(admission: Admission & { ok: true }, id: string, start: () => RunningJob, end: EndQueued): void {
     this.#hold(admission, -1);
     this.#count(admission.held.key, 1);
     this.#owners.set(id, admission.held);
@@ -90,7 +89,7 @@ export class Scheduler implements Executor {
       this.#track(id, start());
       return;
     }
-    this.#queue.push({ id, held: admission.held, start, skipped });
+    this.#queue.push({ id, held: admission.held, start, end });
     this.#ensureHeartbeat();
     // A slot may have freed while the job was being recorded: nothing else would start it then.
     this.#startNext();
@@ -108,13 +107,13 @@ export class Scheduler implements Executor {
     return index === -1 ? undefined : index + 1;
   }
 
-  /** Removes a queued job from this process's queue; whether it was there. */
-  dequeue(id: string): boolean {
+  /** Removes a queued job from this process's queue and ends it (see EndQueued); whether it was there. */
+  dequeue(id: string, ending: Parameters<EndQueued>[0]): boolean {
     const index = this.#queue.findIndex((entry) => entry.id === id);
     if (index === -1) return false;
     const [entry] = this.#queue.splice(index, 1);
     this.#release(entry!.id, entry!.held);
-    entry!.skipped?.();
+    void entry!.end(ending);
     return true;
   }
 
@@ -146,17 +145,7 @@ export class Scheduler implements Executor {
     while (this.#starting.size > 0) await Promise.all([...this.#starting]);
     const queued = this.#queue.splice(0);
     for (const entry of queued) this.#release(entry.id, entry.held);
-    const ending = endingNow(this.config.ttl);
-    await Promise.all([
-      ...queued.map((entry) =>
-        this.config.store
-          .finishJob(entry.id, { status, ...ending, response: null, error })
-          .then(() => this.notify(entry.id))
-          .catch((err: unknown) => this.config.logger.error(`express-bgrs: could not record the end of job ${entry.id}: ${(err as Error).message}`))
-          .finally(() => entry.skipped?.()),
-      ),
-      ...[...this.running.values()].map((job) => job.stop(status, error, reason)),
-    ]);
+    await Promise.all([...queued.map((entry) => entry.end({ status, error })), ...[...this.running.values()].map((job) => job.stop(status, error, reason))]);
   }
 
   /** Stops the heartbeat (after close()). */
@@ -172,7 +161,7 @@ export class Scheduler implements Executor {
       this.running.delete(id);
       const held = this.#owners.get(id);
       if (held) this.#release(id, held);
-      this.notify(id);
+      // Subscribers heard of the end from the job's end itself, once the final state was stored.
       this.#startNext();
     });
   }
@@ -211,8 +200,9 @@ export class Scheduler implements Executor {
               this.notify(entry.id);
               this.#track(entry.id, entry.start());
             } else {
+              // Ended meanwhile (cancelled, or interrupted by another process): the store has its end.
               this.#release(entry.id, entry.held);
-              entry.skipped?.();
+              void entry.end(null);
               this.#startNext();
             }
           },
@@ -259,10 +249,7 @@ export class Scheduler implements Executor {
       return;
     }
     for (const id of gone) {
-      if (this.dequeue(id)) {
-        this.notify(id);
-        continue;
-      }
+      if (this.dequeue(id, null)) continue;
       const job = this.running.get(id);
       if (job) void job.stop('cancelled', null, new JobAbortError('BGRS_CANCELLED', 'the job was cancelled'));
     }

@@ -116,12 +116,11 @@ export function createRoutes(rt: Runtime): (req: Request, res: Response, next: N
     const now = await fromStore(config.store.getJob(job.id));
     if (now && !isFinal(now.status)) {
       // Queued here, starting, or running in another process: the store's final status is the
-      // cancel; that process's next heartbeat (within a second) aborts the handler.
-      // The final status first: the queue's end hooks then read it (a queued job whose start races
-      // this finds it cancelled and is skipped too).
+      // cancel; that process's next heartbeat (within a second) aborts the handler. Recorded here
+      // first, so that a store outage answers 503 and leaves the job as it was; a job queued here
+      // then ends through its own end, which reads it (one whose start races this finds it ended).
       await fromStore(config.store.finishJob(job.id, { status: 'cancelled', ...endingNow(config.ttl), response: null, error }));
-      rt.executor.dequeue(job.id);
-      rt.executor.notify(job.id);
+      if (!rt.executor.dequeue(job.id, null)) rt.executor.notify(job.id);
     }
     return (await fromStore(config.store.getJob(job.id))) ?? job;
   }

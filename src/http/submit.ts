@@ -5,7 +5,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
 import { v4 as uuidv4 } from 'uuid';
 import type { Configuration } from '../config/options.js';
-import type { Admission } from '../executors/executor.js';
+import type { Admission, EndQueued } from '../executors/executor.js';
+import { JobEnd } from '../jobs/end.js';
 import { waitForFinal } from '../jobs/observe.js';
 import type { Dispatch, RunOptions } from '../jobs/runner.js';
 import { runJob } from '../jobs/runner.js';
@@ -139,7 +140,7 @@ export async function submit(
   run: RunOptions = {},
 ): Promise<boolean> {
   const { config, executor } = rt;
-  const { sendProblem, sendStoreUnavailable } = problemsFor(config.view);
+  const { sendStoreUnavailable } = problemsFor(config.view);
   const { admission } = prepared;
   const job = newJob({
     id,
@@ -171,46 +172,36 @@ export async function submit(
     // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
     const deriveOwner = prepared.owner === null ? (replayed: IncomingMessage) => resolveOwner(config.owner, replayed as Request) : undefined;
     // One end per job, whichever path ends it (its run, or the queue before it started): the end
-    // hooks (the guard's key) run exactly once.
-    let ended = false;
-    const onEnd = async (final: Job | null, answered: boolean): Promise<void> => {
-      if (ended) return;
-      ended = true;
-      await run.onEnd?.(final, answered);
-    };
+    // hooks (the guard's key, subscribers, the waiting client) run exactly once.
+    const end = new JobEnd(config, id, { onEnd: run.onEnd, ttl: run.ttl, notify: () => executor.notify(id) });
     const start = () =>
       runJob(config, rt.replayer, id, prepared.envelope, prepared.dispatch, {
         onChange: () => executor.notify(id),
         deriveOwner,
         unanswered: (live, ended) => sendUnanswered(config, live, ended),
         ...run,
-        onEnd,
+        end,
       });
-    // Ended before it started (cancelled while queued, shut down): the run's end hooks still run,
-    // and a client waiting for its response gets an answer.
-    const skipped = (): void => {
-      if (ended) return;
-      void (async () => {
-        const ended = await config.store.getJob(id).catch(() => null);
-        const final = ended && isFinal(ended.status) ? ended : null;
-        await onEnd(final, false);
-        if (run.live)
-          sendProblem(run.live, 'job-failed', `the job ended ${final?.status ?? 'before it started'}`, {
-            extra: { job: { id, status: final?.status ?? null, error: final?.error ?? null } },
-          });
-      })().catch((err: unknown) => config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error)?.message ?? String(err)}`));
-    };
+    // Ended before it started (cancelled while queued, shut down): a client waiting for its response gets an answer.
+    const { live } = run;
+    const endQueued: EndQueued = (ending) =>
+      end
+        .end(ending && { ...ending, response: null }, {
+          answer: live && ((final) => sendUnanswered(config, live, { id, status: final?.status ?? null, error: final?.error ?? null })),
+        })
+        .catch((err: unknown) => config.logger.error(`express-bgrs: could not end job ${id}: ${(err as Error)?.message ?? String(err)}`));
     // The admission held its place while the job was written, so it is still valid.
-    executor.place(admission, id, start, skipped);
+    executor.place(admission, id, start, endQueued);
     return true;
   }
 }
 
 /** The waiting client of a job that ended before its response began: a problem naming how it ended. */
-function sendUnanswered(config: Configuration, live: ServerResponse, ended: { id: string; status: string; error: JobError | null }): void {
+function sendUnanswered(config: Configuration, live: ServerResponse, ended: { id: string; status: string | null; error: JobError | null }): void {
   const { sendProblem } = problemsFor(config.view);
   const error = ended.error && { type: ended.error.type, message: ended.error.message };
-  sendProblem(live, 'job-failed', ended.error?.message ?? `the job ended ${ended.status}`, { extra: { job: { id: ended.id, status: ended.status, error } } });
+  const detail = ended.error?.message ?? (ended.status ? `the job ended ${ended.status}` : 'the job ended before it started');
+  sendProblem(live, 'job-failed', detail, { extra: { job: { id: ended.id, status: ended.status, error } } });
 }
 
 /**

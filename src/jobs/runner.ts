@@ -6,11 +6,11 @@ import type { Configuration } from '../config/options.js';
 import type { RunningJob } from '../executors/executor.js';
 import { JobAbortError } from '../model/errors.js';
 import type { Job, JobError, JobFinish, JobResponse } from '../model/job.js';
-import { endingNow, isFinal } from '../model/job.js';
 import type { Envelope } from '../replay/capture.js';
 import { HOP_BY_HOP, type Replayer } from '../replay/capture.js';
 import { applyHead } from '../replay/head.js';
 import { JobContext } from './context.js';
+import { JobEnd } from './end.js';
 
 const debug = debuglog('bgrs');
 
@@ -178,10 +178,13 @@ export interface RunOptions {
    * records a non-null answer before any of it is stored.
    */
   deriveOwner?: (replayed: IncomingMessage) => Promise<string | null>;
+  /** The job's one end, when its submit made it (so that ending before the start shares it); else the run makes its own from `onEnd` and `ttl`. */
+  end?: JobEnd;
 }
 
 export function runJob(config: Configuration, replayer: Replayer, id: string, envelope: Envelope, dispatch: Dispatch, options: RunOptions = {}): RunningJob {
   const { live } = options;
+  const end = options.end ?? new JobEnd(config, id, { onEnd: options.onEnd, ttl: options.ttl });
   const startedAt = Date.now();
   let replayed: IncomingMessage | undefined;
   let owned: Promise<void> | undefined;
@@ -231,51 +234,23 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     if (timer) clearTimeout(timer);
     if (writer?.storeFailed) flushEarly();
     await ctx.end();
-    const ending = endingNow(options.ttl ?? config.ttl);
-    let recorded: Job | null = null;
-    // The final state is retried through a store outage for up to one lease: after that, other
-    // instances have recorded the job interrupted anyway.
-    const giveUpAt = Date.now() + config.lease;
-    for (let delay = 100; ; delay = Math.min(delay * 2, 5000)) {
+    await end.end({ status, response, error }, { answered: began, answer: live && (() => answerLive(status, error)), onStoreError: flushEarly });
+    resolveDone();
+  };
+
+  /** The waiting client sees the end only now (see JobEnd): the rest of the handler's answer, or why there is none. */
+  const answerLive = (status: JobFinish['status'], error: JobError | null): void => {
+    if (flushed || !live || live.destroyed) return;
+    if (answered && writer) writer.flushLive();
+    // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
+    else if (liveStarted || !options.unanswered) live.destroy();
+    else {
       try {
-        const finished = await config.store.finishJob(id, { status, ...ending, response, error });
-        // Not applied: an earlier attempt landed though its reply was lost, or another process
-        // ended it (a cancel). Either way the stored end is the one to report.
-        recorded = finished && isFinal(finished.job.status) ? finished.job : null;
-        break;
+        options.unanswered(live, { id, status, error });
       } catch (err) {
-        flushEarly();
-        const left = giveUpAt - Date.now();
-        if (left <= 0) {
-          config.logger.error(`express-bgrs: could not record the end of job ${id}: ${(err as Error).message}`);
-          break;
-        }
-        await new Promise((resolve) => setTimeout(resolve, Math.min(delay, left)));
+        live.destroy();
+        throw err;
       }
-    }
-    try {
-      await options.onEnd?.(recorded, began);
-    } catch (err) {
-      config.logger.error(`express-bgrs: job ${id} end hook failed: ${(err as Error).message}`);
-    } finally {
-      // The waiting client sees the end only now, so an immediate retry finds the key already
-      // completed (or released), never a finished job behind a key still marked running.
-      if (flushed) {
-        // The client has its answer already.
-      } else if (live && !live.destroyed) {
-        try {
-          if (answered && writer) writer.flushLive();
-          // Started, then cut (timeout, cancel, overflow): the client must see a broken response, not a short one.
-          else if (liveStarted) live.destroy();
-          else if (options.unanswered) options.unanswered(live, { id, status, error });
-          else live.destroy();
-        } catch (err) {
-          // A view that throws must not keep the job's slot forever.
-          config.logger.error(`express-bgrs: could not answer the client of job ${id}: ${(err as Error)?.message ?? String(err)}`);
-          live.destroy();
-        }
-      }
-      resolveDone();
     }
   };
 
