@@ -40,10 +40,10 @@ module.exports = {
     },
     {
       name: 'optional-peers-in-their-entry-only',
-      comment: 'ioredis and pg are optional peers: only their own store may import them',
+      comment: 'ioredis, pg and bullmq are optional peers: only their own store or executor may import them',
       severity: 'error',
-      from: { path: '^src/', pathNot: '^src/stores/(redis|postgres)' },
-      to: { path: '(^|/)node_modules/(ioredis|pg)/' },
+      from: { path: '^src/', pathNot: '^src/(stores/(redis|postgres)|executors/bullmq)\\.ts$' },
+      to: { path: '(^|/)node_modules/(ioredis|pg|bullmq)/' },
     },
     { name: 'no-orphans', severity: 'error', from: { orphan: true, path: '^src/', pathNot: '\\.d\\.ts$' }, to: {} },
   ],

@@ -14,6 +14,8 @@ import { problemsFor } from './http/problem.js';
 import { createRoutes, reachesBasePath, underBasePath } from './http/routes.js';
 import { detach } from './http/submit.js';
 import { decide, PARAM } from './http/trigger.js';
+import type { BgrsWorker, ReplayTarget, WorkOptions } from './http/work.js';
+import { startWorker } from './http/work.js';
 import { JobContext } from './jobs/context.js';
 import type { Runtime } from './jobs/runtime.js';
 import { JobAbortError } from './model/errors.js';
@@ -52,6 +54,11 @@ export interface BgrsMiddleware extends RequestHandler {
   readonly store: Store;
   /** Stops accepting detaches (503), lets running jobs finish within `grace`, then aborts the rest. */
   close(options?: CloseOptions): Promise<void>;
+  /**
+   * Queue mode (`executor: bullmq(…)`): takes jobs from the queue in this process and replays each
+   * through `app`, the same app the web processes serve. A process may be web and worker at once.
+   */
+  work(app: ReplayTarget, options?: WorkOptions): BgrsWorker;
 }
 
 /** Creates the bgrs middleware. `app.use(bgrs())` makes every later route detachable and serves the job routes. */
@@ -94,6 +101,14 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   /** A keyed detach on a store that keeps no keys: refused, since running it unguarded could run it twice. */
   function refuseKeyed(req: Request, res: Response): boolean {
+    if (rt.executor.remote && req.headers['idempotency-key'] !== undefined) {
+      sendProblem(
+        res,
+        'idempotency-unsupported',
+        'In queue mode this server does not yet take a background request with an Idempotency-Key; send it without the key, or synchronously.',
+      );
+      return true;
+    }
     if (detachGuard !== null || req.headers['idempotency-key'] === undefined || (req.method !== 'POST' && req.method !== 'PATCH')) return false;
     sendProblem(
       res,
@@ -216,7 +231,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
       { type: 'shutdown', message: 'the server shut down before the job finished' },
       new JobAbortError('BGRS_SHUTDOWN', 'the server is shutting down'),
     );
-    rt.executor.dispose();
+    await rt.executor.dispose();
     // The default MemoryStore is bgrs' own; a store the app passed is the app's to close.
     if (config.ownsStore) await parsed.store.close?.();
   }
@@ -227,6 +242,7 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
     detachable: { value: detachable, enumerable: true },
     idempotency: { value: idempotency, enumerable: true },
     close: { value: close, enumerable: true },
+    work: { value: (app: ReplayTarget, workOptions?: WorkOptions) => startWorker(rt, app, workOptions), enumerable: true },
   });
   return middleware;
 }

@@ -146,7 +146,17 @@ describe('the in-process executor', () => {
   // Promise: never more jobs running than `concurrency`, also while an admitted job is still being recorded.
   it('counts a slot reserved by an admission still being recorded', async () => {
     const store = new MemoryStore();
-    const s = new Scheduler({ store, logger: console, concurrency: 1, maxQueued: 10, maxPerOwner: 10, maxHeldBodyBytes: 1e9, lease: 30_000, ttl: 60_000 });
+    const s = new Scheduler({
+      store,
+      logger: console,
+      concurrency: 1,
+      maxQueued: 10,
+      maxPerOwner: 10,
+      maxHeldBodyBytes: 1e9,
+      lease: 30_000,
+      ttl: 60_000,
+      storeTimeout: 5000,
+    });
     let live = 0;
     let peak = 0;
     const run = () => () => {

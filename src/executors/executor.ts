@@ -32,6 +32,19 @@ export interface Held {
  */
 export type Admission = { ok: true; queued: boolean; held: Held } | { ok: false; reason: 'queue-full' | 'owner-limit' };
 
+/**
+ * Runs one job taken from a queue, in this process. Resolves `'done'` when it has ended (or was not
+ * to run: cancelled while it waited), `'requeue'` to put it back for another worker (this one is
+ * closing). Rejects on a failure of the store: the queue tries again later. `attempt` counts from 1.
+ */
+export type TakeJob = (id: string, attempt: number) => Promise<'done' | 'requeue'>;
+
+/** A queue consumer (`background.work()`): takes jobs until closed. */
+export interface Consumer {
+  /** Stops taking jobs; resolves once the jobs it took have ended (end them first: see `stopAll`). */
+  close(): Promise<void>;
+}
+
 /** What an executor reads of the bgrs options. */
 export interface ExecutorConfig {
   store: Store;
@@ -42,6 +55,8 @@ export interface ExecutorConfig {
   maxHeldBodyBytes: number;
   lease: number;
   ttl: number;
+  /** How long a call to a backend may take, in ms (a queue's add as well as the store). */
+  storeTimeout: number;
 }
 
 /**
@@ -72,8 +87,20 @@ export interface Executor {
   held(): string[];
   /** Ends every job held here with this final status (shutdown). */
   stopAll(status: 'failed' | 'cancelled', error: JobError, reason: Error): Promise<void>;
-  /** Stops the executor's own timers (after stopAll). */
-  dispose(): void;
+  /** Stops the executor's own timers and connections (after stopAll). */
+  dispose(): void | Promise<void>;
+  /**
+   * Queue mode: jobs may run in another process. Such a job is recorded `queued` with its request
+   * (the store keeps it for the worker) and handed over with `enqueue`; only a job a client waits
+   * for on this connection (a synchronous guarded request) is still `place`d here.
+   */
+  readonly remote?: boolean;
+  /** Queue mode: hands a recorded job to the queue. Rejects when the queue cannot take it (the caller ends the job failed). */
+  enqueue?(admission: Admission & { ok: true }, id: string): Promise<void>;
+  /** Queue mode: starts taking jobs from the queue in this process, each run by `take`. */
+  consume?(take: TakeJob, options: { concurrency: number }): Consumer;
+  /** Queue mode: keeps a job this process runs for the queue (see Scheduler.adopt). */
+  adopt?(id: string, job: RunningJob): void;
   /** Subscribes to changes of one job made here; returns the unsubscribe function. */
   subscribe(id: string, listener: () => void): () => void;
   /** Tells local subscribers that a job changed. */

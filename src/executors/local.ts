@@ -95,6 +95,15 @@ export class Scheduler implements Executor {
     this.#startNext();
   }
 
+  /**
+   * Keeps a job that runs here but was admitted elsewhere (taken from a queue by a worker, or a
+   * synchronous guarded request in queue mode): no slot is counted, but its lease is renewed and
+   * a cancel recorded by another process stops it, as for the jobs placed here.
+   */
+  adopt(id: string, job: RunningJob): void {
+    this.#track(id, job);
+  }
+
   #hold(admission: Admission & { ok: true }, delta: number): void {
     if (admission.queued) this.#reservedPlaces += delta;
     else this.#reservedSlots += delta;

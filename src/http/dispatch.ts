@@ -86,20 +86,24 @@ export function takeResume(req: Request, route: object): { err: unknown } | unde
   return resume;
 }
 
-export const throughApp: DispatchFactory = (req, _res, preParsed) => {
-  const root = rootApp(req);
-  const parsed: unknown = req.body;
+export const throughApp: DispatchFactory = (req, _res, preParsed) => intoApp(rootApp(req), preParsed ? { value: req.body as unknown } : undefined);
+
+/**
+ * The replay goes through `app` from its first middleware, marked as a replay, with the body a
+ * parser had parsed before bgrs (`parsed`): the in-process path, and a queue worker's.
+ */
+export function intoApp(app: (req: IncomingMessage, res: ServerResponse) => void, parsed?: { value: unknown }): Dispatch {
   return (rreq, rres, ctx) => {
     const replayed = rreq as AnyRequest;
     replayed[kReplay] = true;
     replayed.bgrs = ctx;
-    if (preParsed) {
-      replayed.body = parsed;
+    if (parsed) {
+      replayed.body = parsed.value;
       replayed._body = true;
     }
-    root(rreq, rres);
+    app(rreq, rres);
   };
-};
+}
 
 /** Own properties of the original request that must not be carried to the replay. */
 const NOT_COPIED = new Set<PropertyKey>(['res', 'next', 'bgrs', 'route', 'url', 'originalUrl', '_parsedUrl', '_parsedOriginalUrl', '__onFinished']);

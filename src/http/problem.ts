@@ -17,6 +17,7 @@ export const problems = {
   'job-failed': { status: 500, title: 'The request failed before it answered' },
   misconfigured: { status: 500, title: 'express-bgrs is mounted where its job routes cannot be reached' },
   'store-unavailable': { status: 503, title: 'Job store unavailable' },
+  'queue-unavailable': { status: 503, title: 'Job queue unavailable' },
   'shutting-down': { status: 503, title: 'Shutting down' },
   'queue-full': { status: 429, title: 'Too many background requests' },
   'too-many-streams': { status: 429, title: 'Too many event streams' },

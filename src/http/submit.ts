@@ -15,6 +15,7 @@ import type { Job, JobError, JobResponse } from '../model/job.js';
 import { isFinal, newJob } from '../model/job.js';
 import type { Envelope } from '../replay/capture.js';
 import { BodyBudgetError, BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from '../replay/envelope.js';
+import { encodeRequest } from '../replay/stored.js';
 import type { DispatchFactory } from './dispatch.js';
 import { sendJson } from './json.js';
 import { limitKey, resolveOwner } from './owner.js';
@@ -142,13 +143,17 @@ export async function submit(
   const { config, executor } = rt;
   const { sendStoreUnavailable } = problemsFor(config.view);
   const { admission } = prepared;
+  // Queue mode: a worker anywhere runs it, from the request kept with the job. It waits in the
+  // queue without a lease (the queue holds it durably); the worker that takes it starts one. A
+  // client waiting on this connection (a synchronous guarded request) is still served here.
+  const remote = executor.remote === true && !run.live;
   const job = newJob({
     id,
     method,
     url: prepared.clientUrl,
     owner: prepared.owner,
-    status: admission.queued ? 'queued' : 'running',
-    leaseUntil: new Date(Date.now() + config.lease).toISOString(),
+    status: remote || admission.queued ? 'queued' : 'running',
+    leaseUntil: remote ? null : new Date(Date.now() + config.lease).toISOString(),
   });
   // close() waits for this hand-over: a job recorded as close() begins still reaches the executor,
   // which then shuts it down with the others, rather than starting after close() resolved.
@@ -161,7 +166,10 @@ export async function submit(
 
   async function handOver(): Promise<boolean> {
     try {
-      await config.store.createJob(job);
+      const request = remote
+        ? encodeRequest({ envelope: prepared.envelope, parsed: prepared.preParsed ? { value: prepared.parsedBody } : undefined })
+        : undefined;
+      await config.store.createJob(job, request);
     } catch (err) {
       executor.cancel(admission);
       config.logger.error(`express-bgrs: the store refused a new job: ${(err as Error).message}`);
@@ -190,9 +198,26 @@ export async function submit(
           answer: live && ((final) => sendUnanswered(config, live, { id, status: final?.status ?? null, error: final?.error ?? null })),
         })
         .catch((err: unknown) => config.logger.error(`express-bgrs: could not end job ${id}: ${(err as Error)?.message ?? String(err)}`));
+    if (remote) return enqueue(end);
     // The admission held its place while the job was written, so it is still valid.
     executor.place(admission, id, start, endQueued);
     return true;
+  }
+
+  /** Queue mode: the queue takes the job, or it ends failed and the client is told 503 to retry. */
+  async function enqueue(end: JobEnd): Promise<boolean> {
+    try {
+      await executor.enqueue!(admission, id);
+      return true;
+    } catch (err) {
+      const message = (err as Error)?.message ?? String(err);
+      config.logger.error(`express-bgrs: the queue refused job ${id}: ${message}`);
+      await end.end({ status: 'failed', response: null, error: { type: 'queue_unavailable', message: `the queue could not take the job: ${message}` } });
+      problemsFor(config.view).sendProblem(res, 'queue-unavailable', 'The job queue is unavailable; try again later.', { retryAfter: config.retryAfter });
+      return false;
+    } finally {
+      executor.cancel(admission);
+    }
   }
 }
 

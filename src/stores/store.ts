@@ -44,7 +44,7 @@ export type IdempotencyClaimResult = { won: true } | { won: false; record: Idemp
  */
 export interface JobStore {
   /** Required. Saves a new job. Rejects when a job with that id exists. */
-  createJob(job: Job): Promise<void>;
+  createJob(job: Job, request?: Buffer): Promise<void>;
 
   /** Required. The job, or `null` when it is unknown or expired. */
   getJob(id: string): Promise<Job | null>;
@@ -67,6 +67,9 @@ export interface JobStore {
    * (final, or unknown): their process must stop them (they were cancelled elsewhere).
    */
   renewLeases(ids: string[], leaseUntil: string): Promise<string[]>;
+
+  /** Optional (queue mode needs it). The request bytes saved by createJob. */
+  readRequest?(id: string): Promise<Buffer | null>;
 
   /**
    * Required. Jobs newest first (by `createdAt`, then id), filtered by owner and status, one page

@@ -1,0 +1,116 @@
+// background.work(app): this process takes jobs from the queue (queue mode) and replays each through
+// the app, as the web process would have in-process: progress, log and the result go to the store.
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Request } from 'express';
+import type { RunningJob, TakeJob } from '../executors/executor.js';
+import { JobEnd } from '../jobs/end.js';
+import { readJob } from '../jobs/observe.js';
+import { runJob } from '../jobs/runner.js';
+import type { Runtime } from '../jobs/runtime.js';
+import { JobAbortError } from '../model/errors.js';
+import type { JobError } from '../model/job.js';
+import { isFinal } from '../model/job.js';
+import { decodeRequest, type StoredRequest } from '../replay/stored.js';
+import { intoApp } from './dispatch.js';
+import { resolveOwner } from './owner.js';
+
+/** `background.work(app, options)`. */
+export interface WorkOptions {
+  /** How many jobs this process runs at once. Defaults to the `concurrency` option. */
+  concurrency?: number;
+}
+
+export interface WorkCloseOptions {
+  /** How long running jobs may go on before they are ended `failed: shutdown`, in ms. Defaults to `0`. */
+  grace?: number;
+}
+
+/** A running queue worker. */
+export interface BgrsWorker {
+  /** Stops taking jobs, lets running ones finish within `grace`, then ends the rest `failed: shutdown`. */
+  close(options?: WorkCloseOptions): Promise<void>;
+}
+
+/** An Express app (or any `(req, res)` handler) the worker replays jobs through. */
+export type ReplayTarget = (req: IncomingMessage, res: ServerResponse) => void;
+
+const SHUTDOWN: JobError = { type: 'shutdown', message: 'the worker shut down before the job finished' };
+
+export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions = {}): BgrsWorker {
+  const { executor, config } = rt;
+  const { consume, adopt } = executor;
+  if (!consume || !adopt) {
+    throw new TypeError('express-bgrs: background.work() takes jobs from a queue: create the instance with bgrs({ store, executor: bullmq({ connection }) }).');
+  }
+  if (typeof app !== 'function') throw new TypeError('express-bgrs: background.work(app) needs the Express app to replay jobs through.');
+  const concurrency = options.concurrency ?? config.concurrency;
+  if (!Number.isInteger(concurrency) || concurrency < 1) {
+    throw new TypeError(`express-bgrs: background.work(): \`concurrency\` must be an integer ≥ 1, received \`${String(concurrency)}\`.`);
+  }
+  const { store } = config;
+  const running = new Map<string, RunningJob>();
+  let closing = false;
+
+  /** Ends a job this worker could not run, as failed, with the reason. */
+  const fail = (id: string, type: string, message: string): Promise<unknown> =>
+    new JobEnd(config, id, { notify: () => executor.notify(id) }).end({ status: 'failed', response: null, error: { type, message } });
+
+  const take: TakeJob = async (id) => {
+    if (closing) return 'requeue';
+    const job = await readJob(rt, id);
+    // Cancelled while it waited, ended by a crash rule, expired or deleted: nothing to run.
+    if (!job || isFinal(job.status)) return 'done';
+    if (job.status === 'running') {
+      // Its lease still runs: another worker has it (the queue handed it out twice). Try later:
+      // by then it has ended, or its lease lapsed and readJob records it interrupted.
+      throw new Error(`job ${id} is running elsewhere`);
+    }
+    const bytes = await store.readRequest!(id);
+    if (!bytes) {
+      await fail(id, 'request_lost', 'the stored request of the job is gone');
+      return 'done';
+    }
+    let request: StoredRequest;
+    try {
+      request = decodeRequest(bytes);
+    } catch (err) {
+      await fail(id, 'request_unreadable', (err as Error).message);
+      return 'done';
+    }
+    if (closing) return 'requeue';
+    const now = Date.now();
+    // False: cancelled (or taken by another worker) between the read and now.
+    if (!(await store.startJob(id, { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + config.lease).toISOString() }))) return 'done';
+    executor.notify(id);
+    const run = runJob(config, rt.replayer, id, request.envelope, intoApp(app, request.parsed), {
+      end: new JobEnd(config, id, { notify: () => executor.notify(id) }),
+      onChange: () => executor.notify(id),
+      // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
+      deriveOwner: job.owner === null ? (replayed) => resolveOwner(config.owner, replayed as Request) : undefined,
+    });
+    running.set(id, run);
+    adopt.call(executor, id, run);
+    await run.done;
+    running.delete(id);
+    return 'done';
+  };
+
+  const consumer = consume.call(executor, take, { concurrency });
+  return {
+    async close(closeOptions: WorkCloseOptions = {}): Promise<void> {
+      closing = true;
+      const closed = consumer.close();
+      const grace = closeOptions.grace ?? 0;
+      const pending = [...running.values()].map((job) => job.done);
+      if (grace > 0 && pending.length) {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([Promise.all(pending), new Promise((resolve) => (timer = setTimeout(resolve, grace)))]);
+        clearTimeout(timer);
+      }
+      const reason = new JobAbortError('BGRS_SHUTDOWN', 'the worker is shutting down');
+      await Promise.all([...running.values()].map((job) => job.stop('failed', SHUTDOWN, reason)));
+      await closed;
+    },
+  };
+}

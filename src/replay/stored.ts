@@ -1,0 +1,53 @@
+// The request a worker in another process replays (queue mode): an envelope and, when a parser read
+// the body first, its parsed value, as the bytes the store keeps with the job.
+
+import type { Envelope } from './capture.js';
+
+/** What a worker needs to replay a job: the envelope, and the body a parser had parsed before bgrs saw it. */
+export interface StoredRequest {
+  envelope: Envelope;
+  /** Present when the body was parsed before bgrs (`req.body`); the replay carries it as that value. */
+  parsed?: { value: unknown };
+}
+
+const VERSION = 1;
+
+type Parsed = { kind: 'json'; value: unknown } | { kind: 'string'; value: string } | { kind: 'bytes'; value: string };
+
+/**
+ * Layout: a 4-byte big-endian length, a JSON header of that length, then the raw body bytes (kept
+ * as they are: no base64 for the common case of a large raw body). A parsed body travels as JSON,
+ * or as a string or bytes for `express.text()` and `express.raw()`.
+ */
+export function encodeRequest(request: StoredRequest): Buffer {
+  const { body, ...envelope } = request.envelope;
+  const header = JSON.stringify({ v: VERSION, envelope, hasBody: body !== null, parsed: request.parsed && parsedOf(request.parsed.value) });
+  const headerBytes = Buffer.from(header);
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(headerBytes.length);
+  return Buffer.concat(body ? [length, headerBytes, body] : [length, headerBytes]);
+}
+
+function parsedOf(value: unknown): Parsed {
+  if (Buffer.isBuffer(value)) return { kind: 'bytes', value: value.toString('base64') };
+  if (typeof value === 'string') return { kind: 'string', value };
+  return { kind: 'json', value };
+}
+
+/** The request back from its bytes; throws a TypeError on bytes this version did not write. */
+export function decodeRequest(bytes: Buffer): StoredRequest {
+  if (bytes.length < 4) throw new TypeError('express-bgrs: a stored request is too short');
+  const length = bytes.readUInt32BE(0);
+  if (4 + length > bytes.length) throw new TypeError('express-bgrs: a stored request is cut short');
+  const header = JSON.parse(bytes.subarray(4, 4 + length).toString()) as {
+    v: number;
+    envelope: Omit<Envelope, 'body'>;
+    hasBody: boolean;
+    parsed?: Parsed;
+  };
+  if (header.v !== VERSION) throw new TypeError(`express-bgrs: a stored request of version ${String(header.v)} (this version reads ${VERSION})`);
+  const envelope: Envelope = { ...header.envelope, body: header.hasBody ? Buffer.from(bytes.subarray(4 + length)) : null };
+  if (!header.parsed) return { envelope };
+  const { kind, value } = header.parsed;
+  return { envelope, parsed: { value: kind === 'bytes' ? Buffer.from(value, 'base64') : value } };
+}

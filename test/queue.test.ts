@@ -1,0 +1,302 @@
+// Queue mode (express-bgrs/bullmq), web and worker in one process: a detach is recorded queued, waits in a
+// real BullMQ queue (Redis), and a worker replays it through the app. Express 4 and 5 × RedisStore and
+// PostgresStore, each test with its own store namespace and queue name.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { Redis } from 'ioredis';
+import { bullmq } from '../src/executors/bullmq.js';
+import { type BgrsMiddleware, bgrs, MemoryStore, type Store } from '../src/index.js';
+import { detached, type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
+import { REDIS_URL } from './services.js';
+import { dropRedisPrefix, type StoreKind, storeKinds } from './stores.js';
+
+const kinds = (await storeKinds()).filter((kind) => kind.name !== 'MemoryStore');
+const { hostname, port } = new URL(REDIS_URL);
+const connection = { host: hostname, port: Number(port) };
+
+/** Counts handler runs per path and lets a test hold a handler until it says so. */
+interface App {
+  runs: string[];
+  gates: Map<string, () => void>;
+  aborted: string[];
+}
+
+function buildApp(express: ExpressModule, background: BgrsMiddleware, state: App) {
+  const app = express();
+  app.use(express.json());
+  app.use(background);
+  app.get('/report', (req, res) => {
+    state.runs.push('report');
+    req.bgrs.progress(50, 'half way');
+    res.type('text/csv').send(`a,b\n${String(req.query.n ?? 1)},2\n`);
+  });
+  app.post('/echo', (req, res) => {
+    state.runs.push('echo');
+    res.json({ got: req.body as unknown, user: req.get('x-user') ?? null });
+  });
+  app.put('/raw', (req, res) => {
+    state.runs.push('raw');
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => res.type('application/octet-stream').send(Buffer.concat(chunks)));
+  });
+  app.get('/block', async (req, res) => {
+    const gate = String(req.query.gate);
+    state.runs.push(`block:${gate}`);
+    const aborted = new Promise<void>((resolve) => req.bgrs.signal.addEventListener('abort', () => resolve(), { once: true }));
+    const released = new Promise<void>((resolve) => state.gates.set(gate, resolve));
+    await Promise.race([released, aborted]);
+    if (req.bgrs.signal.aborted) state.aborted.push(gate);
+    if (!res.destroyed && !res.headersSent) res.send(`unblocked ${gate}`);
+  });
+  return app;
+}
+
+async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await fn();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`${what}: still waiting after ${ms} ms`);
+    await sleep(20);
+  }
+}
+
+async function jobOf(base: string, location: string): Promise<JobDoc> {
+  const res = await fetch(base + location);
+  assert.equal(res.status, 200);
+  return (await res.json()) as JobDoc;
+}
+
+describe('queue mode: setup', () => {
+  it('refuses the MemoryStore with a clear error', () => {
+    assert.throws(
+      () => bgrs({ store: new MemoryStore(), executor: bullmq({ connection }) }),
+      (err: Error) => err instanceof TypeError && /queue mode needs a store that every web and worker process shares/.test(err.message),
+    );
+  });
+
+  it('refuses bullmq() without a connection or with an unknown backend', () => {
+    assert.throws(() => bullmq({} as never), /needs `connection`/);
+    assert.throws(() => bullmq({ connection, backend: 'kafka' as never }), /`backend` must be "redis" or "postgres"/);
+  });
+
+  it('refuses background.work() on an instance that is not in queue mode', () => {
+    const background = bgrs();
+    assert.throws(() => background.work(() => undefined), /takes jobs from a queue/);
+    void background.close();
+  });
+});
+
+for (const kind of kinds) {
+  describe(`queue mode on BullMQ (Redis), ${kind.name}`, () => {
+    forEachExpress((express) => {
+      let store: Store;
+      let background: BgrsMiddleware;
+      let server: Running;
+      let worker: ReturnType<BgrsMiddleware['work']> | undefined;
+      const queueName = `q-${randomUUID()}`;
+      const prefix = `bgrs-test-bull-${randomUUID()}`;
+      const state: App = { runs: [], gates: new Map(), aborted: [] };
+      const redis = new Redis(REDIS_URL);
+
+      before(async () => {
+        store = await kind.create();
+        background = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
+        const app = buildApp(express, background, state);
+        server = await listen(app);
+        worker = background.work(app, { concurrency: 4 });
+      });
+
+      after(async () => {
+        await worker?.close();
+        await background.close();
+        await server.close();
+        await kind.destroy(store);
+        await dropRedisPrefix(redis, prefix);
+        await redis.quit();
+      });
+
+      it('acks 202 with the job queued, and a worker replays it through the app: status, progress, result', async () => {
+        const ack = await fetch(`${server.url}${detached('/report?n=7')}`);
+        assert.equal(ack.status, 202);
+        const doc = (await ack.json()) as JobDoc;
+        assert.equal(doc.status, 'queued', 'recorded queued: it waits in the queue');
+        const job = await waitForJob(server.url, ack.headers.get('location')!);
+        assert.equal(job.status, 'completed');
+        assert.equal(job.progress, 50);
+        const result = await fetch(`${server.url}${ack.headers.get('location')}/result`);
+        assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
+        assert.equal(await result.text(), 'a,b\n7,2\n');
+      });
+
+      it('carries a body a parser read before bgrs, and the request headers', async () => {
+        const ack = await fetch(`${server.url}${detached('/echo')}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'x-user': 'ann' },
+          body: JSON.stringify({ order: [1, 2, 3], note: 'ünïcode' }),
+        });
+        assert.equal(ack.status, 202);
+        const location = ack.headers.get('location')!;
+        assert.equal((await waitForJob(server.url, location)).status, 'completed');
+        assert.deepEqual(await (await fetch(`${server.url}${location}/result`)).json(), { got: { order: [1, 2, 3], note: 'ünïcode' }, user: 'ann' });
+      });
+
+      it('carries a raw body byte for byte (every byte value, 1 MiB)', async () => {
+        const body = Buffer.alloc(1024 * 1024);
+        for (let i = 0; i < body.length; i++) body[i] = i % 256;
+        const ack = await fetch(`${server.url}${detached('/raw')}`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body });
+        assert.equal(ack.status, 202);
+        const location = ack.headers.get('location')!;
+        assert.equal((await waitForJob(server.url, location)).status, 'completed');
+        const result = Buffer.from(await (await fetch(`${server.url}${location}/result`)).arrayBuffer());
+        assert.ok(result.equals(body), 'the replayed body is the one sent');
+      });
+
+      it('cancels a running job from the web side: the worker aborts its signal within a second', async () => {
+        const gate = randomUUID();
+        const ack = await fetch(`${server.url}${detached(`/block?gate=${gate}`)}`);
+        const location = ack.headers.get('location')!;
+        await until('the job runs', async () => ((await jobOf(server.url, location)).status === 'running' ? true : undefined));
+        const started = Date.now();
+        const cancel = await fetch(`${server.url}${location}/cancel`, { method: 'POST' });
+        assert.equal(cancel.status, 202);
+        await until('the handler hears the abort', () => (state.aborted.includes(gate) ? true : undefined), 3000);
+        assert.ok(Date.now() - started < 1500, `aborted after ${Date.now() - started} ms`);
+        assert.equal((await waitForJob(server.url, location)).status, 'cancelled');
+      });
+
+      it('answers a keyed detach 501 (not yet in queue mode) rather than run it unguarded', async () => {
+        const res = await fetch(`${server.url}${detached('/echo')}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'idempotency-key': `"${randomUUID()}"` },
+          body: '{}',
+        });
+        assert.equal(res.status, 501);
+        assert.match(res.headers.get('content-type') ?? '', /application\/problem\+json/);
+      });
+    });
+  });
+
+  describe(`queue mode, web and worker apart, ${kind.name}`, () => {
+    forEachExpress((express) => {
+      const state: App = { runs: [], gates: new Map(), aborted: [] };
+      const queueName = `q-${randomUUID()}`;
+      const prefix = `bgrs-test-bull-${randomUUID()}`;
+      const redis = new Redis(REDIS_URL);
+      let store: Store;
+      let web: BgrsMiddleware;
+      let server: Running;
+
+      before(async () => {
+        store = await kind.create();
+        web = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
+        server = await listen(buildApp(express, web, state));
+      });
+
+      after(async () => {
+        await web.close();
+        await server.close();
+        await kind.destroy(store);
+        await dropRedisPrefix(redis, prefix);
+        await redis.quit();
+      });
+
+      it('keeps acked jobs queued while no worker runs (no lease lapses), and a worker started later runs each once', async () => {
+        const acks = await Promise.all(Array.from({ length: 5 }, (_, i) => fetch(`${server.url}${detached(`/report?n=${i}`)}`)));
+        const locations = acks.map((ack) => {
+          assert.equal(ack.status, 202);
+          return ack.headers.get('location')!;
+        });
+        // Longer than the lease: a queued job waits in the queue, not on a lease of ours.
+        await sleep(1500);
+        for (const location of locations) assert.equal((await jobOf(server.url, location)).status, 'queued');
+        assert.equal(state.runs.length, 0);
+        // A worker of its own: another bgrs instance on the same store and queue, as another process would be.
+        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
+        const worker = workerSide.work(buildApp(express, workerSide, state), { concurrency: 2 });
+        try {
+          for (const [i, location] of locations.entries()) {
+            const job = await waitForJob(server.url, location);
+            assert.equal(job.status, 'completed');
+            assert.equal(await (await fetch(`${server.url}${location}/result`)).text(), `a,b\n${i},2\n`);
+          }
+          assert.equal(state.runs.filter((run) => run === 'report').length, 5, 'each job ran once');
+        } finally {
+          await worker.close();
+          await workerSide.close();
+        }
+      });
+
+      it('cancels a job that waits in the queue: the worker that starts later never runs it', async () => {
+        const gate = randomUUID();
+        const ack = await fetch(`${server.url}${detached(`/block?gate=${gate}`)}`);
+        const location = ack.headers.get('location')!;
+        const cancel = await fetch(`${server.url}${location}/cancel`, { method: 'POST' });
+        assert.equal(cancel.status, 202);
+        assert.equal(((await cancel.json()) as JobDoc).status, 'cancelled');
+        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
+        const worker = workerSide.work(buildApp(express, workerSide, state));
+        try {
+          // A later job runs: by then the worker has seen (and skipped) the cancelled one.
+          const next = await fetch(`${server.url}${detached('/report?n=9')}`);
+          assert.equal((await waitForJob(server.url, next.headers.get('location')!)).status, 'completed');
+          assert.ok(!state.runs.includes(`block:${gate}`), 'the cancelled job never ran');
+          assert.equal((await jobOf(server.url, location)).status, 'cancelled');
+        } finally {
+          await worker.close();
+          await workerSide.close();
+        }
+      });
+
+      it('worker.close({ grace }) lets a running job finish within grace, then ends the rest failed: shutdown', async () => {
+        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
+        const worker = workerSide.work(buildApp(express, workerSide, state));
+        const quick = randomUUID();
+        const slow = randomUUID();
+        const [a, b] = await Promise.all([fetch(`${server.url}${detached(`/block?gate=${quick}`)}`), fetch(`${server.url}${detached(`/block?gate=${slow}`)}`)]);
+        const [la, lb] = [a.headers.get('location')!, b.headers.get('location')!];
+        await until('both run', async () =>
+          (await jobOf(server.url, la)).status === 'running' && (await jobOf(server.url, lb)).status === 'running' ? true : undefined,
+        );
+        const closing = worker.close({ grace: 300 });
+        state.gates.get(quick)!();
+        await closing;
+        await workerSide.close();
+        assert.equal((await jobOf(server.url, la)).status, 'completed', 'finished within grace');
+        const ended = await jobOf(server.url, lb);
+        assert.equal(ended.status, 'failed');
+        assert.equal(ended.error?.type, 'shutdown');
+      });
+    });
+  });
+}
+
+describe('queue mode: the queue is away', () => {
+  it('records the job failed and answers 503 with Retry-After', async () => {
+    const kind: StoreKind | undefined = kinds[0];
+    if (!kind) return;
+    const store = await kind.create();
+    // Nothing listens on port 1: BullMQ's add never gets an answer.
+    const background = bgrs({ store, executor: bullmq({ name: `q-${randomUUID()}`, connection: { host: '127.0.0.1', port: 1 } }), storeTimeout: 300 });
+    const { default: express } = await import('express');
+    const app = express();
+    app.use(background);
+    app.get('/report', (_req, res) => res.send('never'));
+    const server = await listen(app);
+    try {
+      const res = await fetch(`${server.url}${detached('/report')}`);
+      assert.equal(res.status, 503);
+      assert.equal(res.headers.get('retry-after'), '2');
+      const list = await (await fetch(`${server.url}/bgrs?status=failed`)).json();
+      const failed = (list as { items: JobDoc[] }).items;
+      assert.equal(failed.length, 1, 'the job is recorded failed, not left queued');
+      assert.equal(failed[0]!.error?.type, 'queue_unavailable');
+    } finally {
+      await background.close();
+      await server.close();
+      await kind.destroy(store);
+    }
+  });
+});
