@@ -124,8 +124,8 @@ for (const kind of kinds) {
         const doc = (await ack.json()) as JobDoc;
         assert.equal(doc.status, 'queued', 'recorded queued: it waits in the queue');
         const job = await waitForJob(server.url, ack.headers.get('location')!);
-        assert.equal(job.status, 'completed');
-        assert.equal(job.progress, 50);
+        assert.equal(job.status, 'completed', JSON.stringify(job.error));
+        assert.equal(job.progress, 100);
         const result = await fetch(`${server.url}${ack.headers.get('location')}/result`);
         assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
         assert.equal(await result.text(), 'a,b\n7,2\n');

@@ -1,0 +1,144 @@
+// Queue mode across OS processes, killed with SIGKILL: web and worker processes on a shared store (Redis, then
+// PostgreSQL) and one BullMQ queue on Redis. Promises: an acked job is never lost when its web process dies;
+// a POST whose worker dies mid-run is never run a second time.
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { after, describe, it } from 'node:test';
+import { type JobDoc, sleep, waitForJob } from './helpers.js';
+import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
+import { dropPostgresTables, dropRedisPrefix } from './stores.js';
+
+const root = new URL('..', import.meta.url).pathname;
+const LEASE_MS = 1000;
+
+type Event = Record<string, unknown> & { event: string };
+
+interface Proc {
+  url: string;
+  events: Event[];
+  next(match: (event: Event) => boolean, timeout?: number): Promise<Event>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+const started: Proc[] = [];
+
+async function start(role: 'web' | 'worker' | 'both', kind: string, namespace: string, queue: string): Promise<Proc> {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/queue-app.ts', role, kind, namespace, queue, String(LEASE_MS)], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const events: Event[] = [];
+  const waiters = new Set<() => void>();
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try {
+      events.push(JSON.parse(line) as Event);
+    } catch {
+      return;
+    }
+    for (const wake of [...waiters]) wake();
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const next = (match: (event: Event) => boolean, timeout = 15_000): Promise<Event> =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const found = events.find(match);
+        if (!found) return;
+        clearTimeout(timer);
+        waiters.delete(check);
+        resolve(found);
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`${role} ${child.pid}: no matching event within ${timeout} ms (saw ${JSON.stringify(events)})`));
+      }, timeout);
+      waiters.add(check);
+      check();
+    });
+  const ready = await next((e) => e.event === (role === 'worker' ? 'working' : 'listening'), 30_000);
+  const proc: Proc = {
+    url: `http://127.0.0.1:${String(ready.port ?? 0)}`,
+    events,
+    next,
+    kill: async (signal = 'SIGTERM') => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      await exited;
+    },
+  };
+  started.push(proc);
+  return proc;
+}
+
+after(async () => {
+  await Promise.all(started.map((proc) => proc.kill('SIGKILL')));
+});
+
+const runsOf = (proc: Proc, id: string): number => proc.events.filter((e) => e.event === 'run' && e.id === id).length;
+
+const kinds: string[] = [];
+if (await serviceAvailable('Redis', REDIS_URL)) kinds.push('redis');
+if (kinds.length && (await serviceAvailable('PostgreSQL', POSTGRES_URL))) kinds.push('postgres');
+
+for (const kind of kinds) {
+  describe(`queue mode, processes killed with SIGKILL (${kind} store, BullMQ on Redis)`, () => {
+    const namespace = kind === 'redis' ? `bgrs-qcrash-${randomUUID()}:` : `bgrs_qcrash_${randomUUID().replace(/-/g, '').slice(0, 12)}`;
+    const queue = `qcrash-${randomUUID()}`;
+
+    after(async () => {
+      await Promise.all(started.map((proc) => proc.kill('SIGKILL')));
+      const { Redis } = await import('ioredis');
+      const redis = new Redis(REDIS_URL);
+      await dropRedisPrefix(redis, namespace);
+      await redis.quit();
+      if (kind === 'postgres') {
+        const { default: pg } = await import('pg');
+        const pool = new pg.Pool({ connectionString: POSTGRES_URL });
+        await dropPostgresTables(pool, namespace);
+        await pool.end();
+      }
+    });
+
+    it('the web killed after its acks, before any worker ran: every acked job completes once, on a worker started later', async () => {
+      const web = await start('web', kind, namespace, queue);
+      const acks = await Promise.all(Array.from({ length: 6 }, (_, n) => fetch(`${web.url}/work?bgrs=yes&n=${n}`)));
+      const locations = acks.map((ack) => {
+        assert.equal(ack.status, 202);
+        return ack.headers.get('location')!;
+      });
+      await web.kill('SIGKILL');
+      const worker = await start('worker', kind, namespace, queue);
+      const reader = await start('web', kind, namespace, queue);
+      for (const [n, location] of locations.entries()) {
+        const job = await waitForJob(reader.url, location, 20_000);
+        assert.equal(job.status, 'completed', JSON.stringify(job.error));
+        assert.equal(await (await fetch(`${reader.url}${location}/result`)).text(), `n\n${n}\n`);
+        assert.equal(runsOf(worker, job.id), 1, 'ran once');
+      }
+      await Promise.all([worker.kill(), reader.kill()]);
+    });
+
+    it('a worker killed mid-run: its POST fails interrupted, and no other worker runs the handler again', async () => {
+      const web = await start('web', kind, namespace, queue);
+      const first = await start('worker', kind, namespace, queue);
+      const ack = await fetch(`${web.url}/charge?bgrs=yes`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-hang': '1' }, body: '{"cents":100}' });
+      assert.equal(ack.status, 202);
+      const location = ack.headers.get('location')!;
+      const { id } = (await ack.json()) as JobDoc;
+      await first.next((e) => e.event === 'run' && e.id === id);
+      const second = await start('worker', kind, namespace, queue);
+      await first.kill('SIGKILL');
+      const job = await waitForJob(web.url, location, 20_000);
+      assert.equal(job.status, 'failed');
+      assert.equal(job.error?.type, 'interrupted');
+      // Past the queue's stall detection (lockDuration 1 s, checked every 0.5 s): the second worker was handed the job.
+      await sleep(3000);
+      assert.equal(runsOf(second, id), 0, 'the POST handler never ran a second time');
+      assert.equal((await (await fetch(`${web.url}${location}`)).json() as JobDoc).status, 'failed');
+      // The second worker still takes new work.
+      const next = await fetch(`${web.url}/work?bgrs=yes&n=5`);
+      assert.equal((await waitForJob(web.url, next.headers.get('location')!, 20_000)).status, 'completed');
+      await Promise.all([web.kill(), second.kill()]);
+    });
+  });
+}
