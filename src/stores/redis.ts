@@ -251,13 +251,16 @@ export class RedisStore implements Store {
     // A job created final has ended: no worker will replay it, so its request is not kept. Copied
     // now: ioredis reads the buffer only when it writes the command, and the caller may reuse it meanwhile.
     const bytes = request === undefined || isFinal(job.status) ? null : Buffer.from(request);
+    // Read before the first await, as the index entries above are: the caller may change the job
+    // once this call has returned, and the hash must hold the job it was given.
+    const fields = jobArgs(job);
     await this.markIfFresh();
     // One round trip, atomic, with or without a request: the script writes the request beside the
     // hash (same slot) and lists the job too, unless the indexes are in other slots.
     const [hash, , , requestKey] = this.jobKeys(job.id);
     const keys = this.client.isCluster ? [hash, requestKey] : [hash, requestKey, ...indexes, `${this.prefix}expiries`];
     // ioredis sends a Buffer argument as it is: any bytes reach Redis unchanged.
-    const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, bytes ? '1' : '', bytes ?? '', ...jobArgs(job)]);
+    const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, bytes ? '1' : '', bytes ?? '', ...fields]);
     if (created !== 1) throw new Error(`RedisStore: job ${job.id} exists already`);
     if (!this.client.isCluster) return;
     // On a Cluster the indexes live in other slots, so they are written after the script: a crash in

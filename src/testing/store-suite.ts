@@ -75,6 +75,16 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.equal((await store.getJob(j.id))!.status, 'running');
       });
 
+      it('keeps the job as it was at the call, even when the caller changes it before the create resolves', async () => {
+        const j = job({ message: 'as given' });
+        const given = { ...j };
+        const created = store.createJob(j);
+        j.message = 'changed by the caller';
+        j.url = '/changed';
+        await created;
+        assert.deepEqual(await store.getJob(j.id), given);
+      });
+
       it('applies progress to a running job, and nothing to an unknown one', async () => {
         const j = job();
         await store.createJob(j);
