@@ -159,6 +159,82 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
       assert.equal(await client.ping(), 'PONG');
     });
   });
+
+  /** The names of the commands a client sends from now on. */
+  const recordCommands = (client: Redis): string[] => {
+    const names: string[] = [];
+    const send = client.sendCommand.bind(client);
+    client.sendCommand = (...args: Parameters<Redis['sendCommand']>) => {
+      names.push(args[0].name);
+      return send(...args);
+    };
+    return names;
+  };
+
+  // Queue mode's request key, outside a Cluster and on the code paths a Cluster takes (one node:
+  // the scripts then get one job's keys only, as in a real Cluster).
+  for (const cluster of [false, true]) {
+    describe(`RedisStore requests (${cluster ? 'Cluster code paths, one node' : 'one server'})`, () => {
+      const client = new Redis(REDIS_URL);
+      client.isCluster = cluster;
+      const prefix = testPrefix();
+      const store = new RedisStore({ client, prefix });
+      const requestKey = (id: string): string => `${prefix}job:{${id}}:request`;
+      const queued = (): Job => running({ status: 'queued', startedAt: null });
+      const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+      after(async () => {
+        await dropPrefix(client, prefix);
+        await client.quit();
+      });
+
+      it('keeps a request in job:{id}:request beside the job, with no TTL, until the job finishes or is deleted', async () => {
+        const plain = queued();
+        await store.createJob(plain);
+        assert.equal(await client.exists(requestKey(plain.id)), 0, 'no key for a job without a request');
+        const j = queued();
+        await store.createJob(j, bytes);
+        assert.deepEqual(await client.getBuffer(requestKey(j.id)), bytes);
+        assert.equal(await client.pttl(requestKey(j.id)), -1, 'it lives while the job does');
+        await store.finishJob(j.id, finish(60_000));
+        assert.equal(await client.exists(requestKey(j.id)), 0, 'deleted when the job finishes');
+        assert.equal(await client.exists(`${prefix}job:{${j.id}}`), 1, 'the job itself stays until it expires');
+        const deleted = queued();
+        await store.createJob(deleted, bytes);
+        await store.deleteJob(deleted.id);
+        assert.equal(await client.exists(requestKey(deleted.id)), 0, 'deleted with the job');
+      });
+
+      it('creates a job with a request in the same commands as without one, and reads it in one', async () => {
+        // Not counted: the store's once-per-store check of a fresh prefix, and the scripts' first
+        // load (this file flushes them).
+        await store.createJob(queued());
+        await store.readRequest(randomUUID());
+        const sent = recordCommands(client);
+        await store.createJob(queued());
+        const without = sent.splice(0);
+        await store.createJob(queued(), bytes);
+        const withRequest = sent.splice(0);
+        assert.deepEqual(withRequest, without);
+        if (!cluster) assert.deepEqual(without, ['evalsha'], 'one round trip outside a Cluster');
+        const j = queued();
+        await store.createJob(j, bytes);
+        sent.splice(0);
+        assert.deepEqual(await store.readRequest(j.id), bytes);
+        assert.deepEqual(sent, ['evalsha']);
+      });
+
+      it('reads a request back byte for byte after SCRIPT FLUSH (NOSCRIPT)', async () => {
+        const j = queued();
+        await store.createJob(j, bytes);
+        await client.script('FLUSH');
+        assert.deepEqual(await store.readRequest(j.id), bytes);
+        await client.script('FLUSH');
+        const k = queued();
+        await store.createJob(k, bytes);
+        assert.deepEqual(await store.readRequest(k.id), bytes);
+      });
+    });
+  }
 } else {
   test.skip('RedisStore: Redis is not reachable');
 }

@@ -129,6 +129,10 @@ export class MemoryStore implements Store {
     return finished;
   }
 
+  /**
+   * A request given with the job (queue mode's) is ignored: a worker in another process could never
+   * read it here, so this store has no readRequest, and queue mode refuses it at setup.
+   */
   async createJob(job: Job): Promise<void> {
     if (this.entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
     this.active.set(job.id, { job: copyJob(job), logs: [], chunks: [], size: 0 });

@@ -26,7 +26,10 @@ const iso = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', '
 /** Whether a job is still visible: rows past `expires_at` are treated as gone until the sweep deletes them. */
 const visible = (alias: string): string => `(${alias}.expires_at IS NULL OR ${alias}.expires_at > now())`;
 
-/** Every column of a job as `rowToJob` reads it: dates as ISO strings, JSON as its original text. */
+/**
+ * Every column of a job as `rowToJob` reads it: dates as ISO strings, JSON as its original text.
+ * Never `request`: a body may be megabytes, and only readRequest wants it.
+ */
 const JOB_COLUMNS = `j.id, j.name, j.method, j.url, j.owner, j.status, j.progress, j.message, j.result_count, j.warnings, j.errors,
   ${iso('j.created_at')} AS created_at, ${iso('j.started_at')} AS started_at, ${iso('j.finished_at')} AS finished_at,
   ${iso('j.expires_at')} AS expires_at, ${iso('j.lease_until')} AS lease_until, j.response::text AS response, j.error::text AS error`;
@@ -71,8 +74,18 @@ export function statements(table: string) {
         response json,
         error json,
         log_seq integer NOT NULL DEFAULT 0,
-        chunk_seq integer NOT NULL DEFAULT 0
+        chunk_seq integer NOT NULL DEFAULT 0,
+        request bytea
       );
+      -- Tables created before queue mode lack the request column. ALTER TABLE takes an ACCESS
+      -- EXCLUSIVE lock even when IF NOT EXISTS finds the column, which waits for every open
+      -- transaction on the table and holds up every query behind it: the catalog is asked first,
+      -- so a process starting on an up-to-date table takes no such lock.
+      DO $migrate$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${jobs}'::regclass AND attname = 'request' AND NOT attisdropped) THEN
+          ALTER TABLE ${jobs} ADD COLUMN IF NOT EXISTS request bytea;
+        END IF;
+      END $migrate$;
       CREATE INDEX IF NOT EXISTS ${quote(`${table}_jobs_list`)} ON ${jobs} (owner, created_at DESC, id DESC);
       CREATE INDEX IF NOT EXISTS ${quote(`${table}_jobs_expiry`)} ON ${jobs} (expires_at) WHERE expires_at IS NOT NULL;
       CREATE TABLE IF NOT EXISTS ${logs} (
@@ -99,16 +112,19 @@ export function statements(table: string) {
       );
       CREATE INDEX IF NOT EXISTS ${quote(`${table}_keys_expiry`)} ON ${keys} (expires_at);`,
 
-    /** $1 id … $18 error: every field of a Job, in the order of `jobValues`. */
+    /** $1 id … $18 error: every field of a Job, in the order of `jobValues`; $19 the request (queue mode) or null. */
     insertJob: `INSERT INTO ${jobs} (id, owner, status, name, method, url, progress, message, result_count, warnings, errors,
-        created_at, started_at, finished_at, expires_at, lease_until, response, error)
-      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::json, $18::json)`,
+        created_at, started_at, finished_at, expires_at, lease_until, response, error, request)
+      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::json, $18::json, $19::bytea)`,
 
     /** $1 id. Clears an expired but not yet swept job, so that its id may be used again. */
     deleteExpiredJob: `DELETE FROM ${jobs} WHERE id = $1 AND expires_at <= now()`,
 
     /** $1 id → the job row, if visible. */
     getJob: `SELECT ${JOB_COLUMNS} FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')}`,
+
+    /** $1 id → the request of a job that is not final (null when it was created without one); no row otherwise. */
+    readRequest: `SELECT j.request FROM ${jobs} j WHERE j.id = $1 AND j.status IN ${LIVE} AND ${visible('j')}`,
 
     /** $1 id, then a (set?, value) pair each for progress, message, result_count; rowCount 1 when applied. */
     updateProgress: `UPDATE ${jobs} SET
@@ -129,11 +145,12 @@ export function statements(table: string) {
      * → one row: the finished job with applied = true, or the job as it stands with applied = false
      * (final already, or a live lease); no row when it is unknown or expired. One statement: the
      * outer read sees the row as it was before the update, which is the row when nothing applied.
-     * A null lease never counts as expired, as in MemoryStore.
+     * A null lease never counts as expired, as in MemoryStore. The request goes in the same update:
+     * nothing replays a final job.
      */
     finishJob: `WITH upd AS (
         UPDATE ${jobs} j SET status = $2::text, finished_at = $3, expires_at = $4, response = $5::json, error = $6::json,
-          lease_until = NULL, progress = CASE WHEN $2::text = 'completed' THEN 100 ELSE j.progress END
+          lease_until = NULL, progress = CASE WHEN $2::text = 'completed' THEN 100 ELSE j.progress END, request = NULL
         WHERE j.id = $1 AND j.status IN ${LIVE} AND ($7::timestamptz IS NULL OR j.lease_until <= $7::timestamptz)
         RETURNING ${JOB_COLUMNS})
       SELECT true AS applied, upd.* FROM upd

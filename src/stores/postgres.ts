@@ -86,8 +86,8 @@ function rowToJob(row: JobRow): Job {
   };
 }
 
-/** The insertJob parameters, in order. */
-function jobValues(job: Job): unknown[] {
+/** The insertJob parameters, in order: the job's fields, then its request or null. */
+function jobValues(job: Job, request: Buffer | null): unknown[] {
   return [
     job.id,
     job.owner,
@@ -108,6 +108,8 @@ function jobValues(job: Job): unknown[] {
     // Stringified here: pg would turn a top-level array into a Postgres array, not JSON.
     job.response === null ? null : JSON.stringify(job.response),
     job.error === null ? null : JSON.stringify(job.error),
+    // pg sends a Buffer as binary (bytea), whatever its bytes.
+    request,
   ];
 }
 
@@ -192,20 +194,29 @@ export class PostgresStore implements Store {
     return { rows: result.rows as Row[], rowCount: result.rowCount ?? 0 };
   }
 
-  async createJob(job: Job): Promise<void> {
+  async createJob(job: Job, request?: Buffer): Promise<void> {
+    // A job created final has ended: no worker will replay it, so its request is not kept. Copied
+    // now: pg reads the buffer only when it sends the query, and the caller may reuse it meanwhile.
+    const values = jobValues(job, request === undefined || isFinal(job.status) ? null : Buffer.from(request));
     try {
-      await this.query(this.sql.insertJob, jobValues(job));
+      await this.query(this.sql.insertJob, values);
     } catch (err) {
       // An expired job that the sweep has not reached yet does not count as existing.
       if ((err as { code?: string }).code !== UNIQUE_VIOLATION) throw err;
       if ((await this.query(this.sql.deleteExpiredJob, [job.id])).rowCount === 0) throw err;
-      await this.query(this.sql.insertJob, jobValues(job));
+      await this.query(this.sql.insertJob, values);
     }
   }
 
   async getJob(id: string): Promise<Job | null> {
     const { rows } = await this.query<JobRow>(this.sql.getJob, [id]);
     return rows[0] ? rowToJob(rows[0]) : null;
+  }
+
+  /** The request of a job that is not final: its own statement, since getJob never reads the column. */
+  async readRequest(id: string): Promise<Buffer | null> {
+    const { rows } = await this.query<{ request: Buffer | null }>(this.sql.readRequest, [id]);
+    return rows[0]?.request ?? null;
   }
 
   async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {

@@ -24,21 +24,24 @@ function script(name: string, lua: string): Script {
 export const CREATE_JOB = script(
   'createJob',
   `--[[
-  Creates a job's hash unless the id is taken, and (outside a Cluster) lists it in the same step.
-  KEYS[1] job hash; outside a Cluster also KEYS[2] every job, KEYS[3] its owner's index,
-  KEYS[4] every job in its status, KEYS[5] its owner's jobs in its status, KEYS[6] the expiries
-  (on a Cluster those live in other slots and the client writes them after)
+  Creates a job's hash unless the id is taken, with the request it was given (queue mode), and
+  (outside a Cluster) lists it in the same step.
+  KEYS[1] job hash, KEYS[2] its request (same slot); outside a Cluster also KEYS[3] every job,
+  KEYS[4] its owner's index, KEYS[5] every job in its status, KEYS[6] its owner's jobs in its
+  status, KEYS[7] the expiries (on a Cluster those live in other slots and the client writes them after)
   ARGV[1] epoch ms at which the hash expires, or '' for none (only jobs created final have one)
   ARGV[2] the index member, ARGV[3] the expiries entry
-  ARGV[4..] field, value pairs (values JSON-encoded)
-  Returns 1 when created, 0 when a job with that id exists.
+  ARGV[4] '1' when ARGV[5] holds the request's bytes (it may be empty), '' when there is none
+  ARGV[6..] field, value pairs (values JSON-encoded)
+  Returns 1 when created, 0 when a job with that id exists (its request untouched).
 ]]
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 if ARGV[1] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) end
-if #KEYS == 6 then
-  for i = 2, 5 do redis.call('ZADD', KEYS[i], 0, ARGV[2]) end
-  if ARGV[1] ~= '' then redis.call('ZADD', KEYS[6], ARGV[1], ARGV[3]) end
+if ARGV[4] == '1' then redis.call('SET', KEYS[2], ARGV[5]) end
+if #KEYS == 7 then
+  for i = 3, 6 do redis.call('ZADD', KEYS[i], 0, ARGV[2]) end
+  if ARGV[1] ~= '' then redis.call('ZADD', KEYS[7], ARGV[1], ARGV[3]) end
 end
 return 1`,
 );
@@ -120,12 +123,13 @@ return gone`,
 export const FINISH_JOB = script(
   'finishJob',
   `--[[
-  The one final transition; from then on every key of the job expires with it.
-  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list; outside a Cluster also KEYS[4] the
-  expiries, KEYS[5] every queued job, KEYS[6] every running job, KEYS[7] every job in the final
-  status: the job's entries are written in the same step, its owner's per-status ones named after
-  KEYS[5..7] (on a Cluster the client writes them after)
-  ARGV[1] expiresAt as epoch ms (PEXPIREAT of all three keys)
+  The one final transition; from then on every key of the job expires with it, and its request
+  (queue mode's, which no worker may replay any more) is dropped.
+  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list, KEYS[4] request; outside a Cluster also
+  KEYS[5] the expiries, KEYS[6] every queued job, KEYS[7] every running job, KEYS[8] every job in
+  the final status: the job's entries are written in the same step, its owner's per-status ones
+  named after KEYS[6..8] (on a Cluster the client writes them after)
+  ARGV[1] expiresAt as epoch ms (PEXPIREAT of the hash, the log and the result)
   ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for an unconditional finish
   ARGV[3..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
             error, leaseUntil (null), and progress (100) for completed
@@ -145,13 +149,15 @@ local job = redis.call('HGETALL', KEYS[1])
 -- Read before PEXPIREAT: an expiresAt already past (a short ttl, a clock behind Redis's) deletes the keys at once.
 local owner, createdAt, id = unpack(redis.call('HMGET', KEYS[1], 'owner', 'createdAt', 'id'))
 for i = 1, 3 do redis.call('PEXPIREAT', KEYS[i], ARGV[1]) end
-if #KEYS == 7 then
+-- UNLINK: a request body of megabytes is freed off the main thread, as deleteJob frees a result.
+redis.call('UNLINK', KEYS[4])
+if #KEYS == 8 then
   -- The entry the client would write: [owner, "<createdAt> <id>"], owner as stored (JSON).
   local member = cjson.decode(createdAt) .. ' ' .. cjson.decode(id)
-  redis.call('ZADD', KEYS[4], ARGV[1], '[' .. owner .. ',' .. cjson.encode(member) .. ']')
-  local from = status == '"queued"' and KEYS[5] or KEYS[6]
-  redis.call('ZADD', KEYS[7], 0, member)
-  redis.call('ZADD', KEYS[7] .. ':' .. owner, 0, member)
+  redis.call('ZADD', KEYS[5], ARGV[1], '[' .. owner .. ',' .. cjson.encode(member) .. ']')
+  local from = status == '"queued"' and KEYS[6] or KEYS[7]
+  redis.call('ZADD', KEYS[8], 0, member)
+  redis.call('ZADD', KEYS[8] .. ':' .. owner, 0, member)
   redis.call('ZREM', from, member)
   redis.call('ZREM', from .. ':' .. owner, member)
 end
@@ -207,17 +213,30 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('LLEN', KEYS[2])`,
 );
 
+export const READ_REQUEST = script(
+  'readRequest',
+  `--[[
+  The request a job was created with (queue mode), read together with the job's status: a final
+  job has none, even if a process of an older version finished it without dropping the key.
+  KEYS[1] job hash, KEYS[2] request
+  Returns the request's bytes, or nil when the job is unknown or final, or was created without one.
+]]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"queued"' and status ~= '"running"' then return false end
+return redis.call('GET', KEYS[2])`,
+);
+
 export const DELETE_JOB = script(
   'deleteJob',
   `--[[
-  Forgets a job, its log and its result (UNLINK: a big result is freed off the main thread).
-  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list
+  Forgets a job, its log, its result and its request (UNLINK: a big result is freed off the main thread).
+  KEYS[1] job hash, KEYS[2] log list, KEYS[3] result list, KEYS[4] request
   Returns {createdAt, owner} (JSON) of the deleted job, to drop it from the listing indexes, or
   nil when the job is unknown.
 ]]
 local fields = redis.call('HMGET', KEYS[1], 'createdAt', 'owner')
 if not fields[1] then return false end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return fields`,
 );
 

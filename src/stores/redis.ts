@@ -7,6 +7,8 @@
 //                            `logToken`/`chunkToken` (the last append's token: a resent append is a no-op)
 //   p + 'job:{<id>}:log'     list: log lines as JSON [at, level, message]; seq = position + 1
 //   p + 'job:{<id>}:result'  list: the result body, in chunks of at most `chunkBytes` bytes
+//   p + 'job:{<id>}:request' string: the request bytes createJob was given (queue mode: a worker
+//                            replays them), until the job is final or deleted; none without a request
 //   p + 'jobs'               sorted set, every score 0: member `<createdAt> <id>`, so lexical order is
 //                            (createdAt, id) order and a cursor is an exclusive lexical bound
 //   p + 'owner:<owner>'      the same, one owner's jobs; p + 'anonymous' for owner null
@@ -19,7 +21,8 @@
 //   p + 'idem:<key>'         hash: an Idempotency-Key record (fingerprint, jobId, state, leaseUntil, expiresAt)
 //
 // TTLs: a running job's keys have none (it lives while its lease is renewed); finishing a job sets
-// PEXPIREAT expiresAt on its three keys in the same script. An Idempotency-Key record expires at
+// PEXPIREAT expiresAt on its hash, log and result and deletes its request, in the same script
+// (nothing replays a final job, and a request may be megabytes). An Idempotency-Key record expires at
 // its expiresAt. Index entries do not expire by themselves: deleteJob removes them, a listing drops
 // the entries of jobs it finds gone, and finishJob sweeps the entries of jobs that expired.
 //
@@ -191,9 +194,10 @@ export class RedisStore implements Store {
     this.readWindow = Math.max(1, Math.floor(READ_WINDOW_BYTES / chunkBytes));
   }
 
-  private jobKeys(id: string): [job: string, log: string, result: string] {
+  /** The keys of one job, all in one Cluster slot (the `{<id>}` hash tag), so one script may touch them all. */
+  private jobKeys(id: string): [job: string, log: string, result: string, request: string] {
     const job = `${this.prefix}job:{${id}}`;
-    return [job, `${job}:log`, `${job}:result`];
+    return [job, `${job}:log`, `${job}:result`, `${job}:request`];
   }
 
   private ownerKey(owner: string | null): string {
@@ -226,15 +230,37 @@ export class RedisStore implements Store {
     }
   }
 
-  async createJob(job: Job): Promise<void> {
+  /**
+   * As run(), with bulk replies as Buffers: evalsha decodes them as UTF-8, which would corrupt bytes
+   * that are not text. (ioredis has evalshaBuffer, but its types do not; callBuffer is typed.)
+   */
+  private async runBuffer(script: Script, keys: string[], args: string[]): Promise<unknown> {
+    try {
+      return await this.client.callBuffer('evalsha', script.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
+      return this.client.callBuffer('eval', script.lua, keys.length, ...keys, ...args);
+    }
+  }
+
+  async createJob(job: Job, request?: Buffer): Promise<void> {
     const expireAt = isFinal(job.status) && job.expiresAt !== null ? String(epochMs(job.expiresAt, 'expiresAt')) : '';
     const member = indexMember(job.createdAt, job.id);
     const entry = JSON.stringify([job.owner, member]);
     const indexes = [`${this.prefix}jobs`, this.ownerKey(job.owner), ...this.statusKeys(job.owner, job.status)];
+    // A job created final has ended: no worker will replay it, so its request is not kept. Copied
+    // now: ioredis reads the buffer only when it writes the command, and the caller may reuse it meanwhile.
+    const bytes = request === undefined || isFinal(job.status) ? null : Buffer.from(request);
+    // Read before the first await, as the index entries above are: the caller may change the job
+    // once this call has returned, and the hash must hold the job it was given.
+    const fields = jobArgs(job);
     await this.markIfFresh();
-    // One round trip, atomic: the script lists the job too, unless the indexes are in other slots.
-    const keys = this.client.isCluster ? [this.jobKeys(job.id)[0]] : [this.jobKeys(job.id)[0], ...indexes, `${this.prefix}expiries`];
-    const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, ...jobArgs(job)]);
+    // One round trip, atomic, with or without a request: the script writes the request beside the
+    // hash (same slot) and lists the job too, unless the indexes are in other slots.
+    const [hash, , , requestKey] = this.jobKeys(job.id);
+    const keys = this.client.isCluster ? [hash, requestKey] : [hash, requestKey, ...indexes, `${this.prefix}expiries`];
+    // ioredis sends a Buffer argument as it is: any bytes reach Redis unchanged.
+    const created = await this.run(scripts.CREATE_JOB, keys, [expireAt, member, entry, bytes ? '1' : '', bytes ?? '', ...fields]);
     if (created !== 1) throw new Error(`RedisStore: job ${job.id} exists already`);
     if (!this.client.isCluster) return;
     // On a Cluster the indexes live in other slots, so they are written after the script: a crash in
@@ -259,6 +285,13 @@ export class RedisStore implements Store {
   async getJob(id: string): Promise<Job | null> {
     const hash = await this.client.hgetall(this.jobKeys(id)[0]);
     return hash.id === undefined ? null : jobFromHash(hash);
+  }
+
+  /** The request bytes, read with the job's status in one script: none once the job is final. */
+  async readRequest(id: string): Promise<Buffer | null> {
+    const [job, , , request] = this.jobKeys(id);
+    const bytes = await this.runBuffer(scripts.READ_REQUEST, [job, request], []);
+    return Buffer.isBuffer(bytes) ? bytes : null;
   }
 
   async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
@@ -423,6 +456,7 @@ export class RedisStore implements Store {
     };
     if (finish.status === 'completed') fields.progress = 100;
     const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
+    // The job's four keys (its request dropped in the same step), then outside a Cluster the indexes.
     const keys = this.client.isCluster
       ? this.jobKeys(id)
       : [...this.jobKeys(id), `${this.prefix}expiries`, this.statusKey('queued'), this.statusKey('running'), this.statusKey(finish.status)];

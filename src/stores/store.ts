@@ -43,7 +43,13 @@ export type IdempotencyClaimResult = { won: true } | { won: false; record: Idemp
  * stores) so two processes racing to update one job can never undo a final status.
  */
 export interface JobStore {
-  /** Required. Saves a new job. Rejects when a job with that id exists. */
+  /**
+   * Required. Saves a new job. Rejects when a job with that id exists. With `request` (queue mode:
+   * the request a worker in another process will replay), the store keeps those bytes with the job
+   * in the same atomic step, until the job is final or deleted; a store that cannot keep them
+   * leaves out `readRequest` (queue mode then refuses it at setup). The bytes are opaque: the core
+   * serializes the request, the store never looks inside. A job created final keeps none.
+   */
   createJob(job: Job, request?: Buffer): Promise<void>;
 
   /** Required. The job, or `null` when it is unknown or expired. */
@@ -67,9 +73,6 @@ export interface JobStore {
    * (final, or unknown): their process must stop them (they were cancelled elsewhere).
    */
   renewLeases(ids: string[], leaseUntil: string): Promise<string[]>;
-
-  /** Optional (queue mode needs it). The request bytes saved by createJob. */
-  readRequest?(id: string): Promise<Buffer | null>;
 
   /**
    * Required. Jobs newest first (by `createdAt`, then id), filtered by owner and status, one page
@@ -111,8 +114,15 @@ export interface JobStore {
    */
   readResult(id: string): Promise<AsyncIterable<Uint8Array> | null>;
 
-  /** Required. Forgets a job, its log and its result. Resolves whether it existed. */
+  /** Required. Forgets a job, its log, its result and its request. Resolves whether it existed. */
   deleteJob(id: string): Promise<boolean>;
+
+  /**
+   * Optional (queue mode needs it). The request bytes saved by createJob; `null` when none were
+   * saved, the job is unknown, or it is final (the bytes are dropped when the job ends). A store
+   * that keeps jobs in this process only (MemoryStore) leaves it out: no other process could read them.
+   */
+  readRequest?(id: string): Promise<Buffer | null>;
 
   /** Optional. Releases timers and resources the store created (never a client it was given). */
   close?(): Promise<void>;
@@ -167,6 +177,12 @@ export const JOB_METHODS = [
   'readResult',
   'deleteJob',
 ] as const satisfies ReadonlyArray<keyof JobStore>;
+
+/**
+ * The job methods a store may leave out, each on its own (the guard's come as a set, below): a
+ * wrapper forwards one only when the store it wraps has it.
+ */
+export const OPTIONAL_JOB_METHODS = ['readRequest'] as const satisfies ReadonlyArray<keyof JobStore>;
 
 /** The guard's methods, in the order the errors name them. */
 export const IDEMPOTENCY_METHODS = ['claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const;

@@ -1,6 +1,6 @@
 // Wraps the user's store so that no call the core makes can hang: each one fails after `storeTimeout`.
 import type { Store } from './store.js';
-import { IDEMPOTENCY_METHODS, JOB_METHODS } from './store.js';
+import { IDEMPOTENCY_METHODS, JOB_METHODS, OPTIONAL_JOB_METHODS } from './store.js';
 
 class StoreTimeoutError extends Error {
   readonly code = 'BGRS_STORE_TIMEOUT';
@@ -9,7 +9,8 @@ class StoreTimeoutError extends Error {
   }
 }
 
-const METHODS = [...JOB_METHODS, ...IDEMPOTENCY_METHODS] as const;
+// Every store method: one left out would still be reached through the prototype, but with no timeout.
+const METHODS = [...JOB_METHODS, ...OPTIONAL_JOB_METHODS, ...IDEMPOTENCY_METHODS] as const;
 
 /**
  * A client that queues commands while disconnected (ioredis' offline queue) or a pool waiting for
@@ -19,7 +20,7 @@ const METHODS = [...JOB_METHODS, ...IDEMPOTENCY_METHODS] as const;
 export function withTimeouts(store: Store, ms: number): Store {
   const timed = Object.create(store) as Store;
   for (const method of METHODS) {
-    // The guard's methods are optional: a store without them stays without them.
+    // The guard's methods and readRequest are optional: a store without them stays without them.
     if (typeof store[method] !== 'function') continue;
     const call = (store[method] as (...args: unknown[]) => Promise<unknown>).bind(store);
     (timed as unknown as Record<string, unknown>)[method] = (...args: unknown[]): Promise<unknown> => {

@@ -1,7 +1,7 @@
 // The Store conformance suite: every store (ours and third parties') must pass it. Runs under node:test.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import type { Job, JobFinish, JobStatus } from '../model/job.js';
 import { newJob } from '../model/job.js';
 import type { IdempotencyRecord, IdempotencyStore, Store } from '../stores/store.js';
@@ -73,6 +73,16 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.equal(read.message, null);
         read.status = 'failed';
         assert.equal((await store.getJob(j.id))!.status, 'running');
+      });
+
+      it('keeps the job as it was at the call, even when the caller changes it before the create resolves', async () => {
+        const j = job({ message: 'as given' });
+        const given = { ...j };
+        const created = store.createJob(j);
+        j.message = 'changed by the caller';
+        j.url = '/changed';
+        await created;
+        assert.deepEqual(await store.getJob(j.id), given);
       });
 
       it('applies progress to a running job, and nothing to an unknown one', async () => {
@@ -220,6 +230,119 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.equal(await store.getJob(j.id), null);
         assert.equal(await collect(await store.readResult(j.id)), null);
         assert.deepEqual(await store.readLogs(j.id, 0, 10), []);
+      });
+    });
+
+    // Queue mode keeps the request a worker replays. Every store must take createJob's second
+    // argument; the rest runs only on a store with readRequest (a process-local one has none).
+    describe('requests (queue mode)', () => {
+      /** Every byte value, then a megabyte of noise: no encoding may touch them. */
+      const everyByte = (): Buffer => Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+      /** readRequest of the store under test, or a skip when the store keeps no requests. */
+      const reader = (t: TestContext): ((id: string) => Promise<Buffer | null>) | null => {
+        if (typeof store.readRequest === 'function') return store.readRequest.bind(store);
+        t.skip('the store has no readRequest (it keeps no requests)');
+        return null;
+      };
+
+      it('takes a request with a new job and never shows it in getJob or listJobs', async () => {
+        const owner = `owner-${randomUUID()}`;
+        const j = job({ owner, status: 'queued', startedAt: null });
+        await store.createJob(j, Buffer.from('POST /orders HTTP/1.1\r\n\r\n{"a":1}'));
+        assert.deepEqual(await store.getJob(j.id), j, 'the job as given, with no request field');
+        assert.deepEqual((await store.listJobs({ owner, limit: 5 })).jobs, [j]);
+        assert.deepEqual((await store.listJobs({ owner, statuses: ['queued'], limit: 5 })).jobs, [j]);
+      });
+
+      it('keeps the request bytes exactly, queued and running, however large', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        const bodies = [everyByte(), randomBytes(2 ** 20), Buffer.alloc(0), Buffer.concat([everyByte(), Buffer.from('€ \u0000 \ud83d\ude00')])];
+        for (const body of bodies) {
+          const j = job({ status: 'queued', startedAt: null });
+          await store.createJob(j, body);
+          const stored = await read(j.id);
+          assert.ok(Buffer.isBuffer(stored), `a Buffer for a request of ${body.length} bytes`);
+          assert.ok(stored.equals(body), `${body.length} bytes come back byte for byte`);
+          assert.equal(await store.startJob(j.id, { startedAt: new Date().toISOString(), leaseUntil: inMs(5000) }), true);
+          await store.updateProgress(j.id, { progress: 50, message: 'half' });
+          await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'x' });
+          assert.ok((await read(j.id))?.equals(body), 'still there while the job runs');
+        }
+      });
+
+      it('shares no buffer with its caller', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        const j = job({ status: 'queued', startedAt: null });
+        const request = everyByte();
+        // Changed before the create has resolved: the store keeps what it was given at the call.
+        const created = store.createJob(j, request);
+        request.fill(0);
+        await created;
+        const first = (await read(j.id))!;
+        assert.ok(first.equals(everyByte()));
+        first.fill(1);
+        assert.ok((await read(j.id))?.equals(everyByte()), "a buffer handed out is the caller's to change");
+      });
+
+      it('has none for a job created without one, or for an unknown id', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        const j = job({ status: 'queued', startedAt: null });
+        await store.createJob(j);
+        assert.equal(await read(j.id), null);
+        assert.equal(await read(randomUUID()), null);
+      });
+
+      it('drops the request when the job becomes final, whichever its status, and not before', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        for (const [from, status] of [
+          ['running', 'completed'],
+          ['running', 'failed'],
+          ['queued', 'cancelled'],
+          ['running', 'cancelled'],
+        ] as const) {
+          const j = job({ status: from, startedAt: from === 'queued' ? null : new Date().toISOString(), leaseUntil: inMs(60_000) });
+          await store.createJob(j, everyByte());
+          // A finish that does not apply (a live lease) keeps it: the job may still be replayed.
+          const kept = await store.finishJob(j.id, finish(status, { ifLeaseExpiredBy: new Date().toISOString() }));
+          assert.equal(kept?.applied, false);
+          assert.ok((await read(j.id))?.equals(everyByte()), `kept while ${from}`);
+          assert.equal((await store.finishJob(j.id, finish(status)))?.applied, true);
+          assert.equal(await read(j.id), null, `none once ${status}`);
+        }
+      });
+
+      it('keeps none for a job created final', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        const now = new Date().toISOString();
+        const j = job({ status: 'completed', finishedAt: now, expiresAt: inMs(60_000), leaseUntil: null, progress: 100 });
+        await store.createJob(j, everyByte());
+        assert.equal(await read(j.id), null);
+      });
+
+      it('forgets the request of a deleted job', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        const j = job({ status: 'queued', startedAt: null });
+        await store.createJob(j, everyByte());
+        assert.equal(await store.deleteJob(j.id), true);
+        assert.equal(await read(j.id), null);
+        assert.equal(await store.getJob(j.id), null);
+      });
+
+      it('refuses a duplicate id and leaves the first request as it was', async (t) => {
+        const read = reader(t);
+        if (!read) return;
+        const j = job({ status: 'queued', startedAt: null });
+        await store.createJob(j, everyByte());
+        await assert.rejects(store.createJob(job({ id: j.id, status: 'queued' }), Buffer.from('another request')));
+        await assert.rejects(store.createJob(job({ id: j.id, status: 'queued' })), 'nor does a duplicate without a request clear it');
+        assert.ok((await read(j.id))?.equals(everyByte()));
+        assert.deepEqual(await store.getJob(j.id), j);
       });
     });
 
