@@ -2,7 +2,13 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: { index: 'src/index.ts', redis: 'src/stores/redis.ts', postgres: 'src/stores/postgres.ts', bullmq: 'src/executors/bullmq.ts', testing: 'src/testing/index.ts' },
+  entry: {
+    index: 'src/index.ts',
+    redis: 'src/stores/redis.ts',
+    postgres: 'src/stores/postgres.ts',
+    bullmq: 'src/executors/bullmq.ts',
+    testing: 'src/testing/index.ts',
+  },
   format: ['esm', 'cjs'],
   dts: true,
   target: 'node20',

@@ -37,6 +37,40 @@ describe('the published package', () => {
     assert.equal(esm.trim(), 'function function');
   });
 
+  it('loads express-bgrs/bullmq with require() and import, without loading bullmq until a queue is used', () => {
+    const cjs = node([
+      '-e',
+      "const { bullmq } = require('express-bgrs/bullmq'); const loaded = Object.keys(require.cache).filter((k) => /node_modules\\/bullmq\\//.test(k)).length; console.log(typeof bullmq, loaded)",
+    ]);
+    assert.equal(cjs.trim(), 'function 0');
+    assert.equal(node(['--input-type=module', '-e', "import { bullmq } from 'express-bgrs/bullmq'; console.log(typeof bullmq)"]).trim(), 'function');
+  });
+
+  it('says how to install bullmq when queue mode is used without it', () => {
+    // A resolve hook makes bullmq missing, as in an app that never installed it.
+    const hook = `export async function resolve(specifier, context, next) {
+      if (specifier === 'bullmq') throw Object.assign(new Error("Cannot find package 'bullmq'"), { code: 'ERR_MODULE_NOT_FOUND' });
+      return next(specifier, context);
+    }`;
+    const script = `import { register } from 'node:module';
+      register('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hook)}));
+      const { bgrs } = await import('express-bgrs');
+      const { bullmq } = await import('express-bgrs/bullmq');
+      const { RedisStore } = await import('express-bgrs/redis');
+      const { Redis } = await import('ioredis');
+      const errors = [];
+      const client = new Redis({ lazyConnect: true });
+      const background = bgrs({ store: new RedisStore({ client }), executor: bullmq({ connection: {} }), logger: { warn() {}, error: (m) => errors.push(m) } });
+      const worker = background.work((req, res) => res.end());
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await worker.close();
+      await background.close();
+      client.disconnect();
+      console.log(errors.join('\\n'));`;
+    const out = node(['--input-type=module', '-e', script]);
+    assert.match(out, /queue mode needs the bullmq package \(6\.x\), an optional peer dependency: npm install bullmq/);
+  });
+
   it('loads with import', () => {
     const out = node([
       '--input-type=module',

@@ -121,7 +121,11 @@ for (const kind of kinds) {
     it('a worker killed mid-run: its POST fails interrupted, and no other worker runs the handler again', async () => {
       const web = await start('web', kind, namespace, queue);
       const first = await start('worker', kind, namespace, queue);
-      const ack = await fetch(`${web.url}/charge?bgrs=yes`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-hang': '1' }, body: '{"cents":100}' });
+      const ack = await fetch(`${web.url}/charge?bgrs=yes`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-hang': '1' },
+        body: '{"cents":100}',
+      });
       assert.equal(ack.status, 202);
       const location = ack.headers.get('location')!;
       const { id } = (await ack.json()) as JobDoc;
@@ -134,7 +138,7 @@ for (const kind of kinds) {
       // Past the queue's stall detection (lockDuration 1 s, checked every 0.5 s): the second worker was handed the job.
       await sleep(3000);
       assert.equal(runsOf(second, id), 0, 'the POST handler never ran a second time');
-      assert.equal((await (await fetch(`${web.url}${location}`)).json() as JobDoc).status, 'failed');
+      assert.equal(((await (await fetch(`${web.url}${location}`)).json()) as JobDoc).status, 'failed');
       // The second worker still takes new work.
       const next = await fetch(`${web.url}/work?bgrs=yes&n=5`);
       assert.equal((await waitForJob(web.url, next.headers.get('location')!, 20_000)).status, 'completed');

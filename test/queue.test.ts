@@ -279,17 +279,23 @@ describe('queue mode: the queue is away', () => {
     if (!kind) return;
     const store = await kind.create();
     // Nothing listens on port 1: BullMQ's add never gets an answer.
-    const background = bgrs({ store, executor: bullmq({ name: `q-${randomUUID()}`, connection: { host: '127.0.0.1', port: 1 } }), storeTimeout: 300 });
+    const background = bgrs({
+      store,
+      executor: bullmq({ name: `q-${randomUUID()}`, connection: { host: '127.0.0.1', port: 1 } }),
+      storeTimeout: 300,
+      owner: (req) => req.get('x-user'),
+    });
     const { default: express } = await import('express');
     const app = express();
     app.use(background);
     app.get('/report', (_req, res) => res.send('never'));
     const server = await listen(app);
     try {
-      const res = await fetch(`${server.url}${detached('/report')}`);
+      const res = await fetch(`${server.url}${detached('/report')}`, { headers: { 'x-user': 'ann' } });
       assert.equal(res.status, 503);
+      assert.equal(((await res.json()) as { type: string }).type, 'urn:express-bgrs:problem:queue-unavailable');
       assert.equal(res.headers.get('retry-after'), '2');
-      const list = await (await fetch(`${server.url}/bgrs?status=failed`)).json();
+      const list = await (await fetch(`${server.url}/bgrs?status=failed`, { headers: { 'x-user': 'ann' } })).json();
       const failed = (list as { items: JobDoc[] }).items;
       assert.equal(failed.length, 1, 'the job is recorded failed, not left queued');
       assert.equal(failed[0]!.error?.type, 'queue_unavailable');
