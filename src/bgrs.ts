@@ -31,6 +31,12 @@ import { checkKnown } from './util/known-options.js';
 export interface RouteOptions {
   /** This route's job timeout in ms (`0`: never), instead of the `timeout` option. Defaults to the `timeout` option. */
   timeout?: number;
+  /**
+   * Queue mode: when the worker running this route's job dies, another worker may run it again
+   * from the start, whatever the method (a `POST` whose handler is safe to repeat). Jobs of
+   * idempotent methods (GET, HEAD, PUT, DELETE, OPTIONS) always may. Defaults to `false`.
+   */
+  retry?: boolean;
 }
 
 export interface CloseOptions {
@@ -173,14 +179,17 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   function detachable(...args: Array<RouteOptions | RequestHandler | ErrorRequestHandler>): RequestHandler {
     const routeOptions: RouteOptions = typeof args[0] === 'object' && args[0] !== null && !Array.isArray(args[0]) ? (args.shift() as RouteOptions) : {};
-    checkKnown('detachable()', routeOptions, ['timeout']);
+    checkKnown('detachable()', routeOptions, ['timeout', 'retry']);
+    if (routeOptions.retry !== undefined && typeof routeOptions.retry !== 'boolean') {
+      throw new TypeError(`detachable(): \`retry\` must be a boolean, received \`${String(routeOptions.retry)}\`.`);
+    }
     if (
       routeOptions.timeout !== undefined &&
       !(typeof routeOptions.timeout === 'number' && routeOptions.timeout >= 0 && Number.isFinite(routeOptions.timeout))
     ) {
       throw new TypeError(`detachable(): \`timeout\` must be a number of milliseconds ≥ 0, received \`${String(routeOptions.timeout)}\`.`);
     }
-    const run = routeOptions.timeout === undefined ? {} : { timeout: routeOptions.timeout };
+    const run = { ...(routeOptions.timeout === undefined ? {} : { timeout: routeOptions.timeout }), ...(routeOptions.retry ? { retry: true } : {}) };
     const list = args.flat(Infinity as 1) as Handler[];
     for (const handler of list) {
       if (typeof handler !== 'function') throw new TypeError(`detachable(): every handler must be a function, received \`${String(handler)}\`.`);

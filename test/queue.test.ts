@@ -7,6 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { bullmq } from '../src/executors/bullmq.js';
 import { type BgrsMiddleware, bgrs, MemoryStore, type Store } from '../src/index.js';
+import { newJob } from '../src/model/job.js';
+import { encodeRequest } from '../src/replay/stored.js';
 import { detached, type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
 import { REDIS_URL } from './services.js';
 import { dropRedisPrefix, type StoreKind, storeKinds } from './stores.js';
@@ -223,6 +225,38 @@ for (const kind of kinds) {
             assert.equal(await (await fetch(`${server.url}${location}/result`)).text(), `a,b\n${i},2\n`);
           }
           assert.equal(state.runs.filter((run) => run === 'report').length, 5, 'each job ran once');
+        } finally {
+          await worker.close();
+          await workerSide.close();
+        }
+      });
+
+      it('hands a job recorded queued whose hand-over was lost (its web died in between) to the queue again, and it runs once', async () => {
+        const id = randomUUID();
+        const envelope = {
+          method: 'GET',
+          url: '/report?n=3',
+          rawHeaders: ['Host', '127.0.0.1'],
+          body: null,
+          bodyConsumed: false,
+          contentLength: undefined,
+          remoteAddress: '127.0.0.1',
+          remotePort: 50000,
+          remoteFamily: 'IPv4',
+          encrypted: false,
+        };
+        // What a web process killed between the two steps leaves: the record, and nothing in the queue.
+        await store.createJob(newJob({ id, method: 'GET', url: '/report?n=3', owner: null, status: 'queued' }), encodeRequest({ envelope, rerun: true }));
+        const before = state.runs.length;
+        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix, sweepInterval: 100 }), lease: 1000, storeTimeout: 100 });
+        const worker = workerSide.work(buildApp(express, workerSide, state));
+        try {
+          const job = await waitForJob(server.url, `/bgrs/${id}`);
+          assert.equal(job.status, 'completed');
+          assert.equal(await (await fetch(`${server.url}/bgrs/${id}/result`)).text(), 'a,b\n3,2\n');
+          // Later sweeps find it no longer queued: it is not run again.
+          await sleep(400);
+          assert.equal(state.runs.length - before, 1, 'ran once');
         } finally {
           await worker.close();
           await workerSide.close();

@@ -2,8 +2,9 @@
 // running background.work() takes them. What runs in this process is kept by an in-process Scheduler.
 
 import type { BackoffOptions, Job as BullJob, ConnectionOptions, PostgresConnectionOptions, Queue, RateLimiterOptions, Worker } from 'bullmq';
-import type { JobError } from '../model/job.js';
+import type { JobError, JobPage } from '../model/job.js';
 import type { Admission, Consumer, EndQueued, Executor, ExecutorConfig, ExecutorFactory, RunningJob, TakeJob } from './executor.js';
+import { oneAtATime } from '../util/one-at-a-time.js';
 import { Scheduler } from './local.js';
 
 type BullModule = typeof import('bullmq');
@@ -34,7 +35,16 @@ export interface BullmqOptions {
   attempts?: number;
   /** Backoff between those attempts. Defaults to exponential from 1 s. */
   backoff?: number | BackoffOptions;
+  /**
+   * How often, in ms, this process hands the queue again the jobs the store holds `queued` whose
+   * hand-over may have been lost (a web process killed between recording a job and enqueueing it).
+   * Harmless when it was not lost: BullMQ keeps one job per id. `0` turns it off. Defaults to 30 000.
+   */
+  sweepInterval?: number;
 }
+
+/** Stale queued jobs one sweep looks at, at most (pages of 1000, oldest pages last). */
+const SWEEP_PAGES = 10;
 
 /** The BullMQ job of a bgrs job: its data names the bgrs id only; the request waits in the bgrs store. */
 interface JobData {
@@ -65,6 +75,7 @@ class BullmqExecutor implements Executor {
   readonly #local: Scheduler;
   #queue: Promise<Queue<JobData>> | undefined;
   readonly #consumers = new Set<Worker<JobData>>();
+  #sweeper: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly config: ExecutorConfig,
@@ -76,6 +87,44 @@ class BullmqExecutor implements Executor {
       );
     }
     this.#local = new Scheduler(config);
+    const every = options.sweepInterval ?? 30_000;
+    if (every > 0) {
+      this.#sweeper = setInterval(
+        oneAtATime(() => this.#sweep()),
+        every,
+      );
+      this.#sweeper.unref();
+    }
+  }
+
+  /**
+   * Hands over again every job recorded `queued` for queue mode (no lease) longer ago than a
+   * hand-over can take. The worker that takes a duplicate finds the job no longer queued and skips it.
+   */
+  async #sweep(): Promise<void> {
+    const before = Date.now() - 2 * this.config.storeTimeout;
+    const stale: string[] = [];
+    let cursor: string | null = null;
+    try {
+      for (let page = 0; page < SWEEP_PAGES; page++) {
+        const { jobs, next }: JobPage = await this.config.store.listJobs({ statuses: ['queued'], limit: 1000, cursor });
+        for (const job of jobs) if (job.status === 'queued' && job.leaseUntil === null && Date.parse(job.createdAt) < before) stale.push(job.id);
+        if (!next) break;
+        cursor = next;
+      }
+      if (stale.length === 0) return;
+      const queue = await this.#queueOf();
+      await queue.addBulk(stale.map((id) => ({ name: 'bgrs', data: { id }, opts: this.#jobOptions(id) })));
+    } catch (err) {
+      this.config.logger.error(`express-bgrs: could not hand queued jobs to the queue again: ${(err as Error)?.message ?? String(err)}`);
+    }
+  }
+
+  #jobOptions(id: string): { jobId: string; attempts: number; backoff: number | BackoffOptions; removeOnComplete: true; removeOnFail: true } {
+    const { attempts = 5, backoff = { type: 'exponential', delay: 1000 } } = this.options;
+    // The same jobId for the same bgrs job: a hand-over repeated after a lost reply stores one job.
+    // Removed when done or failed, so that a later sweep can hand a job over again.
+    return { jobId: queueJobId(id), attempts, backoff, removeOnComplete: true, removeOnFail: true };
   }
 
   get running(): ReadonlyMap<string, RunningJob> {
@@ -138,9 +187,7 @@ class BullmqExecutor implements Executor {
 
   async enqueue(_admission: Admission & { ok: true }, id: string): Promise<void> {
     const queue = await this.#queueOf();
-    const { attempts = 5, backoff = { type: 'exponential', delay: 1000 } } = this.options;
-    // The same jobId for the same bgrs job: a hand-over repeated after a lost reply stores one job.
-    const added = queue.add('bgrs', { id }, { jobId: queueJobId(id), attempts, backoff, removeOnComplete: true, removeOnFail: { age: 24 * 3600 } });
+    const added = queue.add('bgrs', { id }, this.#jobOptions(id));
     let timer: NodeJS.Timeout | undefined;
     try {
       // An add that times out may still land: the worker that takes it finds the job failed and skips it.
@@ -181,6 +228,7 @@ class BullmqExecutor implements Executor {
   }
 
   async dispose(): Promise<void> {
+    clearInterval(this.#sweeper);
     this.#local.dispose();
     await Promise.all([...this.#consumers].map((worker) => worker.close()));
     const queue = this.#queue;
@@ -237,6 +285,9 @@ class BullmqExecutor implements Executor {
 export function bullmq(options: BullmqOptions): ExecutorFactory {
   if (!options || typeof options !== 'object' || options.connection === undefined) {
     throw new TypeError('express-bgrs: bullmq() needs `connection`: ioredis options or instance, or for backend "postgres" a URL, pool config or pg.Pool.');
+  }
+  if (options.sweepInterval !== undefined && !(Number.isFinite(options.sweepInterval) && options.sweepInterval >= 0)) {
+    throw new TypeError(`express-bgrs: bullmq(): \`sweepInterval\` must be a number of milliseconds ≥ 0, received \`${String(options.sweepInterval)}\`.`);
   }
   if (options.backend !== undefined && options.backend !== 'redis' && options.backend !== 'postgres') {
     throw new TypeError(`express-bgrs: bullmq(): \`backend\` must be "redis" or "postgres", received \`${String(options.backend)}\`.`);

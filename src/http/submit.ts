@@ -15,7 +15,7 @@ import type { Job, JobError, JobResponse } from '../model/job.js';
 import { isFinal, newJob } from '../model/job.js';
 import type { Envelope } from '../replay/capture.js';
 import { BodyBudgetError, BodyTooLargeError, bodyConsumed, buildEnvelope, hasBody, readBody } from '../replay/envelope.js';
-import { encodeRequest } from '../replay/stored.js';
+import { encodeRequest, mayRerun } from '../replay/stored.js';
 import type { DispatchFactory } from './dispatch.js';
 import { sendJson } from './json.js';
 import { limitKey, resolveOwner } from './owner.js';
@@ -117,6 +117,12 @@ function sendQueueFull(config: Configuration, res: Response, reason: 'queue-full
   sendProblem(res, 'queue-full', detail, { retryAfter: config.retryAfter });
 }
 
+/** What a route adds to a job's run when it submits it. */
+export interface SubmitOptions extends RunOptions {
+  /** Queue mode: another worker may run the job again when the one running it died, whatever its method (`detachable({ retry: true })`). */
+  retry?: boolean;
+}
+
 /** How the client of a new job is answered: at once with 202, or after up to `wait` seconds with the real response. */
 export interface Acknowledgement {
   byPrefer: boolean;
@@ -138,7 +144,7 @@ export async function submit(
   id: string,
   method: string,
   ack: Acknowledgement | null,
-  run: RunOptions = {},
+  run: SubmitOptions = {},
 ): Promise<boolean> {
   const { config, executor } = rt;
   const { sendStoreUnavailable } = problemsFor(config.view);
@@ -167,7 +173,11 @@ export async function submit(
   async function handOver(): Promise<boolean> {
     try {
       const request = remote
-        ? encodeRequest({ envelope: prepared.envelope, parsed: prepared.preParsed ? { value: prepared.parsedBody } : undefined })
+        ? encodeRequest({
+            envelope: prepared.envelope,
+            parsed: prepared.preParsed ? { value: prepared.parsedBody } : undefined,
+            rerun: mayRerun(method, run.retry === true),
+          })
         : undefined;
       await config.store.createJob(job, request);
     } catch (err) {
@@ -269,7 +279,7 @@ export async function detach(
   next: NextFunction,
   decision: TriggerDecision,
   factory: DispatchFactory,
-  run: RunOptions = {},
+  run: SubmitOptions = {},
 ): Promise<void> {
   const prepared = await prepare(rt, req, res, next, factory);
   if (prepared) await submit(rt, res, prepared, uuidv4(), req.method, { byPrefer: decision.byPrefer, wait: decision.wait }, run);

@@ -11,6 +11,8 @@ export interface BgrsContext {
   readonly id: string | null;
   /** Whether this request runs as a background job. */
   readonly detached: boolean;
+  /** Which run of its job this is, from 1: queue mode runs a job again when its worker died and a re-run is safe. `0` when not detached. */
+  readonly attempt: number;
   /** Aborts on cancel, timeout, result overflow and shutdown; never aborts on a request that was not detached. */
   readonly signal: AbortSignal;
   /** Reports progress: clamped to 0–100, never moves backwards. */
@@ -46,6 +48,7 @@ function storable(text: unknown, max: number): string {
 export const DETACHED_NOT: BgrsContext = Object.freeze({
   id: null,
   detached: false,
+  attempt: 0,
   signal: new AbortController().signal,
   progress() {},
   log() {},
@@ -59,6 +62,8 @@ export const DETACHED_NOT: BgrsContext = Object.freeze({
  */
 export class JobContext implements BgrsContext {
   readonly detached = true;
+  /** Set by the run (see RunOptions.attempt). */
+  attempt = 1;
   #percent = 0;
   #pending: JobProgressUpdate | null = null;
   #writing: Promise<void> | null = null;

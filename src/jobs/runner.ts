@@ -178,6 +178,8 @@ export interface RunOptions {
    * records a non-null answer before any of it is stored.
    */
   deriveOwner?: (replayed: IncomingMessage) => Promise<string | null>;
+  /** Which run of the job this is (`req.bgrs.attempt`), from 1. */
+  attempt?: number;
   /** The job's one end, when its submit made it (so that ending before the start shares it); else the run makes its own from `onEnd` and `ttl`. */
   end?: JobEnd;
 }
@@ -205,6 +207,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       }
     })().catch((err: unknown) => config.logger.error(`express-bgrs: could not record the owner of job ${id}: ${(err as Error)?.message ?? String(err)}`)));
   const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms), options.deriveOwner ? settleOwner : undefined, config);
+  if (options.attempt !== undefined) ctx.attempt = options.attempt;
   let timer: NodeJS.Timeout | undefined;
   let writer: ResultWriter | undefined;
   let liveStarted = false;

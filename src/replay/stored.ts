@@ -8,6 +8,16 @@ export interface StoredRequest {
   envelope: Envelope;
   /** Present when the body was parsed before bgrs (`req.body`); the replay carries it as that value. */
   parsed?: { value: unknown };
+  /** Whether another worker may run it again when the one running it dies (see `mayRerun`). */
+  rerun?: boolean;
+}
+
+/** Methods RFC 9110 calls idempotent: running one twice has the effect of running it once. */
+const IDEMPOTENT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']);
+
+/** Whether a job may run again after its worker died: an idempotent method, or a route that opted in (`retry: true`). */
+export function mayRerun(method: string, optedIn: boolean): boolean {
+  return optedIn || IDEMPOTENT.has(method.toUpperCase());
 }
 
 const VERSION = 1;
@@ -21,7 +31,7 @@ type Parsed = { kind: 'json'; value: unknown } | { kind: 'string'; value: string
  */
 export function encodeRequest(request: StoredRequest): Buffer {
   const { body, ...envelope } = request.envelope;
-  const header = JSON.stringify({ v: VERSION, envelope, hasBody: body !== null, parsed: request.parsed && parsedOf(request.parsed.value) });
+  const header = JSON.stringify({ v: VERSION, envelope, hasBody: body !== null, parsed: request.parsed && parsedOf(request.parsed.value), rerun: request.rerun === true });
   const headerBytes = Buffer.from(header);
   const length = Buffer.alloc(4);
   length.writeUInt32BE(headerBytes.length);
@@ -44,10 +54,12 @@ export function decodeRequest(bytes: Buffer): StoredRequest {
     envelope: Omit<Envelope, 'body'>;
     hasBody: boolean;
     parsed?: Parsed;
+    rerun?: boolean;
   };
   if (header.v !== VERSION) throw new TypeError(`express-bgrs: a stored request of version ${String(header.v)} (this version reads ${VERSION})`);
   const envelope: Envelope = { ...header.envelope, body: header.hasBody ? Buffer.from(bytes.subarray(4 + length)) : null };
-  if (!header.parsed) return { envelope };
+  const rerun = header.rerun === true;
+  if (!header.parsed) return { envelope, rerun };
   const { kind, value } = header.parsed;
-  return { envelope, parsed: { value: kind === 'bytes' ? Buffer.from(value, 'base64') : value } };
+  return { envelope, rerun, parsed: { value: kind === 'bytes' ? Buffer.from(value, 'base64') : value } };
 }
