@@ -94,7 +94,7 @@ const TASKSET = '/usr/bin/taskset';
 const PIN = process.env.BENCH_PIN !== '0' && os.platform() === 'linux' && os.cpus().length >= 2 && existsSync(TASKSET);
 if (PIN) execFileSync(TASKSET, ['-a', '-cp', '0', String(process.pid)], { stdio: 'ignore' });
 
-type Mode = 'plain' | 'bgrs' | 'idem-bgrs' | 'idem-lib' | 'bgrs-redis' | 'bgrs-postgres' | 'bullmq-worker' | 'bullmq-add';
+type Mode = 'plain' | 'bgrs' | 'idem-bgrs' | 'idem-lib' | 'bgrs-redis' | 'bgrs-postgres' | 'bullmq-worker' | 'bullmq-add' | 'bgrs-queue' | 'bgrs-queue-web';
 type Major = '5' | '4';
 
 interface Ready {
@@ -600,7 +600,7 @@ async function dropTables(prefix: string): Promise<number> {
 
 /** Removes what a store server left in Redis / PostgreSQL (its jobs, and for the RSS group 1 GiB of result). */
 async function cleanup(server: Server): Promise<void> {
-  if (server.mode === 'bgrs-redis' || server.mode.startsWith('bullmq')) await deleteKeys(`bgrs-bench-${server.ns}*`);
+  if (server.mode === 'bgrs-redis' || server.mode.startsWith('bullmq') || server.mode.startsWith('bgrs-queue')) await deleteKeys(`bgrs-bench-${server.ns}*`);
   if (server.mode === 'bgrs-postgres') await dropTables(`bgrs_bench_${server.ns}_`);
 }
 
@@ -637,11 +637,30 @@ async function runStoresRate(major: Major): Promise<Comparison[]> {
   const postgresSide = side('bgrs PostgresStore GET /hello?bgrs=yes', 'bgrs-postgres', true);
   const worker = side(`${bull} queue.add() + 202, Worker in-process`, 'bullmq-worker', true);
   const addOnly = side(`${bull} queue.add() + 202, no Worker`, 'bullmq-add', false);
+  const queueSide = side('bgrs queue mode (RedisStore + BullMQ), worker in-process', 'bgrs-queue', true);
+  const queueWeb = side('bgrs queue mode (RedisStore + BullMQ), web only', 'bgrs-queue-web', false);
 
   const [a1, b1] = await compare(major, worker, redisSide);
   const [a2, b2] = await compare(major, addOnly, redisSide);
   const [a3, b3] = await compare(major, worker, postgresSide);
+  const [a4, b4] = await compare(major, worker, queueSide);
+  const [a5, b5] = await compare(major, addOnly, queueWeb);
   return [
+    {
+      name: `Queue mode submission (202, then run by a bgrs worker and stored) vs ${bull} queue.add() + 202 with a Worker in the same process`,
+      baseline: a4,
+      subject: b4,
+      // Issue 13's goal.
+      goal: 0.8,
+      background: true,
+    },
+    {
+      name: `Queue mode web side alone (record + enqueue + 202) vs ${bull} queue.add() + 202 with no Worker`,
+      baseline: a5,
+      subject: b5,
+      goal: null,
+      background: true,
+    },
     {
       name: `RedisStore submission (202 + job run and stored) vs ${bull} queue.add() + 202 with a Worker (concurrency 64) in the same process`,
       baseline: a1,

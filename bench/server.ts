@@ -25,7 +25,7 @@ import type { Store } from '../src/index.js';
 import { bgrs, MemoryStore } from '../src/index.js';
 import type { JobFinish } from '../src/model/job.js';
 
-const MODES = ['plain', 'bgrs', 'idem-bgrs', 'idem-lib', 'bgrs-redis', 'bgrs-postgres', 'bullmq-worker', 'bullmq-add'];
+const MODES = ['plain', 'bgrs', 'idem-bgrs', 'idem-lib', 'bgrs-redis', 'bgrs-postgres', 'bullmq-worker', 'bullmq-add', 'bgrs-queue', 'bgrs-queue-web'];
 const REDIS_URL = process.env.BENCH_REDIS ?? 'redis://127.0.0.1:6379';
 const POSTGRES_URL = process.env.BENCH_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/test';
 /** Names this server's keys (`bgrs-bench-<ns>…`) and tables (`bgrs_bench_<ns>_…`); the runner cleans them up by it. */
@@ -110,6 +110,27 @@ if (mode === 'bgrs-redis') {
   client.on('error', () => {});
   closers.push(() => client.quit());
   app.use(bgrs({ store: counted(new RedisStore({ client, prefix: `bgrs-bench-${NS}:` })), ...STORE_OPTIONS }));
+} else if (mode === 'bgrs-queue' || mode === 'bgrs-queue-web') {
+  // Queue mode on Redis: RedisStore for the jobs, BullMQ for the queue. bgrs-queue also runs a worker
+  // in this process (concurrency 64, as the BullMQ Worker of bullmq-worker); bgrs-queue-web only enqueues.
+  const { Redis } = await import('ioredis');
+  const { RedisStore } = await import('../src/stores/redis.js');
+  const { bullmq } = await import('../src/executors/bullmq.js');
+  const client = new Redis(REDIS_URL);
+  client.on('error', () => {});
+  closers.push(() => client.quit());
+  const { hostname, port } = new URL(REDIS_URL);
+  const background = bgrs({
+    store: counted(new RedisStore({ client, prefix: `bgrs-bench-${NS}:` })),
+    executor: bullmq({ name: 'bench', connection: { host: hostname, port: Number(port) }, prefix: `bgrs-bench-${NS}-bull` }),
+    ...STORE_OPTIONS,
+  });
+  app.use(background);
+  closers.push(() => background.close());
+  if (mode === 'bgrs-queue') {
+    const worker = background.work(app, { concurrency: 64 });
+    closers.unshift(() => worker.close());
+  }
 } else if (mode === 'bgrs-postgres') {
   const { default: pg } = await import('pg');
   const { PostgresStore } = await import('../src/stores/postgres.js');

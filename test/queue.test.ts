@@ -248,7 +248,7 @@ for (const kind of kinds) {
         // What a web process killed between the two steps leaves: the record, and nothing in the queue.
         await store.createJob(newJob({ id, method: 'GET', url: '/report?n=3', owner: null, status: 'queued' }), encodeRequest({ envelope, rerun: true }));
         const before = state.runs.length;
-        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix, sweepInterval: 100 }), lease: 1000, storeTimeout: 100 });
+        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix, recoverInterval: 100 }), lease: 1000, storeTimeout: 100 });
         const worker = workerSide.work(buildApp(express, workerSide, state));
         try {
           const job = await waitForJob(server.url, `/bgrs/${id}`);

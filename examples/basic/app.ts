@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { Express, Request, Response } from 'express';
 import express from 'express';
-import { bgrs } from '../../src/index.js';
+import { type BgrsMiddleware, bgrs } from '../../src/index.js';
 
 /** Reads a non-negative integer from the query string, clamped so a typo cannot tie up the server for hours. */
 function intParam(req: Request, name: string, fallback: number, max: number): number {
@@ -56,14 +56,14 @@ export function curlExamples(base: string): string[] {
 const CUSTOMERS = ['ada@example.com', 'grace@example.com', 'linus@example.com', 'barbara@example.com'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
-export function createApp(): Express {
+/** The example app; `background` is the bgrs instance to use (queue mode passes its own: examples/queue). */
+export function createApp(background: BgrsMiddleware = bgrs()): Express {
   const app = express();
   // The progress page (static HTML + JS) goes before bgrs: a page is nothing to run in the background, so
   // `?bgrs=yes` on it stays meaningless and its requests never pass through the detach check.
   app.use('/progress', express.static(fileURLToPath(new URL('../progress/', import.meta.url))));
   app.use(express.json());
   // Everything registered after this line can be detached; the /bgrs/:id routes come with it.
-  const background = bgrs();
   app.use(background);
   // server.ts closes it on SIGTERM: running jobs get time to finish, and none is left `running`.
   app.locals.background = background;

@@ -3,8 +3,8 @@
 
 import type { BackoffOptions, Job as BullJob, ConnectionOptions, PostgresConnectionOptions, Queue, RateLimiterOptions, Worker } from 'bullmq';
 import type { JobError, JobPage } from '../model/job.js';
-import type { Admission, Consumer, EndQueued, Executor, ExecutorConfig, ExecutorFactory, RunningJob, TakeJob } from './executor.js';
 import { oneAtATime } from '../util/one-at-a-time.js';
+import type { Admission, Consumer, EndQueued, Executor, ExecutorConfig, ExecutorFactory, RunningJob, TakeJob } from './executor.js';
 import { Scheduler } from './local.js';
 
 type BullModule = typeof import('bullmq');
@@ -40,7 +40,7 @@ export interface BullmqOptions {
    * hand-over may have been lost (a web process killed between recording a job and enqueueing it).
    * Harmless when it was not lost: BullMQ keeps one job per id. `0` turns it off. Defaults to 30 000.
    */
-  sweepInterval?: number;
+  recoverInterval?: number;
 }
 
 /** Stale queued jobs one sweep looks at, at most (pages of 1000, oldest pages last). */
@@ -87,7 +87,7 @@ class BullmqExecutor implements Executor {
       );
     }
     this.#local = new Scheduler(config);
-    const every = options.sweepInterval ?? 30_000;
+    const every = options.recoverInterval ?? 30_000;
     if (every > 0) {
       this.#sweeper = setInterval(
         oneAtATime(() => this.#sweep()),
@@ -286,8 +286,8 @@ export function bullmq(options: BullmqOptions): ExecutorFactory {
   if (!options || typeof options !== 'object' || options.connection === undefined) {
     throw new TypeError('express-bgrs: bullmq() needs `connection`: ioredis options or instance, or for backend "postgres" a URL, pool config or pg.Pool.');
   }
-  if (options.sweepInterval !== undefined && !(Number.isFinite(options.sweepInterval) && options.sweepInterval >= 0)) {
-    throw new TypeError(`express-bgrs: bullmq(): \`sweepInterval\` must be a number of milliseconds ≥ 0, received \`${String(options.sweepInterval)}\`.`);
+  if (options.recoverInterval !== undefined && !(Number.isFinite(options.recoverInterval) && options.recoverInterval >= 0)) {
+    throw new TypeError(`express-bgrs: bullmq(): \`recoverInterval\` must be a number of milliseconds ≥ 0, received \`${String(options.recoverInterval)}\`.`);
   }
   if (options.backend !== undefined && options.backend !== 'redis' && options.backend !== 'postgres') {
     throw new TypeError(`express-bgrs: bullmq(): \`backend\` must be "redis" or "postgres", received \`${String(options.backend)}\`.`);

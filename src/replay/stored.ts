@@ -31,7 +31,13 @@ type Parsed = { kind: 'json'; value: unknown } | { kind: 'string'; value: string
  */
 export function encodeRequest(request: StoredRequest): Buffer {
   const { body, ...envelope } = request.envelope;
-  const header = JSON.stringify({ v: VERSION, envelope, hasBody: body !== null, parsed: request.parsed && parsedOf(request.parsed.value), rerun: request.rerun === true });
+  const header = JSON.stringify({
+    v: VERSION,
+    envelope,
+    hasBody: body !== null,
+    parsed: request.parsed && parsedOf(request.parsed.value),
+    rerun: request.rerun === true,
+  });
   const headerBytes = Buffer.from(header);
   const length = Buffer.alloc(4);
   length.writeUInt32BE(headerBytes.length);
