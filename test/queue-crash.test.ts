@@ -118,6 +118,24 @@ for (const kind of kinds) {
       await Promise.all([worker.kill(), reader.kill()]);
     });
 
+    it('a worker killed mid-run: its GET runs again on another worker, as attempt 2, from a clean result', async () => {
+      const web = await start('web', kind, namespace, queue);
+      const first = await start('worker', kind, namespace, queue);
+      const ack = await fetch(`${web.url}/flaky?bgrs=yes`);
+      assert.equal(ack.status, 202);
+      const location = ack.headers.get('location')!;
+      const { id } = (await ack.json()) as JobDoc;
+      await first.next((e) => e.event === 'run' && e.id === id);
+      const second = await start('worker', kind, namespace, queue);
+      await first.kill('SIGKILL');
+      const job = await waitForJob(web.url, location, 20_000);
+      assert.equal(job.status, 'completed', JSON.stringify(job.error));
+      assert.equal(job.attempt, 2);
+      assert.equal(runsOf(second, id), 1, 'run again once, on the other worker');
+      assert.equal(await (await fetch(`${web.url}${location}/result`)).text(), 'attempt 2\ndone\n', 'no byte of the first attempt');
+      await Promise.all([web.kill(), second.kill()]);
+    });
+
     it('a worker killed mid-run: its POST fails interrupted, and no other worker runs the handler again', async () => {
       const web = await start('web', kind, namespace, queue);
       const first = await start('worker', kind, namespace, queue);

@@ -10,7 +10,7 @@ import { type BgrsMiddleware, bgrs, MemoryStore, type Store } from '../src/index
 import { newJob } from '../src/model/job.js';
 import { encodeRequest } from '../src/replay/stored.js';
 import { detached, type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
-import { REDIS_URL } from './services.js';
+import { POSTGRES_URL, REDIS_URL } from './services.js';
 import { dropRedisPrefix, type StoreKind, storeKinds } from './stores.js';
 
 const kinds = (await storeKinds()).filter((kind) => kind.name !== 'MemoryStore');
@@ -91,221 +91,265 @@ describe('queue mode: setup', () => {
   });
 });
 
-for (const kind of kinds) {
-  describe(`queue mode on BullMQ (Redis), ${kind.name}`, () => {
-    forEachExpress((express) => {
-      let store: Store;
-      let background: BgrsMiddleware;
-      let server: Running;
-      let worker: ReturnType<BgrsMiddleware['work']> | undefined;
-      const queueName = `q-${randomUUID()}`;
+/** BullMQ's two backends: each test gets its own key prefix (Redis) or schema (PostgreSQL). */
+interface Backend {
+  name: string;
+  make(): { options: Omit<Parameters<typeof bullmq>[0], 'name'>; drop(): Promise<void> };
+}
+const backends: Backend[] = [];
+if (kinds.some((kind) => kind.name === 'RedisStore')) {
+  backends.push({
+    name: 'Redis',
+    make() {
       const prefix = `bgrs-test-bull-${randomUUID()}`;
-      const state: App = { runs: [], gates: new Map(), aborted: [] };
-      const redis = new Redis(REDIS_URL);
-
-      before(async () => {
-        store = await kind.create();
-        background = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
-        const app = buildApp(express, background, state);
-        server = await listen(app);
-        worker = background.work(app, { concurrency: 4 });
-      });
-
-      after(async () => {
-        await worker?.close();
-        await background.close();
-        await server.close();
-        await kind.destroy(store);
-        await dropRedisPrefix(redis, prefix);
-        await redis.quit();
-      });
-
-      it('acks 202 with the job queued, and a worker replays it through the app: status, progress, result', async () => {
-        const ack = await fetch(`${server.url}${detached('/report?n=7')}`);
-        assert.equal(ack.status, 202);
-        const doc = (await ack.json()) as JobDoc;
-        assert.equal(doc.status, 'queued', 'recorded queued: it waits in the queue');
-        const job = await waitForJob(server.url, ack.headers.get('location')!);
-        assert.equal(job.status, 'completed', JSON.stringify(job.error));
-        assert.equal(job.progress, 100);
-        const result = await fetch(`${server.url}${ack.headers.get('location')}/result`);
-        assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
-        assert.equal(await result.text(), 'a,b\n7,2\n');
-      });
-
-      it('carries a body a parser read before bgrs, and the request headers', async () => {
-        const ack = await fetch(`${server.url}${detached('/echo')}`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', 'x-user': 'ann' },
-          body: JSON.stringify({ order: [1, 2, 3], note: 'ünïcode' }),
-        });
-        assert.equal(ack.status, 202);
-        const location = ack.headers.get('location')!;
-        assert.equal((await waitForJob(server.url, location)).status, 'completed');
-        assert.deepEqual(await (await fetch(`${server.url}${location}/result`)).json(), { got: { order: [1, 2, 3], note: 'ünïcode' }, user: 'ann' });
-      });
-
-      it('carries a raw body byte for byte (every byte value, 1 MiB)', async () => {
-        const body = Buffer.alloc(1024 * 1024);
-        for (let i = 0; i < body.length; i++) body[i] = i % 256;
-        const ack = await fetch(`${server.url}${detached('/raw')}`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body });
-        assert.equal(ack.status, 202);
-        const location = ack.headers.get('location')!;
-        assert.equal((await waitForJob(server.url, location)).status, 'completed');
-        const result = Buffer.from(await (await fetch(`${server.url}${location}/result`)).arrayBuffer());
-        assert.ok(result.equals(body), 'the replayed body is the one sent');
-      });
-
-      it('cancels a running job from the web side: the worker aborts its signal within a second', async () => {
-        const gate = randomUUID();
-        const ack = await fetch(`${server.url}${detached(`/block?gate=${gate}`)}`);
-        const location = ack.headers.get('location')!;
-        await until('the job runs', async () => ((await jobOf(server.url, location)).status === 'running' ? true : undefined));
-        const started = Date.now();
-        const cancel = await fetch(`${server.url}${location}/cancel`, { method: 'POST' });
-        assert.equal(cancel.status, 202);
-        await until('the handler hears the abort', () => (state.aborted.includes(gate) ? true : undefined), 3000);
-        assert.ok(Date.now() - started < 1500, `aborted after ${Date.now() - started} ms`);
-        assert.equal((await waitForJob(server.url, location)).status, 'cancelled');
-      });
-
-      it('answers a keyed detach 501 (not yet in queue mode) rather than run it unguarded', async () => {
-        const res = await fetch(`${server.url}${detached('/echo')}`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', 'idempotency-key': `"${randomUUID()}"` },
-          body: '{}',
-        });
-        assert.equal(res.status, 501);
-        assert.match(res.headers.get('content-type') ?? '', /application\/problem\+json/);
-      });
-    });
-  });
-
-  describe(`queue mode, web and worker apart, ${kind.name}`, () => {
-    forEachExpress((express) => {
-      const state: App = { runs: [], gates: new Map(), aborted: [] };
-      const queueName = `q-${randomUUID()}`;
-      const prefix = `bgrs-test-bull-${randomUUID()}`;
-      const redis = new Redis(REDIS_URL);
-      let store: Store;
-      let web: BgrsMiddleware;
-      let server: Running;
-
-      before(async () => {
-        store = await kind.create();
-        web = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
-        server = await listen(buildApp(express, web, state));
-      });
-
-      after(async () => {
-        await web.close();
-        await server.close();
-        await kind.destroy(store);
-        await dropRedisPrefix(redis, prefix);
-        await redis.quit();
-      });
-
-      it('keeps acked jobs queued while no worker runs (no lease lapses), and a worker started later runs each once', async () => {
-        const acks = await Promise.all(Array.from({ length: 5 }, (_, i) => fetch(`${server.url}${detached(`/report?n=${i}`)}`)));
-        const locations = acks.map((ack) => {
-          assert.equal(ack.status, 202);
-          return ack.headers.get('location')!;
-        });
-        // Longer than the lease: a queued job waits in the queue, not on a lease of ours.
-        await sleep(1500);
-        for (const location of locations) assert.equal((await jobOf(server.url, location)).status, 'queued');
-        assert.equal(state.runs.length, 0);
-        // A worker of its own: another bgrs instance on the same store and queue, as another process would be.
-        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
-        const worker = workerSide.work(buildApp(express, workerSide, state), { concurrency: 2 });
-        try {
-          for (const [i, location] of locations.entries()) {
-            const job = await waitForJob(server.url, location);
-            assert.equal(job.status, 'completed');
-            assert.equal(await (await fetch(`${server.url}${location}/result`)).text(), `a,b\n${i},2\n`);
-          }
-          assert.equal(state.runs.filter((run) => run === 'report').length, 5, 'each job ran once');
-        } finally {
-          await worker.close();
-          await workerSide.close();
-        }
-      });
-
-      it('hands a job recorded queued whose hand-over was lost (its web died in between) to the queue again, and it runs once', async () => {
-        const id = randomUUID();
-        const envelope = {
-          method: 'GET',
-          url: '/report?n=3',
-          rawHeaders: ['Host', '127.0.0.1'],
-          body: null,
-          bodyConsumed: false,
-          contentLength: undefined,
-          remoteAddress: '127.0.0.1',
-          remotePort: 50000,
-          remoteFamily: 'IPv4',
-          encrypted: false,
-        };
-        // What a web process killed between the two steps leaves: the record, and nothing in the queue.
-        await store.createJob(newJob({ id, method: 'GET', url: '/report?n=3', owner: null, status: 'queued' }), encodeRequest({ envelope, rerun: true }));
-        const before = state.runs.length;
-        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix, recoverInterval: 100 }), lease: 1000, storeTimeout: 100 });
-        const worker = workerSide.work(buildApp(express, workerSide, state));
-        try {
-          const job = await waitForJob(server.url, `/bgrs/${id}`);
-          assert.equal(job.status, 'completed');
-          assert.equal(await (await fetch(`${server.url}/bgrs/${id}/result`)).text(), 'a,b\n3,2\n');
-          // Later sweeps find it no longer queued: it is not run again.
-          await sleep(400);
-          assert.equal(state.runs.length - before, 1, 'ran once');
-        } finally {
-          await worker.close();
-          await workerSide.close();
-        }
-      });
-
-      it('cancels a job that waits in the queue: the worker that starts later never runs it', async () => {
-        const gate = randomUUID();
-        const ack = await fetch(`${server.url}${detached(`/block?gate=${gate}`)}`);
-        const location = ack.headers.get('location')!;
-        const cancel = await fetch(`${server.url}${location}/cancel`, { method: 'POST' });
-        assert.equal(cancel.status, 202);
-        assert.equal(((await cancel.json()) as JobDoc).status, 'cancelled');
-        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
-        const worker = workerSide.work(buildApp(express, workerSide, state));
-        try {
-          // A later job runs: by then the worker has seen (and skipped) the cancelled one.
-          const next = await fetch(`${server.url}${detached('/report?n=9')}`);
-          assert.equal((await waitForJob(server.url, next.headers.get('location')!)).status, 'completed');
-          assert.ok(!state.runs.includes(`block:${gate}`), 'the cancelled job never ran');
-          assert.equal((await jobOf(server.url, location)).status, 'cancelled');
-        } finally {
-          await worker.close();
-          await workerSide.close();
-        }
-      });
-
-      it('worker.close({ grace }) lets a running job finish within grace, then ends the rest failed: shutdown', async () => {
-        const workerSide = bgrs({ store, executor: bullmq({ name: queueName, connection, prefix }), lease: 1000 });
-        const worker = workerSide.work(buildApp(express, workerSide, state));
-        const quick = randomUUID();
-        const slow = randomUUID();
-        const [a, b] = await Promise.all([fetch(`${server.url}${detached(`/block?gate=${quick}`)}`), fetch(`${server.url}${detached(`/block?gate=${slow}`)}`)]);
-        const [la, lb] = [a.headers.get('location')!, b.headers.get('location')!];
-        await until('both run', async () =>
-          (await jobOf(server.url, la)).status === 'running' && (await jobOf(server.url, lb)).status === 'running' ? true : undefined,
-        );
-        const closing = worker.close({ grace: 300 });
-        state.gates.get(quick)!();
-        await closing;
-        await workerSide.close();
-        assert.equal((await jobOf(server.url, la)).status, 'completed', 'finished within grace');
-        const ended = await jobOf(server.url, lb);
-        assert.equal(ended.status, 'failed');
-        assert.equal(ended.error?.type, 'shutdown');
-      });
-    });
+      return {
+        options: { connection, prefix },
+        async drop() {
+          const redis = new Redis(REDIS_URL);
+          await dropRedisPrefix(redis, prefix);
+          await redis.quit();
+        },
+      };
+    },
   });
 }
+if (kinds.some((kind) => kind.name === 'PostgresStore')) {
+  backends.push({
+    name: 'PostgreSQL',
+    make() {
+      const schema = `bgrs_bull_${randomUUID().replace(/-/g, '').slice(0, 12)}`;
+      return {
+        options: { backend: 'postgres', connection: { connectionString: POSTGRES_URL, schema, migrate: true, max: 5 } },
+        async drop() {
+          const { default: pg } = await import('pg');
+          const pool = new pg.Pool({ connectionString: POSTGRES_URL });
+          await pool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+          await pool.end();
+        },
+      };
+    },
+  });
+}
+
+for (const kind of kinds)
+  for (const backend of backends) {
+    describe(`queue mode on BullMQ (${backend.name}), ${kind.name}`, () => {
+      forEachExpress((express) => {
+        let store: Store;
+        let background: BgrsMiddleware;
+        let server: Running;
+        let worker: ReturnType<BgrsMiddleware['work']> | undefined;
+        const queueName = `q-${randomUUID()}`;
+        const queue = backend.make();
+        const state: App = { runs: [], gates: new Map(), aborted: [] };
+        const redis = new Redis(REDIS_URL);
+
+        before(async () => {
+          store = await kind.create();
+          background = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
+          const app = buildApp(express, background, state);
+          server = await listen(app);
+          worker = background.work(app, { concurrency: 4 });
+        });
+
+        after(async () => {
+          await worker?.close();
+          await background.close();
+          await server.close();
+          await kind.destroy(store);
+          await queue.drop();
+          await redis.quit();
+        });
+
+        it('acks 202 with the job queued, and a worker replays it through the app: status, progress, result', async () => {
+          const ack = await fetch(`${server.url}${detached('/report?n=7')}`);
+          assert.equal(ack.status, 202);
+          const doc = (await ack.json()) as JobDoc;
+          assert.equal(doc.status, 'queued', 'recorded queued: it waits in the queue');
+          const job = await waitForJob(server.url, ack.headers.get('location')!);
+          assert.equal(job.status, 'completed', JSON.stringify(job.error));
+          assert.equal(job.progress, 100);
+          const result = await fetch(`${server.url}${ack.headers.get('location')}/result`);
+          assert.equal(result.headers.get('content-type'), 'text/csv; charset=utf-8');
+          assert.equal(await result.text(), 'a,b\n7,2\n');
+        });
+
+        it('carries a body a parser read before bgrs, and the request headers', async () => {
+          const ack = await fetch(`${server.url}${detached('/echo')}`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', 'x-user': 'ann' },
+            body: JSON.stringify({ order: [1, 2, 3], note: 'ünïcode' }),
+          });
+          assert.equal(ack.status, 202);
+          const location = ack.headers.get('location')!;
+          assert.equal((await waitForJob(server.url, location)).status, 'completed');
+          assert.deepEqual(await (await fetch(`${server.url}${location}/result`)).json(), { got: { order: [1, 2, 3], note: 'ünïcode' }, user: 'ann' });
+        });
+
+        it('carries a raw body byte for byte (every byte value, 1 MiB)', async () => {
+          const body = Buffer.alloc(1024 * 1024);
+          for (let i = 0; i < body.length; i++) body[i] = i % 256;
+          const ack = await fetch(`${server.url}${detached('/raw')}`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body });
+          assert.equal(ack.status, 202);
+          const location = ack.headers.get('location')!;
+          assert.equal((await waitForJob(server.url, location)).status, 'completed');
+          const result = Buffer.from(await (await fetch(`${server.url}${location}/result`)).arrayBuffer());
+          assert.ok(result.equals(body), 'the replayed body is the one sent');
+        });
+
+        it('cancels a running job from the web side: the worker aborts its signal within a second', async () => {
+          const gate = randomUUID();
+          const ack = await fetch(`${server.url}${detached(`/block?gate=${gate}`)}`);
+          const location = ack.headers.get('location')!;
+          await until('the job runs', async () => ((await jobOf(server.url, location)).status === 'running' ? true : undefined));
+          const started = Date.now();
+          const cancel = await fetch(`${server.url}${location}/cancel`, { method: 'POST' });
+          assert.equal(cancel.status, 202);
+          await until('the handler hears the abort', () => (state.aborted.includes(gate) ? true : undefined), 3000);
+          assert.ok(Date.now() - started < 1500, `aborted after ${Date.now() - started} ms`);
+          assert.equal((await waitForJob(server.url, location)).status, 'cancelled');
+        });
+
+        it('answers a keyed detach 501 (not yet in queue mode) rather than run it unguarded', async () => {
+          const res = await fetch(`${server.url}${detached('/echo')}`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', 'idempotency-key': `"${randomUUID()}"` },
+            body: '{}',
+          });
+          assert.equal(res.status, 501);
+          assert.match(res.headers.get('content-type') ?? '', /application\/problem\+json/);
+        });
+      });
+    });
+
+    describe(`queue mode, web and worker apart, BullMQ on ${backend.name}, ${kind.name}`, () => {
+      forEachExpress((express) => {
+        const state: App = { runs: [], gates: new Map(), aborted: [] };
+        const queueName = `q-${randomUUID()}`;
+        const queue = backend.make();
+        const redis = new Redis(REDIS_URL);
+        let store: Store;
+        let web: BgrsMiddleware;
+        let server: Running;
+
+        before(async () => {
+          store = await kind.create();
+          web = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
+          server = await listen(buildApp(express, web, state));
+        });
+
+        after(async () => {
+          await web.close();
+          await server.close();
+          await kind.destroy(store);
+          await queue.drop();
+          await redis.quit();
+        });
+
+        it('keeps acked jobs queued while no worker runs (no lease lapses), and a worker started later runs each once', async () => {
+          const acks = await Promise.all(Array.from({ length: 5 }, (_, i) => fetch(`${server.url}${detached(`/report?n=${i}`)}`)));
+          const locations = acks.map((ack) => {
+            assert.equal(ack.status, 202);
+            return ack.headers.get('location')!;
+          });
+          // Longer than the lease: a queued job waits in the queue, not on a lease of ours.
+          await sleep(1500);
+          for (const location of locations) assert.equal((await jobOf(server.url, location)).status, 'queued');
+          assert.equal(state.runs.length, 0);
+          // A worker of its own: another bgrs instance on the same store and queue, as another process would be.
+          const workerSide = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
+          const worker = workerSide.work(buildApp(express, workerSide, state), { concurrency: 2 });
+          try {
+            for (const [i, location] of locations.entries()) {
+              const job = await waitForJob(server.url, location);
+              assert.equal(job.status, 'completed');
+              assert.equal(await (await fetch(`${server.url}${location}/result`)).text(), `a,b\n${i},2\n`);
+            }
+            assert.equal(state.runs.filter((run) => run === 'report').length, 5, 'each job ran once');
+          } finally {
+            await worker.close();
+            await workerSide.close();
+          }
+        });
+
+        it('hands a job recorded queued whose hand-over was lost (its web died in between) to the queue again, and it runs once', async () => {
+          const id = randomUUID();
+          const envelope = {
+            method: 'GET',
+            url: '/report?n=3',
+            rawHeaders: ['Host', '127.0.0.1'],
+            body: null,
+            bodyConsumed: false,
+            contentLength: undefined,
+            remoteAddress: '127.0.0.1',
+            remotePort: 50000,
+            remoteFamily: 'IPv4',
+            encrypted: false,
+          };
+          // What a web process killed between the two steps leaves: the record, and nothing in the queue.
+          await store.createJob(newJob({ id, method: 'GET', url: '/report?n=3', owner: null, status: 'queued' }), encodeRequest({ envelope, rerun: true }));
+          const before = state.runs.length;
+          const workerSide = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options, recoverInterval: 100 }), lease: 1000, storeTimeout: 100 });
+          const worker = workerSide.work(buildApp(express, workerSide, state));
+          try {
+            const job = await waitForJob(server.url, `/bgrs/${id}`);
+            assert.equal(job.status, 'completed');
+            assert.equal(await (await fetch(`${server.url}/bgrs/${id}/result`)).text(), 'a,b\n3,2\n');
+            // Later sweeps find it no longer queued: it is not run again.
+            await sleep(400);
+            assert.equal(state.runs.length - before, 1, 'ran once');
+          } finally {
+            await worker.close();
+            await workerSide.close();
+          }
+        });
+
+        it('cancels a job that waits in the queue: the worker that starts later never runs it', async () => {
+          const gate = randomUUID();
+          const ack = await fetch(`${server.url}${detached(`/block?gate=${gate}`)}`);
+          const location = ack.headers.get('location')!;
+          const cancel = await fetch(`${server.url}${location}/cancel`, { method: 'POST' });
+          assert.equal(cancel.status, 202);
+          assert.equal(((await cancel.json()) as JobDoc).status, 'cancelled');
+          const workerSide = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
+          const worker = workerSide.work(buildApp(express, workerSide, state));
+          try {
+            // A later job runs: by then the worker has seen (and skipped) the cancelled one.
+            const next = await fetch(`${server.url}${detached('/report?n=9')}`);
+            assert.equal((await waitForJob(server.url, next.headers.get('location')!)).status, 'completed');
+            assert.ok(!state.runs.includes(`block:${gate}`), 'the cancelled job never ran');
+            assert.equal((await jobOf(server.url, location)).status, 'cancelled');
+          } finally {
+            await worker.close();
+            await workerSide.close();
+          }
+        });
+
+        it('worker.close({ grace }) lets a running job finish within grace, then ends the rest failed: shutdown', async () => {
+          const workerSide = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
+          const worker = workerSide.work(buildApp(express, workerSide, state));
+          const quick = randomUUID();
+          const slow = randomUUID();
+          const [a, b] = await Promise.all([
+            fetch(`${server.url}${detached(`/block?gate=${quick}`)}`),
+            fetch(`${server.url}${detached(`/block?gate=${slow}`)}`),
+          ]);
+          const [la, lb] = [a.headers.get('location')!, b.headers.get('location')!];
+          await until('both run', async () =>
+            (await jobOf(server.url, la)).status === 'running' && (await jobOf(server.url, lb)).status === 'running' ? true : undefined,
+          );
+          const closing = worker.close({ grace: 300 });
+          state.gates.get(quick)!();
+          await closing;
+          await workerSide.close();
+          assert.equal((await jobOf(server.url, la)).status, 'completed', 'finished within grace');
+          const ended = await jobOf(server.url, lb);
+          assert.equal(ended.status, 'failed');
+          assert.equal(ended.error?.type, 'shutdown');
+        });
+      });
+    });
+  }
 
 describe('queue mode: the queue is away', () => {
   it('records the job failed and answers 503 with Retry-After', async () => {

@@ -127,6 +127,11 @@ class BullmqExecutor implements Executor {
     return { jobId: queueJobId(id), attempts, backoff, removeOnComplete: true, removeOnFail: true };
   }
 
+  /** BullMQ finds a stalled job within lockDuration + stalledInterval (30 s + 30 s by default). */
+  get lapseGrace(): number {
+    return (this.options.lockDuration ?? 30_000) + (this.options.stalledInterval ?? 30_000);
+  }
+
   get running(): ReadonlyMap<string, RunningJob> {
     return this.#local.running;
   }

@@ -10,6 +10,11 @@ export interface RunningJob {
   stop(status: 'failed' | 'cancelled', error: JobError | null, reason: Error): Promise<void>;
   /** Resolves when the final state is in the store. */
   readonly done: Promise<void>;
+  /**
+   * Queue mode: stops the handler (its signal aborts with `reason`) without recording an end, so
+   * that the job runs again elsewhere; `done` resolves once the run is torn down.
+   */
+  abandon?(reason: Error): Promise<void>;
 }
 
 /**
@@ -99,6 +104,12 @@ export interface Executor {
   enqueue?(admission: Admission & { ok: true }, id: string): Promise<void>;
   /** Queue mode: starts taking jobs from the queue in this process, each run by `take`. */
   consume?(take: TakeJob, options: { concurrency: number }): Consumer;
+  /**
+   * Queue mode: how long after a job's lease lapsed readers wait before they record it
+   * `failed: interrupted`, in ms: the queue's stall detection hands it to another worker first,
+   * which decides (run it again, or record the end). Defaults to 0.
+   */
+  readonly lapseGrace?: number;
   /** Queue mode: keeps a job this process runs for the queue (see Scheduler.adopt). */
   adopt?(id: string, job: RunningJob): void;
   /** Subscribes to changes of one job made here; returns the unsubscribe function. */

@@ -5,12 +5,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Request } from 'express';
 import type { RunningJob, TakeJob } from '../executors/executor.js';
 import { JobEnd } from '../jobs/end.js';
-import { readJob } from '../jobs/observe.js';
+import { interrupt } from '../jobs/observe.js';
 import { runJob } from '../jobs/runner.js';
 import type { Runtime } from '../jobs/runtime.js';
 import { JobAbortError } from '../model/errors.js';
 import type { JobError } from '../model/job.js';
-import { isFinal } from '../model/job.js';
+import { isFinal, leaseExpired } from '../model/job.js';
 import { decodeRequest, type StoredRequest } from '../replay/stored.js';
 import { intoApp } from './dispatch.js';
 import { resolveOwner } from './owner.js';
@@ -28,7 +28,10 @@ export interface WorkCloseOptions {
 
 /** A running queue worker. */
 export interface BgrsWorker {
-  /** Stops taking jobs, lets running ones finish within `grace`, then ends the rest `failed: shutdown`. */
+  /**
+   * Stops taking jobs, lets running ones finish within `grace`, then ends the rest: a job that is
+   * safe to run again goes back to the queue (another worker restarts it), any other fails `shutdown`.
+   */
   close(options?: WorkCloseOptions): Promise<void>;
 }
 
@@ -49,7 +52,10 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
     throw new TypeError(`express-bgrs: background.work(): \`concurrency\` must be an integer ≥ 1, received \`${String(concurrency)}\`.`);
   }
   const { store } = config;
-  const running = new Map<string, RunningJob>();
+  /** The jobs this worker runs, and whether each may run again elsewhere. */
+  const running = new Map<string, { run: RunningJob; rerun: boolean }>();
+  /** Jobs torn down at close to run again elsewhere: their take hands them back to the queue. */
+  const handedBack = new Set<string>();
   let closing = false;
 
   /** Ends a job this worker could not run, as failed, with the reason. */
@@ -58,14 +64,12 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
 
   const take: TakeJob = async (id) => {
     if (closing) return 'requeue';
-    const job = await readJob(rt, id);
+    let job = await store.getJob(id);
     // Cancelled while it waited, ended by a crash rule, expired or deleted: nothing to run.
     if (!job || isFinal(job.status)) return 'done';
-    if (job.status === 'running') {
-      // Its lease still runs: another worker has it (the queue handed it out twice). Try later:
-      // by then it has ended, or its lease lapsed and readJob records it interrupted.
-      throw new Error(`job ${id} is running elsewhere`);
-    }
+    // Its lease still runs: another worker has it (the queue handed it out twice). Try later: by
+    // then it has ended, or its lease lapsed and the crash rule below applies.
+    if (job.status === 'running' && !leaseExpired(job)) throw new Error(`job ${id} is running elsewhere`);
     const bytes = await store.readRequest!(id);
     if (!bytes) {
       await fail(id, 'request_lost', 'the stored request of the job is gone');
@@ -80,21 +84,51 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
     }
     if (closing) return 'requeue';
     const now = Date.now();
-    // False: cancelled (or taken by another worker) between the read and now.
-    if (!(await store.startJob(id, { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + config.lease).toISOString() }))) return 'done';
+    const lease = { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + config.lease).toISOString() };
+    if (job.status === 'running') {
+      // The worker that ran it died (its lease lapsed). Run it again only when that is safe; else
+      // readJob records it `failed: interrupted`, and its handler never runs a second time.
+      if (!request.rerun || !store.restartJob) {
+        await interrupt(rt, id, now);
+        return 'done';
+      }
+      const restarted = await store.restartJob(id, { ...lease, ifLeaseExpiredBy: lease.startedAt });
+      if (!restarted) {
+        // Not applied: it ended meanwhile, or another worker restarted it first.
+        const now = await store.getJob(id);
+        if (now && !isFinal(now.status)) throw new Error(`job ${id} is running elsewhere`);
+        return 'done';
+      }
+      job = restarted;
+    } else if (!(await store.startJob(id, lease))) {
+      // Cancelled (or taken by another worker) between the read and now.
+      return 'done';
+    }
     executor.notify(id);
     const run = runJob(config, rt.replayer, id, request.envelope, intoApp(app, request.parsed), {
       end: new JobEnd(config, id, { notify: () => executor.notify(id) }),
+      attempt: job.attempt,
       onChange: () => executor.notify(id),
       // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
       deriveOwner: job.owner === null ? (replayed) => resolveOwner(config.owner, replayed as Request) : undefined,
     });
-    running.set(id, run);
+    running.set(id, { run, rerun: request.rerun === true });
     adopt.call(executor, id, run);
     await run.done;
     running.delete(id);
-    return 'done';
+    return handedBack.delete(id) ? 'requeue' : 'done';
   };
+
+  /**
+   * Shutdown of a job that is safe to run again: torn down with no end recorded, its lease made
+   * to lapse (so that the worker that takes it next restarts it at once), and handed back to the
+   * queue by its take.
+   */
+  async function handBack(id: string, run: RunningJob, reason: Error): Promise<void> {
+    handedBack.add(id);
+    await run.abandon!(reason);
+    await store.renewLeases([id], new Date(Date.now() - 1).toISOString()).catch(() => undefined);
+  }
 
   const consumer = consume.call(executor, take, { concurrency });
   return {
@@ -102,14 +136,16 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
       closing = true;
       const closed = consumer.close();
       const grace = closeOptions.grace ?? 0;
-      const pending = [...running.values()].map((job) => job.done);
+      const pending = [...running.values()].map(({ run }) => run.done);
       if (grace > 0 && pending.length) {
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([Promise.all(pending), new Promise((resolve) => (timer = setTimeout(resolve, grace)))]);
         clearTimeout(timer);
       }
       const reason = new JobAbortError('BGRS_SHUTDOWN', 'the worker is shutting down');
-      await Promise.all([...running.values()].map((job) => job.stop('failed', SHUTDOWN, reason)));
+      await Promise.all(
+        [...running].map(([id, { run, rerun }]) => (rerun && run.abandon && store.restartJob ? handBack(id, run, reason) : run.stop('failed', SHUTDOWN, reason))),
+      );
       await closed;
     },
   };

@@ -13,14 +13,21 @@ export const POLL_MS = 250;
  */
 export async function readJob(rt: Runtime, id: string): Promise<Job | null> {
   const job = await rt.config.store.getJob(id);
-  if (!job || !leaseExpired(job)) return job;
-  const ending = endingNow(rt.config.ttl);
+  // In queue mode the queue hands a job whose worker died to another worker first (which may run
+  // it again): readers wait that long more before they record it interrupted.
+  const by = Date.now() - (rt.executor.lapseGrace ?? 0);
+  if (!job || !leaseExpired(job, by)) return job;
+  return interrupt(rt, id, by);
+}
+
+/** Records a job whose lease lapsed by `by` (epoch ms) `failed: interrupted`; resolves the job as stored, or null. */
+export async function interrupt(rt: Runtime, id: string, by = Date.now()): Promise<Job | null> {
   const finished = await rt.config.store.finishJob(id, {
     status: 'failed',
-    ...ending,
+    ...endingNow(rt.config.ttl),
     response: null,
     error: { type: 'interrupted', message: 'the process running the job stopped renewing its lease (it crashed or lost the store)' },
-    ifLeaseExpiredBy: ending.finishedAt,
+    ifLeaseExpiredBy: new Date(by).toISOString(),
   });
   // Not applied: the lease was renewed meanwhile, or another reader recorded the end first.
   return finished?.job ?? null;

@@ -265,6 +265,17 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     await finish(status, null, error);
   };
 
+  /** Tears the run down with no end recorded: the job is handed back to the queue to run again. */
+  const abandon = async (reason: Error): Promise<void> => {
+    if (ended) return done;
+    ended = true;
+    if (timer) clearTimeout(timer);
+    ctx.abort(reason);
+    replay.abort();
+    await ctx.end();
+    resolveDone();
+  };
+
   /** (Re)starts the timeout, counted from the job's start; 0 means never. */
   function arm(ms: number): void {
     clearTimeout(timer);
@@ -318,5 +329,5 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       await stop('failed', { type: 'connection_lost', message: `the response was cut off: ${message}` }, new JobAbortError('BGRS_CONNECTION_LOST', message));
     });
 
-  return { stop, done };
+  return { stop, done, abandon };
 }
