@@ -158,7 +158,28 @@ if (available) {
       await dropTables(pool, older);
     });
 
-    it('migrates a table that has the request column without waiting for open transactions on it', async () => {
+    it('adds the attempt column to a table created without it; the jobs it holds read attempt 1', async () => {
+      const older = `${prefix}_a`;
+      const before = new PostgresStore({ pool, table: older, sweepInterval: 0 });
+      const old = newJob({ id: randomUUID(), method: 'GET', url: '/old', owner: null, status: 'running', leaseUntil: inMs(60_000) });
+      await before.createJob(old);
+      // The table as a version without restarts left it.
+      await pool.query(`ALTER TABLE "${older}_jobs" DROP COLUMN attempt`);
+      const after = new PostgresStore({ pool, table: older, sweepInterval: 0 });
+      assert.deepEqual(await after.getJob(old.id), old);
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/new', owner: null, status: 'running', attempt: 2 });
+      await after.createJob(j);
+      assert.equal((await after.getJob(j.id))?.attempt, 2);
+      await after.migrate();
+      const { rows } = await pool.query(
+        `SELECT count(*)::int AS n FROM pg_attribute WHERE attrelid = '"${older}_jobs"'::regclass AND attname = 'attempt' AND NOT attisdropped`,
+      );
+      assert.equal(rows[0].n, 1);
+      await Promise.all([before.close(), after.close()]);
+      await dropTables(pool, older);
+    });
+
+    it('migrates a table that has the request and attempt columns without waiting for open transactions on it', async () => {
       await store.migrate();
       // ALTER TABLE … ADD COLUMN IF NOT EXISTS would take an ACCESS EXCLUSIVE lock and wait for this reader.
       const reader = await pool.connect();

@@ -143,6 +143,17 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
       assert.ok(peak < 24 * 2 ** 20, `${(peak / 2 ** 20).toFixed(1)} MiB above the baseline while reading 50 MiB`);
     });
 
+    it('reads a job hash without an attempt field (written before attempts) as attempt 1', async () => {
+      const owner = `owner-${randomUUID()}`;
+      const j = running({ owner });
+      await store.createJob(j);
+      assert.equal(await client.hget(keysOf(j.id)[0]!, 'attempt'), '1');
+      await client.hdel(keysOf(j.id)[0]!, 'attempt');
+      assert.deepEqual(await store.getJob(j.id), j);
+      assert.deepEqual((await store.listJobs({ owner, statuses: ['running'], limit: 5 })).jobs, [j]);
+      assert.equal((await store.finishJob(j.id, finish(60_000)))?.job.attempt, 1);
+    });
+
     it('reloads its scripts after SCRIPT FLUSH (NOSCRIPT)', async () => {
       const j = running();
       await store.createJob(j);

@@ -135,7 +135,10 @@ export class MemoryStore implements Store {
    */
   async createJob(job: Job): Promise<void> {
     if (this.entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
-    this.active.set(job.id, { job: copyJob(job), logs: [], chunks: [], size: 0 });
+    const copy = copyJob(job);
+    // A job built by code that predates attempts has none: it is on its first, as in the shared stores.
+    copy.attempt ??= 1;
+    this.active.set(job.id, { job: copy, logs: [], chunks: [], size: 0 });
     this.index.add(job, job.owner);
   }
 

@@ -39,6 +39,7 @@ interface JobRow {
   url: string;
   owner: string | null;
   status: JobStatus;
+  attempt: number | string;
   progress: number | string;
   message: string | null;
   result_count: number | string;
@@ -71,6 +72,7 @@ function rowToJob(row: JobRow): Job {
     url: row.url,
     owner: row.owner,
     status: row.status,
+    attempt: Number(row.attempt),
     progress: Number(row.progress),
     message: row.message,
     resultCount: Number(row.result_count),
@@ -108,6 +110,8 @@ function jobValues(job: Job, request: Buffer | null): unknown[] {
     // Stringified here: pg would turn a top-level array into a Postgres array, not JSON.
     job.response === null ? null : JSON.stringify(job.response),
     job.error === null ? null : JSON.stringify(job.error),
+    // A job built by code that predates attempts has none: it is on its first.
+    job.attempt ?? 1,
     // pg sends a Buffer as binary (bytea), whatever its bytes.
     request,
   ];

@@ -2,7 +2,8 @@
 //
 // Data layout (`p` is the prefix, `bgrs:` by default):
 //
-//   p + 'job:{<id>}'         hash: one field per Job field, each value JSON-encoded, plus `leaseMs`
+//   p + 'job:{<id>}'         hash: one field per Job field, each value JSON-encoded (a hash written
+//                            before `attempt` existed has none: attempt 1), plus `leaseMs`
 //                            (leaseUntil as epoch ms, '' when null) so Lua compares numbers, and
 //                            `logToken`/`chunkToken` (the last append's token: a resent append is a no-op)
 //   p + 'job:{<id>}:log'     list: log lines as JSON [at, level, message]; seq = position + 1
@@ -83,6 +84,7 @@ const JOB_FIELDS = [
   'url',
   'owner',
   'status',
+  'attempt',
   'progress',
   'message',
   'resultCount',
@@ -108,10 +110,16 @@ function epochMs(iso: string, name: string): number {
   return ms;
 }
 
+/**
+ * The fields a job may lack, and what their absence means: a hash written by a version that did
+ * not have them yet, or a job given by code built against one.
+ */
+const FIELD_DEFAULTS: { readonly [F in keyof Job]?: Job[F] } = { attempt: 1 };
+
 /** A job as HSET arguments. JSON out and back in is also what keeps the store's copy unshared. */
 function jobArgs(job: Job): string[] {
   const args: string[] = [];
-  for (const field of JOB_FIELDS) args.push(field, JSON.stringify(job[field]));
+  for (const field of JOB_FIELDS) args.push(field, JSON.stringify(job[field] === undefined ? FIELD_DEFAULTS[field] : job[field]));
   args.push('leaseMs', leaseMs(job.leaseUntil));
   return args;
 }
@@ -120,8 +128,9 @@ function jobFromHash(hash: Record<string, string>): Job {
   const job: Record<string, unknown> = {};
   for (const field of JOB_FIELDS) {
     const value = hash[field];
-    if (value === undefined) throw new Error(`RedisStore: job ${String(hash.id)} has no \`${field}\` field`);
-    job[field] = JSON.parse(value);
+    if (value !== undefined) job[field] = JSON.parse(value);
+    else if (field in FIELD_DEFAULTS) job[field] = FIELD_DEFAULTS[field];
+    else throw new Error(`RedisStore: job ${String(hash.id)} has no \`${field}\` field`);
   }
   return job as unknown as Job;
 }

@@ -85,6 +85,26 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.deepEqual(await store.getJob(j.id), given);
       });
 
+      it('keeps the attempt a job is created with, and reads a job created without one as attempt 1', async () => {
+        const owner = `owner-${randomUUID()}`;
+        const third = job({ owner, attempt: 3 });
+        await store.createJob(third);
+        // A job as code built before attempts existed gives it (a third-party caller, an older process).
+        const { attempt: _none, ...older } = job({ owner, createdAt: new Date(Date.now() - 1000).toISOString() });
+        await store.createJob(older as Job);
+        assert.equal((await store.getJob(third.id))?.attempt, 3);
+        assert.equal((await store.getJob(older.id))?.attempt, 1);
+        assert.deepEqual(
+          (await store.listJobs({ owner, limit: 5 })).jobs.map((j) => [j.id, j.attempt]),
+          [
+            [third.id, 3],
+            [older.id, 1],
+          ],
+        );
+        const finished = await store.finishJob(older.id, finish('completed'));
+        assert.equal(finished?.job.attempt, 1, 'the finished job too');
+      });
+
       it('applies progress to a running job, and nothing to an unknown one', async () => {
         const j = job();
         await store.createJob(j);
