@@ -240,6 +240,78 @@ if (available) {
       await counted.close();
     });
 
+    it('restarts a job clean of a chunk whose append held the row while the restart waited for it', async () => {
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/late', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+      await store.createJob(j);
+      await store.appendResult(j.id, Buffer.from('attempt 1, '));
+      // The dead worker's last append, still in flight: it holds the job's row until it commits.
+      const late = await pool.connect();
+      try {
+        await late.query('BEGIN');
+        await late.query(statements(prefix).appendResult, [j.id, Buffer.from('late chunk')]);
+        const now = new Date().toISOString();
+        const restarting = store.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now });
+        await sleep(300);
+        await late.query('COMMIT');
+        assert.equal((await restarting)?.attempt, 2);
+      } finally {
+        late.release();
+      }
+      const { rows } = await pool.query(`SELECT count(*)::int AS n FROM "${prefix}_chunks" WHERE job_id = $1`, [j.id]);
+      assert.equal(rows[0].n, 0, 'no chunk of attempt 1 is left');
+      await store.appendResult(j.id, Buffer.from('attempt 2'));
+      await store.appendResult(j.id, Buffer.from(', whole'));
+      await store.finishJob(j.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
+      const body: Buffer[] = [];
+      for await (const chunk of (await store.readResult(j.id))!) body.push(Buffer.from(chunk));
+      assert.equal(Buffer.concat(body).toString(), 'attempt 2, whole');
+    });
+
+    it('restarts in one transaction: the UPDATE, then the DELETE of the chunks only when it applied', async () => {
+      const sent: string[] = [];
+      const recording = {
+        // A view of the pooled client that records what it sends: the client itself is left as it is.
+        connect: async () => {
+          const client = await pool.connect();
+          return new Proxy(client, {
+            get: (target, name) =>
+              name === 'query'
+                ? (text: string, values?: unknown[]) => {
+                    sent.push(text.trimStart().split(/\s+/)[0]!);
+                    return target.query(text, values);
+                  }
+                : Reflect.get(target, name, target),
+          });
+        },
+        query: pool.query.bind(pool),
+      } as unknown as pg.Pool;
+      const recorded = new PostgresStore({ pool: recording, table: prefix, sweepInterval: 0 });
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+      await recorded.createJob(j);
+      const now = new Date().toISOString();
+      assert.equal((await recorded.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }))?.attempt, 2);
+      assert.deepEqual(sent.splice(0), ['BEGIN', 'UPDATE', 'DELETE', 'COMMIT']);
+      assert.equal(await recorded.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }), null, 'the lease is alive now');
+      assert.deepEqual(sent.splice(0), ['BEGIN', 'UPDATE', 'COMMIT']);
+      await recorded.close();
+    });
+
+    it('rolls back a restart that fails and gives its connection back, on a pool of one', async () => {
+      const one = new pg.Pool({ connectionString: POSTGRES_URL, max: 1 });
+      const lone = new PostgresStore({ pool: one, table: prefix, sweepInterval: 0 });
+      try {
+        const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+        await lone.createJob(j);
+        const now = new Date().toISOString();
+        await assert.rejects(lone.restartJob(j.id, { startedAt: 'not a date', leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }));
+        assert.deepEqual(await lone.getJob(j.id), j, 'nothing changed, and the one connection serves again');
+        assert.equal((await lone.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }))?.attempt, 2);
+      } finally {
+        await lone.close();
+        await one.end();
+      }
+    });
+
     it('refuses a table name that is not a plain identifier, and a missing pool', () => {
       for (const bad of ['', '1bgrs', 'bgrs-jobs', 'bgrs; DROP TABLE x', 'public.bgrs', '"bgrs"', 'a'.repeat(41)]) {
         assert.throws(() => new PostgresStore({ pool, table: bad }), TypeError, bad);

@@ -163,6 +163,21 @@ export function statements(table: string) {
       SELECT false AS applied, ${JOB_COLUMNS} FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')} AND NOT EXISTS (SELECT 1 FROM upd)`,
 
     /**
+     * $1 id, $2 startedAt, $3 leaseUntil, $4 ifLeaseExpiredBy → the restarted job, or no row when
+     * it is not running or its lease has not passed by $4 (a null lease never does). The result
+     * starts over (chunk_seq 0, its chunks deleted by clearChunks in the same transaction); the log
+     * (log_seq), counters, owner and request stay. The row lock this takes serialises it with
+     * every append and with a second restart, which then finds the new lease.
+     */
+    restartJob: `UPDATE ${jobs} j SET attempt = j.attempt + 1, started_at = $2, lease_until = $3,
+        progress = 0, message = NULL, result_count = 0, response = NULL, chunk_seq = 0
+      WHERE j.id = $1 AND j.status = 'running' AND j.lease_until <= $4::timestamptz
+      RETURNING ${JOB_COLUMNS}`,
+
+    /** $1 id. Every chunk of a job's result: restartJob's second statement. */
+    clearChunks: `DELETE FROM ${chunks} WHERE job_id = $1`,
+
+    /**
      * $1 id, $2 at, $3 level, $4 message → the line's seq, or no row. The counter update takes the
      * job's row lock, so concurrent appends get consecutive numbers and the counts move with them.
      */
