@@ -158,7 +158,28 @@ if (available) {
       await dropTables(pool, older);
     });
 
-    it('migrates a table that has the request column without waiting for open transactions on it', async () => {
+    it('adds the attempt column to a table created without it; the jobs it holds read attempt 1', async () => {
+      const older = `${prefix}_a`;
+      const before = new PostgresStore({ pool, table: older, sweepInterval: 0 });
+      const old = newJob({ id: randomUUID(), method: 'GET', url: '/old', owner: null, status: 'running', leaseUntil: inMs(60_000) });
+      await before.createJob(old);
+      // The table as a version without restarts left it.
+      await pool.query(`ALTER TABLE "${older}_jobs" DROP COLUMN attempt`);
+      const after = new PostgresStore({ pool, table: older, sweepInterval: 0 });
+      assert.deepEqual(await after.getJob(old.id), old);
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/new', owner: null, status: 'running', attempt: 2 });
+      await after.createJob(j);
+      assert.equal((await after.getJob(j.id))?.attempt, 2);
+      await after.migrate();
+      const { rows } = await pool.query(
+        `SELECT count(*)::int AS n FROM pg_attribute WHERE attrelid = '"${older}_jobs"'::regclass AND attname = 'attempt' AND NOT attisdropped`,
+      );
+      assert.equal(rows[0].n, 1);
+      await Promise.all([before.close(), after.close()]);
+      await dropTables(pool, older);
+    });
+
+    it('migrates a table that has the request and attempt columns without waiting for open transactions on it', async () => {
       await store.migrate();
       // ALTER TABLE … ADD COLUMN IF NOT EXISTS would take an ACCESS EXCLUSIVE lock and wait for this reader.
       const reader = await pool.connect();
@@ -217,6 +238,78 @@ if (available) {
       const sql = statements('t');
       for (const name of ['getJob', 'listAll', 'listAnonymous', 'listOwner'] as const) assert.doesNotMatch(sql[name], /request/, `${name} does not read it`);
       await counted.close();
+    });
+
+    it('restarts a job clean of a chunk whose append held the row while the restart waited for it', async () => {
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/late', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+      await store.createJob(j);
+      await store.appendResult(j.id, Buffer.from('attempt 1, '));
+      // The dead worker's last append, still in flight: it holds the job's row until it commits.
+      const late = await pool.connect();
+      try {
+        await late.query('BEGIN');
+        await late.query(statements(prefix).appendResult, [j.id, Buffer.from('late chunk')]);
+        const now = new Date().toISOString();
+        const restarting = store.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now });
+        await sleep(300);
+        await late.query('COMMIT');
+        assert.equal((await restarting)?.attempt, 2);
+      } finally {
+        late.release();
+      }
+      const { rows } = await pool.query(`SELECT count(*)::int AS n FROM "${prefix}_chunks" WHERE job_id = $1`, [j.id]);
+      assert.equal(rows[0].n, 0, 'no chunk of attempt 1 is left');
+      await store.appendResult(j.id, Buffer.from('attempt 2'));
+      await store.appendResult(j.id, Buffer.from(', whole'));
+      await store.finishJob(j.id, { status: 'completed', finishedAt: new Date().toISOString(), expiresAt: inMs(60_000), response: null, error: null });
+      const body: Buffer[] = [];
+      for await (const chunk of (await store.readResult(j.id))!) body.push(Buffer.from(chunk));
+      assert.equal(Buffer.concat(body).toString(), 'attempt 2, whole');
+    });
+
+    it('restarts in one transaction: the UPDATE, then the DELETE of the chunks only when it applied', async () => {
+      const sent: string[] = [];
+      const recording = {
+        // A view of the pooled client that records what it sends: the client itself is left as it is.
+        connect: async () => {
+          const client = await pool.connect();
+          return new Proxy(client, {
+            get: (target, name) =>
+              name === 'query'
+                ? (text: string, values?: unknown[]) => {
+                    sent.push(text.trimStart().split(/\s+/)[0]!);
+                    return target.query(text, values);
+                  }
+                : Reflect.get(target, name, target),
+          });
+        },
+        query: pool.query.bind(pool),
+      } as unknown as pg.Pool;
+      const recorded = new PostgresStore({ pool: recording, table: prefix, sweepInterval: 0 });
+      const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+      await recorded.createJob(j);
+      const now = new Date().toISOString();
+      assert.equal((await recorded.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }))?.attempt, 2);
+      assert.deepEqual(sent.splice(0), ['BEGIN', 'UPDATE', 'DELETE', 'COMMIT']);
+      assert.equal(await recorded.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }), null, 'the lease is alive now');
+      assert.deepEqual(sent.splice(0), ['BEGIN', 'UPDATE', 'COMMIT']);
+      await recorded.close();
+    });
+
+    it('rolls back a restart that fails and gives its connection back, on a pool of one', async () => {
+      const one = new pg.Pool({ connectionString: POSTGRES_URL, max: 1 });
+      const lone = new PostgresStore({ pool: one, table: prefix, sweepInterval: 0 });
+      try {
+        const j = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+        await lone.createJob(j);
+        const now = new Date().toISOString();
+        await assert.rejects(lone.restartJob(j.id, { startedAt: 'not a date', leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }));
+        assert.deepEqual(await lone.getJob(j.id), j, 'nothing changed, and the one connection serves again');
+        assert.equal((await lone.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }))?.attempt, 2);
+      } finally {
+        await lone.close();
+        await one.end();
+      }
     });
 
     it('refuses a table name that is not a plain identifier, and a missing pool', () => {

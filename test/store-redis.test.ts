@@ -1,4 +1,4 @@
-// RedisStore passes the Store conformance suite against a real Redis, plus what only Redis has: TTLs, streaming, NOSCRIPT.
+// RedisStore passes the Store conformance suite against a real Redis, plus what only Redis has: TTLs, streaming, NOSCRIPT, its keys.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { after, describe, it, test } from 'node:test';
@@ -8,7 +8,7 @@ import { Redis } from 'ioredis';
 import type { Job } from '../src/model/job.js';
 import { newJob } from '../src/model/job.js';
 import { RedisStore } from '../src/stores/redis.js';
-import { APPEND_LOG, UPDATE_PROGRESS } from '../src/stores/redis-scripts.js';
+import { APPEND_LOG, APPEND_RESULT, UPDATE_PROGRESS } from '../src/stores/redis-scripts.js';
 import { storeConformanceSuite } from '../src/testing/index.js';
 import { REDIS_URL, serviceAvailable } from './services.js';
 
@@ -143,6 +143,25 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
       assert.ok(peak < 24 * 2 ** 20, `${(peak / 2 ** 20).toFixed(1)} MiB above the baseline while reading 50 MiB`);
     });
 
+    it('reads a job hash without an attempt field (written before attempts) as attempt 1, and restarts it as 2', async () => {
+      const owner = `owner-${randomUUID()}`;
+      const j = running({ owner });
+      await store.createJob(j);
+      assert.equal(await client.hget(keysOf(j.id)[0]!, 'attempt'), '1');
+      await client.hdel(keysOf(j.id)[0]!, 'attempt');
+      assert.deepEqual(await store.getJob(j.id), j);
+      assert.deepEqual((await store.listJobs({ owner, statuses: ['running'], limit: 5 })).jobs, [j]);
+      await store.renewLeases([j.id], inMs(-1000));
+      const now = new Date().toISOString();
+      assert.equal(
+        (await store.restartJob(j.id, { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now }))?.attempt,
+        2,
+        'its first, then its second',
+      );
+      assert.equal(await client.hget(keysOf(j.id)[0]!, 'attempt'), '2');
+      assert.equal((await store.finishJob(j.id, finish(60_000)))?.job.attempt, 2);
+    });
+
     it('reloads its scripts after SCRIPT FLUSH (NOSCRIPT)', async () => {
       const j = running();
       await store.createJob(j);
@@ -232,6 +251,71 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
         const k = queued();
         await store.createJob(k, bytes);
         assert.deepEqual(await store.readRequest(k.id), bytes);
+      });
+    });
+  }
+  // Restarts, outside a Cluster and on the code paths a Cluster takes: the same one script either
+  // way, on the job's own keys.
+  for (const cluster of [false, true]) {
+    describe(`RedisStore restarts (${cluster ? 'Cluster code paths, one node' : 'one server'})`, () => {
+      const client = new Redis(REDIS_URL);
+      client.isCluster = cluster;
+      const prefix = testPrefix();
+      const store = new RedisStore({ client, prefix, chunkBytes: 1000 });
+      const key = (id: string, suffix: '' | ':log' | ':result' | ':request' = ''): string => `${prefix}job:{${id}}${suffix}`;
+      const dead = (owner = 'ann'): Job => running({ owner, startedAt: inMs(-60_000), leaseUntil: inMs(-1000) });
+      const restart = () => {
+        const now = new Date().toISOString();
+        return { startedAt: now, leaseUntil: inMs(30_000), ifLeaseExpiredBy: now };
+      };
+      const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+      after(async () => {
+        await dropPrefix(client, prefix);
+        await client.quit();
+      });
+
+      it('restarts in one script: the result key goes; the request, the log and the running index entries stay; no key gains a TTL', async () => {
+        const owner = `owner-${randomUUID()}`;
+        const j = dead(owner);
+        await store.createJob(j, bytes);
+        await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'attempt 1' });
+        await store.appendResult(j.id, randomBytes(2500));
+        assert.equal(await client.llen(key(j.id, ':result')), 3, 'stored in three pieces');
+        await store.restartJob(randomUUID(), restart()); // loads the script: not counted
+        const sent = recordCommands(client);
+        assert.equal((await store.restartJob(j.id, restart()))?.attempt, 2);
+        assert.deepEqual(sent, ['evalsha'], 'one round trip');
+        assert.equal(await client.exists(key(j.id, ':result')), 0, 'every piece of the result is gone');
+        assert.deepEqual(await client.getBuffer(key(j.id, ':request')), bytes, 'the request is there to be replayed');
+        assert.equal(await client.llen(key(j.id, ':log')), 1);
+        for (const name of [key(j.id), key(j.id, ':log'), key(j.id, ':request')]) assert.equal(await client.pttl(name), -1, `${name} lives while the job runs`);
+        const member = `${j.createdAt} ${j.id}`;
+        for (const status of ['queued', 'running', 'completed', 'failed', 'cancelled']) {
+          for (const index of [`${prefix}status:${status}`, `${prefix}status:${status}:${JSON.stringify(owner)}`]) {
+            assert.equal((await client.zscore(index, member)) !== null, status === 'running', `${index}: ${status === 'running' ? 'listed' : 'not listed'}`);
+          }
+        }
+      });
+
+      it('gives a resent append of the dead worker (its token recorded) no place in the new attempt', async () => {
+        const j = dead();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('last chunk of attempt 1'));
+        const token = (await client.hget(key(j.id), 'chunkToken'))!;
+        await store.restartJob(j.id, restart());
+        // What ioredis sends again when the reply to that append was lost in a reconnect.
+        const resent = await client.eval(APPEND_RESULT.lua, 2, key(j.id), key(j.id, ':result'), 'last chunk of attempt 1', token);
+        assert.equal(resent, 0);
+        assert.equal(await client.llen(key(j.id, ':result')), 0);
+        await store.appendResult(j.id, Buffer.from('attempt 2'));
+        assert.equal(await client.llen(key(j.id, ':result')), 1);
+      });
+
+      it('restarts after SCRIPT FLUSH (NOSCRIPT)', async () => {
+        const j = dead();
+        await store.createJob(j);
+        await client.script('FLUSH');
+        assert.equal((await store.restartJob(j.id, restart()))?.attempt, 2);
       });
     });
   }

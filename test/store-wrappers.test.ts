@@ -1,6 +1,6 @@
 // The store wrappers (withTimeouts, which bgrs() puts around every store, and withFaults from
-// express-bgrs/testing) forward createJob's request and readRequest, and add no readRequest to a
-// store that has none.
+// express-bgrs/testing) forward createJob's request and the optional readRequest and restartJob,
+// and add neither to a store that has none.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
@@ -26,7 +26,39 @@ class RequestStore extends MemoryStore {
   }
 }
 
+/** A store with MemoryStore's methods but `leftOut`: the shape of a store written without them. */
+function memoryStoreWithout(...leftOut: string[]): Store {
+  const inner = new MemoryStore();
+  const store: Record<string, unknown> = {};
+  for (const name of Object.getOwnPropertyNames(MemoryStore.prototype)) {
+    const value = (inner as unknown as Record<string, unknown>)[name];
+    if (name !== 'constructor' && !leftOut.includes(name) && typeof value === 'function') store[name] = value.bind(inner);
+  }
+  return store as unknown as Store;
+}
+
+type Restart = Parameters<NonNullable<Store['restartJob']>>[1];
+
+/** A store whose restartJob records its calls and answers `answer` (or never, while `hang`). */
+function restartingStore(answer: Job | null) {
+  const calls: Array<[string, Restart]> = [];
+  const state = { hang: false };
+  const store: Store = {
+    ...memoryStoreWithout('restartJob'),
+    restartJob: (id: string, restart: Restart): Promise<Job | null> => {
+      calls.push([id, restart]);
+      return state.hang ? new Promise(() => {}) : Promise.resolve(answer);
+    },
+  };
+  return { store, calls, state };
+}
+
 const queued = (): Job => newJob({ id: randomUUID(), method: 'POST', url: '/q', owner: null, status: 'queued' });
+const restart: Restart = {
+  startedAt: new Date().toISOString(),
+  leaseUntil: new Date(Date.now() + 30_000).toISOString(),
+  ifLeaseExpiredBy: new Date().toISOString(),
+};
 const request = Buffer.from([0, 1, 2, 254, 255]);
 
 const wrappers: Array<[string, (store: Store) => Store]> = [
@@ -47,6 +79,22 @@ for (const [name, wrap] of wrappers) {
       assert.equal(await store.readRequest!(randomUUID()), null);
     });
 
+    it('forwards restartJob to a store that has it, with its arguments and its answer', async () => {
+      const restarted = { ...queued(), status: 'running' as const, attempt: 2 };
+      const inner = restartingStore(restarted);
+      const store = wrap(inner.store);
+      assert.equal(typeof store.restartJob, 'function');
+      assert.deepEqual(await store.restartJob!('some-id', restart), restarted);
+      assert.deepEqual(inner.calls, [['some-id', restart]]);
+      assert.equal(await wrap(restartingStore(null).store).restartJob!('other', restart), null);
+    });
+
+    it('adds no restartJob to a store without one', () => {
+      const store = wrap(memoryStoreWithout('restartJob'));
+      assert.equal(store.restartJob, undefined);
+      assert.ok(!('restartJob' in store));
+    });
+
     it('adds no readRequest to a store without one, and still takes the request argument', async () => {
       const store = wrap(new MemoryStore());
       assert.equal(store.readRequest, undefined);
@@ -63,6 +111,38 @@ describe('withTimeouts', () => {
     const inner = new RequestStore();
     inner.hang = true;
     await assert.rejects(withTimeouts(inner, 100).readRequest!(randomUUID()), { code: 'BGRS_STORE_TIMEOUT', message: /readRequest\(\) within 100 ms/ });
+  });
+});
+
+describe('withTimeouts and restartJob', () => {
+  it('gives restartJob a timeout like every other method', async () => {
+    const inner = restartingStore(null);
+    inner.state.hang = true;
+    await assert.rejects(withTimeouts(inner.store, 100).restartJob!('some-id', restart), {
+      code: 'BGRS_STORE_TIMEOUT',
+      message: /restartJob\(\) within 100 ms/,
+    });
+  });
+});
+
+describe('withFaults and restartJob', () => {
+  it('injects faults into restartJob like every other method: applied then lost, or refused', async () => {
+    const inner = restartingStore(null);
+    const faulty = withFaults(inner.store);
+    faulty.fail('restartJob');
+    await assert.rejects(
+      faulty.store.restartJob!('a', restart),
+      (err: unknown) => err instanceof InjectedFault && err.method === 'restartJob' && err.committed,
+    );
+    faulty.fail('restartJob', { commit: false });
+    await assert.rejects(faulty.store.restartJob!('b', restart), (err: unknown) => err instanceof InjectedFault && !err.committed);
+    assert.deepEqual(
+      inner.calls.map(([id]) => id),
+      ['a'],
+      'the committed fault reached the store, the refused one did not',
+    );
+    assert.equal(faulty.injected.restartJob, 2);
+    assert.equal(await faulty.store.restartJob!('c', restart), null, 'then the calls reach the store again');
   });
 });
 

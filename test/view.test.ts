@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import { bgrs, nativeView, type View } from '../src/index.js';
+import { newJob } from '../src/model/job.js';
 import { forEachExpress, listen, type Running } from './helpers.js';
 
 /** The native documents wrapped in `{ view, data }`, with a header of its own on every answer. */
@@ -18,6 +19,35 @@ const wrapped: View = {
   // A Mastodon-style error: { error }, as plain JSON.
   problem: (problem) => ({ body: { error: problem.title, code: problem.type }, headers: { 'Content-Type': 'application/json; charset=utf-8' } }),
 };
+
+// The job document's fields are the native view's API: clients parse them, so their set and order are pinned.
+it('renders the native job document with its fields in order, the attempt right after the status', () => {
+  const job = { ...newJob({ id: 'j1', method: 'GET', url: '/x', owner: 'ann', status: 'running', leaseUntil: new Date().toISOString() }), attempt: 2 };
+  const doc = nativeView.job(job, { base: '/bgrs' }).body as Record<string, unknown>;
+  assert.deepEqual(Object.keys(doc), [
+    'id',
+    'name',
+    'method',
+    'url',
+    'status',
+    'attempt',
+    'progress',
+    'message',
+    'resultCount',
+    'warnings',
+    'errors',
+    'createdAt',
+    'startedAt',
+    'finishedAt',
+    'expiresAt',
+    'response',
+    'error',
+    'links',
+  ]);
+  assert.equal(doc.attempt, 2);
+  const queued = nativeView.job({ ...job, status: 'queued' }, { base: '/bgrs', position: 1 }).body as Record<string, unknown>;
+  assert.deepEqual(Object.keys(queued).slice(-2), ['position', 'links'], "a queued job's position comes before the links");
+});
 
 it('refuses a view without its methods', () => {
   assert.throws(() => bgrs({ view: { ack: () => ({ body: null }) } as unknown as View }), /`view`/);

@@ -39,6 +39,12 @@ export interface Job {
   url: string;
   owner: string | null;
   status: JobStatus;
+  /**
+   * Which run of the job this is: 1, and one more each time a worker restarts it from a clean
+   * result after the worker running it died (queue mode, a job safe to run again). A job stored by
+   * a version without attempts reads 1.
+   */
+  attempt: number;
   progress: number;
   message: string | null;
   resultCount: number;
@@ -92,7 +98,15 @@ export interface JobFinish {
   error: JobError | null;
 }
 
-export function newJob(fields: { id: string; method: string; url: string; owner: string | null; status: JobStatus; leaseUntil?: string | null }): Job {
+export function newJob(fields: {
+  id: string;
+  method: string;
+  url: string;
+  owner: string | null;
+  status: JobStatus;
+  leaseUntil?: string | null;
+  attempt?: number;
+}): Job {
   const now = new Date().toISOString();
   return {
     id: fields.id,
@@ -101,6 +115,7 @@ export function newJob(fields: { id: string; method: string; url: string; owner:
     url: fields.url,
     owner: fields.owner,
     status: fields.status,
+    attempt: fields.attempt ?? 1,
     progress: 0,
     message: null,
     resultCount: 0,

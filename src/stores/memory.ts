@@ -135,7 +135,10 @@ export class MemoryStore implements Store {
    */
   async createJob(job: Job): Promise<void> {
     if (this.entry(job.id)) throw new Error(`MemoryStore: job ${job.id} exists already`);
-    this.active.set(job.id, { job: copyJob(job), logs: [], chunks: [], size: 0 });
+    const copy = copyJob(job);
+    // A job built by code that predates attempts has none: it is on its first, as in the shared stores.
+    copy.attempt ??= 1;
+    this.active.set(job.id, { job: copy, logs: [], chunks: [], size: 0 });
     this.index.add(job, job.owner);
   }
 
@@ -256,6 +259,29 @@ export class MemoryStore implements Store {
       this.finished.purgeStale();
     }
     return { applied: true, job: copyJob(entry.job) };
+  }
+
+  /**
+   * Queue mode refuses this store (no other process sees its jobs), but the method is cheap and
+   * keeps the conformance suite's restart tests running on the reference store.
+   */
+  async restartJob(id: string, restart: { startedAt: string; leaseUntil: string; ifLeaseExpiredBy: string }): Promise<Job | null> {
+    const entry = this.active.get(id);
+    if (entry?.job.status !== 'running' || entry.job.leaseUntil === null || entry.job.leaseUntil > restart.ifLeaseExpiredBy) return null;
+    const { job } = entry;
+    Object.assign(job, {
+      attempt: job.attempt + 1,
+      startedAt: restart.startedAt,
+      leaseUntil: restart.leaseUntil,
+      progress: 0,
+      message: null,
+      resultCount: 0,
+      response: null,
+    } satisfies Partial<Job>);
+    // The log lines stay, and so does their weight against maxBytes; the result's goes with it.
+    for (const chunk of entry.chunks) entry.size -= chunk.byteLength;
+    entry.chunks = [];
+    return copyJob(job);
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {

@@ -30,7 +30,7 @@ const visible = (alias: string): string => `(${alias}.expires_at IS NULL OR ${al
  * Every column of a job as `rowToJob` reads it: dates as ISO strings, JSON as its original text.
  * Never `request`: a body may be megabytes, and only readRequest wants it.
  */
-const JOB_COLUMNS = `j.id, j.name, j.method, j.url, j.owner, j.status, j.progress, j.message, j.result_count, j.warnings, j.errors,
+const JOB_COLUMNS = `j.id, j.name, j.method, j.url, j.owner, j.status, j.attempt, j.progress, j.message, j.result_count, j.warnings, j.errors,
   ${iso('j.created_at')} AS created_at, ${iso('j.started_at')} AS started_at, ${iso('j.finished_at')} AS finished_at,
   ${iso('j.expires_at')} AS expires_at, ${iso('j.lease_until')} AS lease_until, j.response::text AS response, j.error::text AS error`;
 
@@ -75,15 +75,20 @@ export function statements(table: string) {
         error json,
         log_seq integer NOT NULL DEFAULT 0,
         chunk_seq integer NOT NULL DEFAULT 0,
-        request bytea
+        request bytea,
+        attempt integer NOT NULL DEFAULT 1
       );
-      -- Tables created before queue mode lack the request column. ALTER TABLE takes an ACCESS
-      -- EXCLUSIVE lock even when IF NOT EXISTS finds the column, which waits for every open
-      -- transaction on the table and holds up every query behind it: the catalog is asked first,
-      -- so a process starting on an up-to-date table takes no such lock.
+      -- Tables created before queue mode lack the request column, and those created before
+      -- restarts the attempt column (their jobs are on their first: DEFAULT 1). ALTER TABLE takes
+      -- an ACCESS EXCLUSIVE lock even when IF NOT EXISTS finds the column, which waits for every
+      -- open transaction on the table and holds up every query behind it: the catalog is asked
+      -- first, so a process starting on an up-to-date table takes no such lock.
       DO $migrate$ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${jobs}'::regclass AND attname = 'request' AND NOT attisdropped) THEN
           ALTER TABLE ${jobs} ADD COLUMN IF NOT EXISTS request bytea;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${jobs}'::regclass AND attname = 'attempt' AND NOT attisdropped) THEN
+          ALTER TABLE ${jobs} ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 1;
         END IF;
       END $migrate$;
       CREATE INDEX IF NOT EXISTS ${quote(`${table}_jobs_list`)} ON ${jobs} (owner, created_at DESC, id DESC);
@@ -112,10 +117,10 @@ export function statements(table: string) {
       );
       CREATE INDEX IF NOT EXISTS ${quote(`${table}_keys_expiry`)} ON ${keys} (expires_at);`,
 
-    /** $1 id … $18 error: every field of a Job, in the order of `jobValues`; $19 the request (queue mode) or null. */
+    /** $1 id … $19 attempt: every field of a Job, in the order of `jobValues`; $20 the request (queue mode) or null. */
     insertJob: `INSERT INTO ${jobs} (id, owner, status, name, method, url, progress, message, result_count, warnings, errors,
-        created_at, started_at, finished_at, expires_at, lease_until, response, error, request)
-      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::json, $18::json, $19::bytea)`,
+        created_at, started_at, finished_at, expires_at, lease_until, response, error, attempt, request)
+      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::json, $18::json, $19, $20::bytea)`,
 
     /** $1 id. Clears an expired but not yet swept job, so that its id may be used again. */
     deleteExpiredJob: `DELETE FROM ${jobs} WHERE id = $1 AND expires_at <= now()`,
@@ -156,6 +161,21 @@ export function statements(table: string) {
       SELECT true AS applied, upd.* FROM upd
       UNION ALL
       SELECT false AS applied, ${JOB_COLUMNS} FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')} AND NOT EXISTS (SELECT 1 FROM upd)`,
+
+    /**
+     * $1 id, $2 startedAt, $3 leaseUntil, $4 ifLeaseExpiredBy → the restarted job, or no row when
+     * it is not running or its lease has not passed by $4 (a null lease never does). The result
+     * starts over (chunk_seq 0, its chunks deleted by clearChunks in the same transaction); the log
+     * (log_seq), counters, owner and request stay. The row lock this takes serialises it with
+     * every append and with a second restart, which then finds the new lease.
+     */
+    restartJob: `UPDATE ${jobs} j SET attempt = j.attempt + 1, started_at = $2, lease_until = $3,
+        progress = 0, message = NULL, result_count = 0, response = NULL, chunk_seq = 0
+      WHERE j.id = $1 AND j.status = 'running' AND j.lease_until <= $4::timestamptz
+      RETURNING ${JOB_COLUMNS}`,
+
+    /** $1 id. Every chunk of a job's result: restartJob's second statement. */
+    clearChunks: `DELETE FROM ${chunks} WHERE job_id = $1`,
 
     /**
      * $1 id, $2 at, $3 level, $4 message → the line's seq, or no row. The counter update takes the

@@ -39,6 +39,7 @@ interface JobRow {
   url: string;
   owner: string | null;
   status: JobStatus;
+  attempt: number | string;
   progress: number | string;
   message: string | null;
   result_count: number | string;
@@ -71,6 +72,7 @@ function rowToJob(row: JobRow): Job {
     url: row.url,
     owner: row.owner,
     status: row.status,
+    attempt: Number(row.attempt),
     progress: Number(row.progress),
     message: row.message,
     resultCount: Number(row.result_count),
@@ -108,6 +110,8 @@ function jobValues(job: Job, request: Buffer | null): unknown[] {
     // Stringified here: pg would turn a top-level array into a Postgres array, not JSON.
     job.response === null ? null : JSON.stringify(job.response),
     job.error === null ? null : JSON.stringify(job.error),
+    // A job built by code that predates attempts has none: it is on its first.
+    job.attempt ?? 1,
     // pg sends a Buffer as binary (bytea), whatever its bytes.
     request,
   ];
@@ -137,7 +141,8 @@ const UNIQUE_VIOLATION = '23505';
 /**
  * A Store in PostgreSQL, for several processes (or restarts) sharing jobs durably. Creates its
  * tables on first use, or when you call `migrate()` (e.g. at deploy time). Every transition is one
- * conditional statement, so processes racing on a job can never undo a final status; log lines and
+ * conditional statement (a restart deletes its chunks after it, in the same transaction), so
+ * processes racing on a job can never undo a final status; log lines and
  * result chunks are numbered under the job's row lock; an Idempotency-Key claim is one
  * `INSERT … ON CONFLICT`. Expiry is judged by the database's clock, one clock for all processes.
  */
@@ -282,6 +287,35 @@ export class PostgresStore implements Store {
       return now ? { applied: false, job: now } : null;
     }
     return { applied: rows[0].applied, job };
+  }
+
+  /**
+   * Two statements in one transaction, not one statement: a statement reads the chunks as of its
+   * start, so a DELETE beside the UPDATE would miss a chunk whose append held the job's row while
+   * the UPDATE waited for it (left behind at a seq the new attempt then collides with). Under READ
+   * COMMITTED, named here whatever the pool's default, the DELETE takes its own snapshot after the
+   * UPDATE holds the row, and appends that come later wait for the COMMIT.
+   */
+  async restartJob(id: string, restart: { startedAt: string; leaseUntil: string; ifLeaseExpiredBy: string }): Promise<Job | null> {
+    await this.ready();
+    const client = await this.pool.connect();
+    let reusable = true;
+    try {
+      await client.query('BEGIN ISOLATION LEVEL READ COMMITTED');
+      const { rows } = await client.query<JobRow>(this.sql.restartJob, [id, restart.startedAt, restart.leaseUntil, restart.ifLeaseExpiredBy]);
+      if (rows[0]) await client.query(this.sql.clearChunks, [id]);
+      await client.query('COMMIT');
+      return rows[0] ? rowToJob(rows[0]) : null;
+    } catch (err) {
+      // A connection whose transaction could not be rolled back must not serve the pool's next query.
+      reusable = await client.query('ROLLBACK').then(
+        () => true,
+        () => false,
+      );
+      throw err;
+    } finally {
+      client.release(!reusable);
+    }
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {

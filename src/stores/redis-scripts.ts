@@ -164,6 +164,33 @@ end
 return {1, job}`,
 );
 
+export const RESTART_JOB = script(
+  'restartJob',
+  `--[[
+  Starts a running job again, as its next attempt, when its worker stopped renewing its lease (queue
+  mode: another worker took the job over). The result starts over; the log, the warnings and
+  errors counters, the owner and the request stay. The job stays running, so no index entry moves
+  (the same keys on a Cluster and outside one). chunkToken stays too: an append of the dead worker
+  that ioredis resends now finds its token and appends nothing.
+  KEYS[1] job hash, KEYS[2] result list (same slot)
+  ARGV[1] startedAt (JSON), ARGV[2] leaseUntil (JSON), ARGV[3] leaseUntil as epoch ms
+  ARGV[4] ifLeaseExpiredBy as epoch ms
+  Returns the hash after the restart as HGETALL gives it, or nil when the job is unknown, not
+  running, or its lease has not passed by ARGV[4] (a null lease never passes).
+]]
+local job = redis.call('HMGET', KEYS[1], 'status', 'leaseMs', 'attempt')
+if job[1] ~= '"running"' then return false end
+local lease = tonumber(job[2])
+if lease == nil or lease > tonumber(ARGV[4]) then return false end
+-- A hash written before attempts were counted has none: it was on its first.
+local attempt = (tonumber(job[3]) or 1) + 1
+redis.call('HSET', KEYS[1], 'attempt', tostring(attempt), 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3],
+  'progress', '0', 'message', 'null', 'resultCount', '0', 'response', 'null')
+-- UNLINK: a result of megabytes is freed off the main thread, as deleteJob frees one.
+redis.call('UNLINK', KEYS[2])
+return redis.call('HGETALL', KEYS[1])`,
+);
+
 export const APPEND_LOG = script(
   'appendLog',
   `--[[

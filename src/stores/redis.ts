@@ -2,11 +2,13 @@
 //
 // Data layout (`p` is the prefix, `bgrs:` by default):
 //
-//   p + 'job:{<id>}'         hash: one field per Job field, each value JSON-encoded, plus `leaseMs`
+//   p + 'job:{<id>}'         hash: one field per Job field, each value JSON-encoded (a hash written
+//                            before `attempt` existed has none: attempt 1), plus `leaseMs`
 //                            (leaseUntil as epoch ms, '' when null) so Lua compares numbers, and
 //                            `logToken`/`chunkToken` (the last append's token: a resent append is a no-op)
 //   p + 'job:{<id>}:log'     list: log lines as JSON [at, level, message]; seq = position + 1
-//   p + 'job:{<id>}:result'  list: the result body, in chunks of at most `chunkBytes` bytes
+//   p + 'job:{<id>}:result'  list: the result body, in chunks of at most `chunkBytes` bytes; deleted
+//                            when a restart (queue mode) starts the job over
 //   p + 'job:{<id>}:request' string: the request bytes createJob was given (queue mode: a worker
 //                            replays them), until the job is final or deleted; none without a request
 //   p + 'jobs'               sorted set, every score 0: member `<createdAt> <id>`, so lexical order is
@@ -83,6 +85,7 @@ const JOB_FIELDS = [
   'url',
   'owner',
   'status',
+  'attempt',
   'progress',
   'message',
   'resultCount',
@@ -108,10 +111,16 @@ function epochMs(iso: string, name: string): number {
   return ms;
 }
 
+/**
+ * The fields a job may lack, and what their absence means: a hash written by a version that did
+ * not have them yet, or a job given by code built against one.
+ */
+const FIELD_DEFAULTS: { readonly [F in keyof Job]?: Job[F] } = { attempt: 1 };
+
 /** A job as HSET arguments. JSON out and back in is also what keeps the store's copy unshared. */
 function jobArgs(job: Job): string[] {
   const args: string[] = [];
-  for (const field of JOB_FIELDS) args.push(field, JSON.stringify(job[field]));
+  for (const field of JOB_FIELDS) args.push(field, JSON.stringify(job[field] === undefined ? FIELD_DEFAULTS[field] : job[field]));
   args.push('leaseMs', leaseMs(job.leaseUntil));
   return args;
 }
@@ -120,10 +129,18 @@ function jobFromHash(hash: Record<string, string>): Job {
   const job: Record<string, unknown> = {};
   for (const field of JOB_FIELDS) {
     const value = hash[field];
-    if (value === undefined) throw new Error(`RedisStore: job ${String(hash.id)} has no \`${field}\` field`);
-    job[field] = JSON.parse(value);
+    if (value !== undefined) job[field] = JSON.parse(value);
+    else if (field in FIELD_DEFAULTS) job[field] = FIELD_DEFAULTS[field];
+    else throw new Error(`RedisStore: job ${String(hash.id)} has no \`${field}\` field`);
   }
   return job as unknown as Job;
+}
+
+/** A hash as a script returns HGETALL: field, value, field, value… */
+function hashOf(flat: string[]): Record<string, string> {
+  const hash: Record<string, string> = {};
+  for (let i = 0; i < flat.length; i += 2) hash[flat[i]!] = flat[i + 1]!;
+  return hash;
 }
 
 /** The index member of a job. ISO dates contain no space and sort by time, so `<createdAt> <id>` sorts as (createdAt, id). */
@@ -463,9 +480,7 @@ export class RedisStore implements Store {
     const reply = (await this.run(scripts.FINISH_JOB, keys, args)) as [number, string[]] | null;
     if (!reply) return null;
     const [applied, flat] = reply;
-    const hash: Record<string, string> = {};
-    for (let i = 0; i < flat.length; i += 2) hash[flat[i]!] = flat[i + 1]!;
-    const job = jobFromHash(hash);
+    const job = jobFromHash(hashOf(flat));
     if (applied !== 1) return { applied: false, job };
     if (this.client.isCluster) {
       const member = indexMember(job.createdAt, job.id);
@@ -500,6 +515,19 @@ export class RedisStore implements Store {
     } catch {
       // Housekeeping only: the job was finished, and the next sweep picks up where this one failed.
     }
+  }
+
+  /** One script on the job's own keys (one slot): the job stays running, so no index moves, on a Cluster or not. */
+  async restartJob(id: string, restart: { startedAt: string; leaseUntil: string; ifLeaseExpiredBy: string }): Promise<Job | null> {
+    const args = [
+      JSON.stringify(restart.startedAt),
+      JSON.stringify(restart.leaseUntil),
+      String(epochMs(restart.leaseUntil, 'leaseUntil')),
+      String(epochMs(restart.ifLeaseExpiredBy, 'ifLeaseExpiredBy')),
+    ];
+    const [job, , result] = this.jobKeys(id);
+    const flat = (await this.run(scripts.RESTART_JOB, [job, result], args)) as string[] | null;
+    return flat ? jobFromHash(hashOf(flat)) : null;
   }
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {

@@ -124,6 +124,20 @@ export interface JobStore {
    */
   readRequest?(id: string): Promise<Buffer | null>;
 
+  /**
+   * Optional (queue mode needs it). Starts a job again whose worker died mid-run (another worker
+   * took it over, and the job is safe to run again): atomically, and only if the job is `running`
+   * and its `leaseUntil` is at or before `restart.ifLeaseExpiredBy` (its worker stopped renewing
+   * it; a null lease never passes), increments `attempt`, sets `startedAt` and `leaseUntil`, and
+   * clears the result completely: every stored chunk, `response` null, `resultCount` 0, `progress`
+   * 0, `message` null. The log lines and the `warnings`/`errors` counters stay (they tell what the
+   * earlier attempts did), and so do the owner, `createdAt` and the request (readRequest still
+   * reads it). Resolves the job as it is after the restart, or `null` when nothing changed (the job
+   * is unknown, queued or final, or its lease is still alive): of two racing restarts with the same
+   * `ifLeaseExpiredBy`, the second finds the lease the first set, and only one applies.
+   */
+  restartJob?(id: string, restart: { startedAt: string; leaseUntil: string; ifLeaseExpiredBy: string }): Promise<Job | null>;
+
   /** Optional. Releases timers and resources the store created (never a client it was given). */
   close?(): Promise<void>;
 
@@ -182,7 +196,7 @@ export const JOB_METHODS = [
  * The job methods a store may leave out, each on its own (the guard's come as a set, below): a
  * wrapper forwards one only when the store it wraps has it.
  */
-export const OPTIONAL_JOB_METHODS = ['readRequest'] as const satisfies ReadonlyArray<keyof JobStore>;
+export const OPTIONAL_JOB_METHODS = ['readRequest', 'restartJob'] as const satisfies ReadonlyArray<keyof JobStore>;
 
 /** The guard's methods, in the order the errors name them. */
 export const IDEMPOTENCY_METHODS = ['claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const;

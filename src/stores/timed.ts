@@ -20,7 +20,7 @@ const METHODS = [...JOB_METHODS, ...OPTIONAL_JOB_METHODS, ...IDEMPOTENCY_METHODS
 export function withTimeouts(store: Store, ms: number): Store {
   const timed = Object.create(store) as Store;
   for (const method of METHODS) {
-    // The guard's methods and readRequest are optional: a store without them stays without them.
+    // The guard's methods, readRequest and restartJob are optional: a store without them stays without them.
     if (typeof store[method] !== 'function') continue;
     const call = (store[method] as (...args: unknown[]) => Promise<unknown>).bind(store);
     (timed as unknown as Record<string, unknown>)[method] = (...args: unknown[]): Promise<unknown> => {

@@ -85,6 +85,26 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         assert.deepEqual(await store.getJob(j.id), given);
       });
 
+      it('keeps the attempt a job is created with, and reads a job created without one as attempt 1', async () => {
+        const owner = `owner-${randomUUID()}`;
+        const third = job({ owner, attempt: 3 });
+        await store.createJob(third);
+        // A job as code built before attempts existed gives it (a third-party caller, an older process).
+        const { attempt: _none, ...older } = job({ owner, createdAt: new Date(Date.now() - 1000).toISOString() });
+        await store.createJob(older as Job);
+        assert.equal((await store.getJob(third.id))?.attempt, 3);
+        assert.equal((await store.getJob(older.id))?.attempt, 1);
+        assert.deepEqual(
+          (await store.listJobs({ owner, limit: 5 })).jobs.map((j) => [j.id, j.attempt]),
+          [
+            [third.id, 3],
+            [older.id, 1],
+          ],
+        );
+        const finished = await store.finishJob(older.id, finish('completed'));
+        assert.equal(finished?.job.attempt, 1, 'the finished job too');
+      });
+
       it('applies progress to a running job, and nothing to an unknown one', async () => {
         const j = job();
         await store.createJob(j);
@@ -343,6 +363,197 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         await assert.rejects(store.createJob(job({ id: j.id, status: 'queued' })), 'nor does a duplicate without a request clear it');
         assert.ok((await read(j.id))?.equals(everyByte()));
         assert.deepEqual(await store.getJob(j.id), j);
+      });
+    });
+
+    // Queue mode restarts a job whose worker died, when it is safe to run again. Runs only on a
+    // store with restartJob.
+    describe('restarts (queue mode)', () => {
+      type Restart = Parameters<NonNullable<Store['restartJob']>>[1];
+      /** restartJob of the store under test, or a skip when the store has none. */
+      const restarter = (t: TestContext): ((id: string, restart: Restart) => Promise<Job | null>) | null => {
+        if (typeof store.restartJob === 'function') return store.restartJob.bind(store);
+        t.skip('the store has no restartJob');
+        return null;
+      };
+      const ago = (ms: number): string => new Date(Date.now() - ms).toISOString();
+      /** A restart now: a fresh start and lease, for a job whose lease passed by now. */
+      const now = (overrides: Partial<Restart> = {}): Restart => ({
+        startedAt: new Date().toISOString(),
+        leaseUntil: inMs(30_000),
+        ifLeaseExpiredBy: new Date().toISOString(),
+        ...overrides,
+      });
+      /** A running job whose worker stopped renewing its lease a second ago. */
+      const dead = (overrides: Partial<Job> = {}): Job => job({ startedAt: ago(60_000), leaseUntil: ago(1000), ...overrides });
+      const line = (level: 'info' | 'warning' | 'error', message: string) => ({ at: new Date().toISOString(), level, message });
+      const response = { status: 200, contentType: 'text/plain', size: 5, headers: [['Content-Type', 'text/plain']] as Array<[string, string]> };
+
+      it('restarts a running job whose lease has passed: the next attempt, the new start and lease, a clean result, the log and request kept', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const owner = `owner-${randomUUID()}`;
+        const request = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+        const j = dead({ owner, response });
+        await store.createJob(j, request);
+        await store.updateProgress(j.id, { progress: 40, message: 'half', resultCount: 7 });
+        for (const [level, message] of [
+          ['info', 'attempt 1 began'],
+          ['warning', 'slow'],
+          ['error', 'lost a row'],
+        ] as const)
+          await store.appendLog(j.id, line(level, message));
+        // Bigger than a store's piece size (RedisStore's 256 KiB): every piece must go.
+        await store.appendResult(j.id, randomBytes(300 * 1024));
+        await store.appendResult(j.id, Buffer.from('attempt 1'));
+        const given = now();
+        const restarted = await restart(j.id, given);
+        const expected: Job = {
+          ...j,
+          attempt: 2,
+          startedAt: given.startedAt,
+          leaseUntil: given.leaseUntil,
+          progress: 0,
+          message: null,
+          resultCount: 0,
+          response: null,
+          warnings: 1,
+          errors: 1,
+        };
+        assert.deepEqual(restarted, expected, 'the job after the restart');
+        assert.deepEqual(await store.getJob(j.id), expected);
+        assert.deepEqual(
+          (await store.readLogs(j.id, 0, 10)).map((l) => [l.seq, l.level, l.message]),
+          [
+            [1, 'info', 'attempt 1 began'],
+            [2, 'warning', 'slow'],
+            [3, 'error', 'lost a row'],
+          ],
+          'the log tells what attempt 1 did',
+        );
+        assert.equal((await collect(await store.readResult(j.id)))?.length, 0, 'no byte of attempt 1 is left');
+        if (typeof store.readRequest === 'function') assert.ok((await store.readRequest(j.id))?.equals(request), 'the request is kept, to be replayed');
+      });
+
+      it('applies at a lease that passed exactly at ifLeaseExpiredBy, and not a millisecond before', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const lease = ago(5000);
+        const j = dead({ leaseUntil: lease });
+        await store.createJob(j);
+        const earlier = new Date(Date.parse(lease) - 1).toISOString();
+        assert.equal(await restart(j.id, now({ ifLeaseExpiredBy: earlier })), null);
+        assert.deepEqual(await store.getJob(j.id), j);
+        assert.equal((await restart(j.id, now({ ifLeaseExpiredBy: lease })))?.attempt, 2);
+      });
+
+      it('refuses a running job whose lease is alive or null, and changes nothing', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        for (const leaseUntil of [inMs(60_000), null]) {
+          const j = job({ leaseUntil });
+          await store.createJob(j);
+          await store.updateProgress(j.id, { progress: 30, message: 'busy' });
+          await store.appendLog(j.id, line('warning', 'still here'));
+          await store.appendResult(j.id, Buffer.from('attempt 1'));
+          const before = await store.getJob(j.id);
+          assert.equal(await restart(j.id, now()), null, `a lease ${leaseUntil === null ? 'that is null' : 'still alive'} keeps its worker`);
+          assert.deepEqual(await store.getJob(j.id), before);
+          assert.equal((await store.readLogs(j.id, 0, 10)).length, 1);
+          assert.equal((await store.finishJob(j.id, finish('completed')))?.applied, true);
+          assert.equal((await collect(await store.readResult(j.id)))?.toString(), 'attempt 1', 'its result is whole');
+        }
+      });
+
+      it('refuses a queued job, a final one whatever its status, and an unknown id', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const queued = dead({ status: 'queued', startedAt: null });
+        await store.createJob(queued);
+        assert.equal(await restart(queued.id, now()), null, 'a queued job is started, not restarted');
+        assert.deepEqual(await store.getJob(queued.id), queued);
+        for (const status of ['completed', 'failed', 'cancelled'] as const) {
+          const j = dead();
+          await store.createJob(j);
+          await store.appendResult(j.id, Buffer.from(`ended ${status}`));
+          const ended = await store.finishJob(j.id, finish(status, { response }));
+          assert.equal(ended?.applied, true);
+          assert.equal(await restart(j.id, now()), null, `a ${status} job stays ${status}`);
+          assert.deepEqual(await store.getJob(j.id), ended.job);
+          assert.equal((await collect(await store.readResult(j.id)))?.toString(), `ended ${status}`);
+        }
+        assert.equal(await restart(randomUUID(), now()), null);
+      });
+
+      it('applies exactly one of racing restarts with the same ifLeaseExpiredBy', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        for (let round = 0; round < 5; round++) {
+          const j = dead();
+          await store.createJob(j);
+          const at = new Date().toISOString();
+          const restarts = Array.from({ length: 5 }, (_, i) => now({ ifLeaseExpiredBy: at, leaseUntil: inMs(30_000 + i) }));
+          const results: Array<Job | null> = await Promise.all(restarts.map((r) => restart(j.id, r)));
+          const applied = results.flatMap((result, i) => (result ? [i] : []));
+          assert.equal(applied.length, 1, 'one restart wins; the others find its lease');
+          const read = await store.getJob(j.id);
+          assert.deepEqual([read?.attempt, read?.leaseUntil], [2, restarts[applied[0]!]!.leaseUntil]);
+        }
+      });
+
+      it('runs on normally after a restart, and the final result holds only the new bytes', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const j = dead();
+        await store.createJob(j);
+        await store.appendLog(j.id, line('info', 'attempt 1'));
+        await store.appendResult(j.id, randomBytes(300 * 1024));
+        await store.appendResult(j.id, Buffer.from('old tail'));
+        assert.ok(await restart(j.id, now()));
+        assert.equal(await store.appendLog(j.id, line('info', 'attempt 2')), 2, 'the log goes on numbering');
+        assert.equal(await store.updateProgress(j.id, { progress: 50, message: 'again', resultCount: 1 }), true);
+        assert.deepEqual(await store.renewLeases([j.id], inMs(60_000)), [], 'the new worker holds it');
+        const fresh = randomBytes(70 * 1024);
+        await store.appendResult(j.id, fresh);
+        await store.appendResult(j.id, Buffer.from('new tail'));
+        const done = await store.finishJob(j.id, finish('completed', { response }));
+        assert.equal(done?.applied, true);
+        assert.deepEqual([done.job.attempt, done.job.progress, done.job.resultCount, done.job.response], [2, 100, 1, response]);
+        assert.ok(
+          (await collect(await store.readResult(j.id)))?.equals(Buffer.concat([fresh, Buffer.from('new tail')])),
+          'only the second attempt is replayed',
+        );
+        assert.equal(await restart(j.id, now()), null, 'a finished job is never restarted');
+      });
+
+      it('keeps the attempt through getJob and listJobs, in the running listing, restart after restart', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const owner = `owner-${randomUUID()}`;
+        const j = dead({ owner });
+        await store.createJob(j);
+        assert.equal((await restart(j.id, now()))?.attempt, 2);
+        await store.renewLeases([j.id], ago(1000));
+        assert.equal((await restart(j.id, now()))?.attempt, 3, 'a second worker death, a third attempt');
+        const attempts = async (statuses?: JobStatus[]): Promise<Array<[string, JobStatus, number]>> =>
+          (await store.listJobs({ owner, limit: 5, ...(statuses ? { statuses } : {}) })).jobs.map((l) => [l.id, l.status, l.attempt]);
+        assert.equal((await store.getJob(j.id))?.attempt, 3);
+        assert.deepEqual(await attempts(), [[j.id, 'running', 3]]);
+        assert.deepEqual(await attempts(['running']), [[j.id, 'running', 3]], 'still listed as running');
+        assert.deepEqual(await attempts(['queued']), []);
+        await store.finishJob(j.id, finish('failed', { error: { type: 'interrupted', message: 'gone again' } }));
+        assert.deepEqual(await attempts(['failed']), [[j.id, 'failed', 3]]);
+        assert.deepEqual(await attempts(['running']), []);
+      });
+
+      it('restarts a job created without attempt info as its attempt 2', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const { attempt: _none, ...older } = dead();
+        await store.createJob(older as Job);
+        assert.equal((await store.getJob(older.id))?.attempt, 1);
+        assert.equal((await restart(older.id, now()))?.attempt, 2);
+        assert.equal((await store.getJob(older.id))?.attempt, 2);
       });
     });
 

@@ -18,6 +18,7 @@ function jobDocument(job: Job, base: string, position?: number): JobDocument {
     method: job.method,
     url: job.url,
     status: job.status,
+    attempt: job.attempt,
     progress: job.progress,
     message: job.message,
     resultCount: job.resultCount,
