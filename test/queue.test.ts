@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import type { Request, Response } from 'express';
 import { Redis } from 'ioredis';
 import { bullmq } from '../src/executors/bullmq.js';
 import { type BgrsMiddleware, bgrs, MemoryStore, type Store } from '../src/index.js';
@@ -43,7 +44,7 @@ function buildApp(express: ExpressModule, background: BgrsMiddleware, state: App
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => res.type('application/octet-stream').send(Buffer.concat(chunks)));
   });
-  app.get('/block', async (req, res) => {
+  const block = async (req: Request, res: Response): Promise<void> => {
     const gate = String(req.query.gate);
     state.runs.push(`block:${gate}`);
     const aborted = new Promise<void>((resolve) => req.bgrs.signal.addEventListener('abort', () => resolve(), { once: true }));
@@ -51,7 +52,9 @@ function buildApp(express: ExpressModule, background: BgrsMiddleware, state: App
     await Promise.race([released, aborted]);
     if (req.bgrs.signal.aborted) state.aborted.push(gate);
     if (!res.destroyed && !res.headersSent) res.send(`unblocked ${gate}`);
-  });
+  };
+  app.get('/block', block);
+  app.post('/block', block);
   return app;
 }
 
@@ -325,27 +328,45 @@ for (const kind of kinds)
           }
         });
 
-        it('worker.close({ grace }) lets a running job finish within grace, then ends the rest failed: shutdown', async () => {
+        it('worker.close({ grace }) lets a running job finish within grace; then a GET goes back to the queue (another worker runs it as attempt 2) and a POST fails shutdown', async () => {
           const workerSide = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
           const worker = workerSide.work(buildApp(express, workerSide, state));
-          const quick = randomUUID();
-          const slow = randomUUID();
-          const [a, b] = await Promise.all([
+          const [quick, again, once] = [randomUUID(), randomUUID(), randomUUID()];
+          const acks = await Promise.all([
             fetch(`${server.url}${detached(`/block?gate=${quick}`)}`),
-            fetch(`${server.url}${detached(`/block?gate=${slow}`)}`),
+            fetch(`${server.url}${detached(`/block?gate=${again}`)}`),
+            fetch(`${server.url}${detached(`/block?gate=${once}`)}`, { method: 'POST' }),
           ]);
-          const [la, lb] = [a.headers.get('location')!, b.headers.get('location')!];
-          await until('both run', async () =>
-            (await jobOf(server.url, la)).status === 'running' && (await jobOf(server.url, lb)).status === 'running' ? true : undefined,
-          );
+          const [lQuick, lAgain, lOnce] = acks.map((ack) => ack.headers.get('location')!) as [string, string, string];
+          await until('all three run', async () => {
+            const docs = await Promise.all([lQuick, lAgain, lOnce].map((location) => jobOf(server.url, location)));
+            return docs.every((doc) => doc.status === 'running') ? true : undefined;
+          });
           const closing = worker.close({ grace: 300 });
           state.gates.get(quick)!();
           await closing;
           await workerSide.close();
-          assert.equal((await jobOf(server.url, la)).status, 'completed', 'finished within grace');
-          const ended = await jobOf(server.url, lb);
-          assert.equal(ended.status, 'failed');
-          assert.equal(ended.error?.type, 'shutdown');
+          assert.equal((await jobOf(server.url, lQuick)).status, 'completed', 'finished within grace');
+          const post = await jobOf(server.url, lOnce);
+          assert.equal(post.status, 'failed', 'a POST is not run again');
+          assert.equal(post.error?.type, 'shutdown');
+          assert.equal((await jobOf(server.url, lAgain)).status, 'running', 'the GET waits for another worker');
+          state.gates.delete(again);
+          const nextSide = bgrs({ store, executor: bullmq({ name: queueName, ...queue.options }), lease: 1000 });
+          const next = nextSide.work(buildApp(express, nextSide, state));
+          try {
+            const release = await until('the GET runs again', () => state.gates.get(again));
+            release();
+            const job = await waitForJob(server.url, lAgain);
+            assert.equal(job.status, 'completed');
+            assert.equal(job.attempt, 2);
+            assert.equal(await (await fetch(`${server.url}${lAgain}/result`)).text(), `unblocked ${again}`);
+            assert.equal(state.runs.filter((run) => run === `block:${again}`).length, 2, 'the GET ran twice');
+            assert.equal(state.runs.filter((run) => run === `block:${once}`).length, 1, 'the POST ran once');
+          } finally {
+            await next.close();
+            await nextSide.close();
+          }
         });
       });
     });

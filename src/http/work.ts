@@ -144,7 +144,9 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
       }
       const reason = new JobAbortError('BGRS_SHUTDOWN', 'the worker is shutting down');
       await Promise.all(
-        [...running].map(([id, { run, rerun }]) => (rerun && run.abandon && store.restartJob ? handBack(id, run, reason) : run.stop('failed', SHUTDOWN, reason))),
+        [...running].map(([id, { run, rerun }]) =>
+          rerun && run.abandon && store.restartJob ? handBack(id, run, reason) : run.stop('failed', SHUTDOWN, reason),
+        ),
       );
       await closed;
     },
