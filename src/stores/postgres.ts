@@ -142,9 +142,9 @@ const UNIQUE_VIOLATION = '23505';
  * A Store in PostgreSQL, for several processes (or restarts) sharing jobs durably. Creates its
  * tables on first use, or when you call `migrate()` (e.g. at deploy time). Every transition is one
  * conditional statement (a restart deletes its chunks after it, in the same transaction), so
- * processes racing on a job can never undo a final status; log lines and
- * result chunks are numbered under the job's row lock; an Idempotency-Key claim is one
- * `INSERT … ON CONFLICT`. Expiry is judged by the database's clock, one clock for all processes.
+ * processes racing on a job can never undo a final status; log lines and result chunks are
+ * numbered under the job's row lock; an Idempotency-Key claim is one `INSERT … ON CONFLICT`.
+ * Expiry is judged by the database's clock, one clock for all processes.
  */
 export class PostgresStore implements Store {
   private readonly pool: Pool;
