@@ -122,7 +122,14 @@ if (mode === 'bgrs-redis') {
   const { hostname, port } = new URL(REDIS_URL);
   const background = bgrs({
     store: counted(new RedisStore({ client, prefix: `bgrs-bench-${NS}:` })),
-    executor: bullmq({ name: 'bench', connection: { host: hostname, port: Number(port) }, prefix: `bgrs-bench-${NS}-bull` }),
+    // With no worker (bgrs-queue-web) every job stays queued: the recovery sweep would hand thousands
+    // over again, which no deployment with workers does; it is off there, and left as shipped otherwise.
+    executor: bullmq({
+      name: 'bench',
+      connection: { host: hostname, port: Number(port) },
+      prefix: `bgrs-bench-${NS}-bull`,
+      ...(mode === 'bgrs-queue-web' ? { recoverInterval: 0 } : {}),
+    }),
     ...STORE_OPTIONS,
   });
   app.use(background);
@@ -275,7 +282,8 @@ async function finishedJob(): Promise<string> {
   throw new Error('bench/server: the start-up job did not complete within 2 s');
 }
 
-const location = mode.startsWith('bgrs') ? await finishedJob() : null;
+// bgrs-queue-web runs no worker: its jobs wait in the queue, so there is no finished job to read.
+const location = mode.startsWith('bgrs') && mode !== 'bgrs-queue-web' ? await finishedJob() : null;
 process.stdout.write(`${JSON.stringify({ port, location })}\n`);
 
 // The runner ends this process with SIGTERM; close quietly so nothing is printed on the way out.
