@@ -136,6 +136,22 @@ for (const kind of kinds) {
       await Promise.all([web.kill(), second.kill()]);
     });
 
+    it('a cancel on a web process aborts the handler in the worker process within a second', async () => {
+      const web = await start('web', kind, namespace, queue);
+      const worker = await start('worker', kind, namespace, queue);
+      const ack = await fetch(`${web.url}/charge?bgrs=yes`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-hang': '1' }, body: '{}' });
+      const location = ack.headers.get('location')!;
+      const { id } = (await ack.json()) as JobDoc;
+      await worker.next((e) => e.event === 'run' && e.id === id);
+      const sent = Date.now();
+      assert.equal((await fetch(`${web.url}${location}/cancel`, { method: 'POST' })).status, 202);
+      const aborted = await worker.next((e) => e.event === 'aborted' && e.id === id, 5000);
+      assert.equal(aborted.code, 'BGRS_CANCELLED');
+      assert.ok(Number(aborted.at) - sent < 1500, `aborted ${Number(aborted.at) - sent} ms after the cancel`);
+      assert.equal((await waitForJob(web.url, location)).status, 'cancelled');
+      await Promise.all([web.kill(), worker.kill()]);
+    });
+
     it('a worker killed mid-run: its POST fails interrupted, and no other worker runs the handler again', async () => {
       const web = await start('web', kind, namespace, queue);
       const first = await start('worker', kind, namespace, queue);
