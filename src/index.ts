@@ -15,7 +15,7 @@ export type { Job, JobError, JobFinish, JobPage, JobProgressUpdate, JobQuery, Jo
 export type { MemoryStoreOptions } from './stores/memory.js';
 export { MemoryStore } from './stores/memory.js';
 export type { IdempotencyClaimResult, IdempotencyRecord, IdempotencyStore, JobStore, Store } from './stores/store.js';
-export { InvalidCursorError, StoreFullError } from './stores/store.js';
+export { InvalidCursorError, StaleAttemptError, StoreFullError } from './stores/store.js';
 export type { JobDocument } from './views/native.js';
 export { nativeView } from './views/native.js';
 export type { Placement, Rendered, View } from './views/view.js';

@@ -82,6 +82,12 @@ export interface JobProgressUpdate {
    * that has none yet (`owner` null); ignored when the job already has an owner.
    */
   owner?: string;
+  /**
+   * Apply only if the job's `attempt` is this number: how a run fences its writes in queue mode, so
+   * a worker that came back late after another restarted the job changes nothing of the new
+   * attempt (the update resolves `false`). Never stored.
+   */
+  ifAttempt?: number;
 }
 
 /** The final transition of a job: applied once, only from a non-final status. */
@@ -92,6 +98,12 @@ export interface JobFinish {
    * `interrupted` for a dead process's job without racing a live one that just renewed.
    */
   ifLeaseExpiredBy?: string;
+  /**
+   * Apply only if the job's `attempt` is this number: how a run ends its own attempt only, so a
+   * worker that came back late after another restarted the job cannot end it with the earlier
+   * attempt's response (the finish reports `applied: false`). Never stored.
+   */
+  ifAttempt?: number;
   finishedAt: string;
   expiresAt: string;
   response: JobResponse | null;
@@ -140,7 +152,8 @@ export function endingNow(ttl: number): { finishedAt: string; expiresAt: string 
 /** A page of jobs, newest first; `next` is an opaque cursor for the following page, or null. */
 /**
  * What `finishJob` reports: the job as it is stored now, and whether this call ended it (`false`:
- * it was already final, or its lease had not passed `ifLeaseExpiredBy`).
+ * it was already final, its lease had not passed `ifLeaseExpiredBy`, or it was not on attempt
+ * `ifAttempt`).
  */
 export interface JobFinished {
   applied: boolean;

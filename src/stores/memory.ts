@@ -5,7 +5,7 @@ import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
 import { JobIndex } from './memory-index.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
-import { InvalidCursorError, StoreFullError } from './store.js';
+import { InvalidCursorError, StaleAttemptError, StoreFullError } from './store.js';
 
 export interface MemoryStoreOptions {
   /** How many finished jobs are kept at most; the least recently used go first. Defaults to `10000`. */
@@ -150,6 +150,7 @@ export class MemoryStore implements Store {
   async updateProgress(id: string, update: JobProgressUpdate): Promise<boolean> {
     const entry = this.active.get(id);
     if (!entry || isFinal(entry.job.status)) return false;
+    if (update.ifAttempt !== undefined && entry.job.attempt !== update.ifAttempt) return false;
     if (update.progress !== undefined) entry.job.progress = update.progress;
     if (update.message !== undefined) entry.job.message = update.message;
     if (update.resultCount !== undefined) entry.job.resultCount = update.resultCount;
@@ -241,7 +242,9 @@ export class MemoryStore implements Store {
     if (finish.ifLeaseExpiredBy !== undefined && !(entry.job.leaseUntil !== null && entry.job.leaseUntil <= finish.ifLeaseExpiredBy)) {
       return { applied: false, job: copyJob(entry.job) };
     }
-    const { ifLeaseExpiredBy: _condition, ...fields } = finish;
+    if (finish.ifAttempt !== undefined && entry.job.attempt !== finish.ifAttempt) return { applied: false, job: copyJob(entry.job) };
+    // The conditions are not fields of the job: never stored.
+    const { ifLeaseExpiredBy: _lease, ifAttempt: _attempt, ...fields } = finish;
     entry.job = copyJob({ ...entry.job, ...fields, leaseUntil: null });
     if (finish.status === 'completed') entry.job.progress = 100;
     this.active.delete(id);
@@ -303,9 +306,10 @@ export class MemoryStore implements Store {
     return entry.logs.slice(Math.max(0, after), Math.max(0, after) + limit).map((line) => ({ ...line }));
   }
 
-  async appendResult(id: string, chunk: Uint8Array): Promise<void> {
+  async appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void> {
     const entry = this.active.get(id);
     if (!entry) throw new Error(`MemoryStore: job ${id} is not running`);
+    if (attempt !== undefined && entry.job.attempt !== attempt) throw new StaleAttemptError(id, attempt);
     entry.chunks.push(Buffer.from(chunk));
     entry.size += chunk.byteLength;
   }

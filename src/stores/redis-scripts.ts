@@ -54,13 +54,16 @@ export const UPDATE_PROGRESS = script(
   KEYS[3] that owner's index, KEYS[4] and KEYS[5] the anonymous queued and running indexes,
   KEYS[6] and KEYS[7] that owner's queued and running indexes
   ARGV[1] the owner to give a job that has none (JSON), or '' to leave the owner alone
-  ARGV[2..] field, value pairs (may be none)
-  Returns 0 when the job is unknown or final; else 1, or {createdAt, status} (JSON) when ARGV[1]
+  ARGV[2] ifAttempt: apply only if the job's attempt is this number, or '' for no check
+  ARGV[3..] field, value pairs (may be none)
+  Returns 0 when the job is unknown or final, or on another attempt; else 1, or {createdAt, status} (JSON) when ARGV[1]
   became its owner: outside a Cluster its index entries have moved, on a Cluster the caller moves them.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+-- A hash written before attempts were counted has none: it is on its first.
+if ARGV[2] ~= '' and (tonumber(redis.call('HGET', KEYS[1], 'attempt')) or 1) ~= tonumber(ARGV[2]) then return 0 end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') == 'null' then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1])
   local createdAt = redis.call('HGET', KEYS[1], 'createdAt')
@@ -130,12 +133,13 @@ export const FINISH_JOB = script(
   the final status: the job's entries are written in the same step, its owner's per-status ones
   named after KEYS[6..8] (on a Cluster the client writes them after)
   ARGV[1] expiresAt as epoch ms (PEXPIREAT of the hash, the log and the result)
-  ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for an unconditional finish
-  ARGV[3..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
+  ARGV[2] ifLeaseExpiredBy as epoch ms, or '' for no lease condition
+  ARGV[3] ifAttempt: apply only if the job's attempt is this number, or '' for no check
+  ARGV[4..] field, value pairs to set (JSON-encoded): status, finishedAt, expiresAt, response,
             error, leaseUntil (null), and progress (100) for completed
   Returns {1, hash} with the updated hash as HGETALL gives it; {0, hash} with the job as it stands
-  when it is final already or its lease has not passed by ARGV[2] (a null lease never passes);
-  nil when the job is unknown.
+  when it is final already, its lease has not passed by ARGV[2] (a null lease never passes) or it
+  is not on attempt ARGV[3]; nil when the job is unknown.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -144,7 +148,11 @@ if ARGV[2] ~= '' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'leaseMs'))
   if lease == nil or lease > tonumber(ARGV[2]) then return {0, redis.call('HGETALL', KEYS[1])} end
 end
-redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 3))
+-- A hash written before attempts were counted has none: it is on its first.
+if ARGV[3] ~= '' and (tonumber(redis.call('HGET', KEYS[1], 'attempt')) or 1) ~= tonumber(ARGV[3]) then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 4))
 local job = redis.call('HGETALL', KEYS[1])
 -- Read before PEXPIREAT: an expiresAt already past (a short ttl, a clock behind Redis's) deletes the keys at once.
 local owner, createdAt, id = unpack(redis.call('HMGET', KEYS[1], 'owner', 'createdAt', 'id'))
@@ -219,10 +227,15 @@ export const APPEND_RESULT = script(
   KEYS[1] job hash, KEYS[2] result list
   ARGV[1] the chunk (bytes)
   ARGV[2] a token unique to this append: a resent call (see appendLog) appends nothing
-  Returns the number of chunks stored, or 0 when the job is unknown or final.
+  ARGV[3] the attempt the appending run is on; absent or '' for no check (last, so a caller that
+          predates attempts, passing two arguments, appends as before)
+  Returns the number of chunks stored, 0 when the job is unknown or final, or -1 (nothing
+  appended) when it is not on attempt ARGV[3]: a restart gave it to another run.
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
+-- Checked before the token: a resent append of the earlier attempt is as stale as its first run.
+if ARGV[3] and ARGV[3] ~= '' and (tonumber(redis.call('HGET', KEYS[1], 'attempt')) or 1) ~= tonumber(ARGV[3]) then return -1 end
 if redis.call('HGET', KEYS[1], 'chunkToken') == ARGV[2] then return redis.call('LLEN', KEYS[2]) end
 local length = redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'chunkToken', ARGV[2])

@@ -43,7 +43,7 @@ import { checkKnown } from '../util/known-options.js';
 import type { Script } from './redis-scripts.js';
 import * as scripts from './redis-scripts.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
-import { InvalidCursorError } from './store.js';
+import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 export interface RedisStoreOptions {
   /**
@@ -323,7 +323,8 @@ export class RedisStore implements Store {
       keys.push(this.ownerKey(null), this.ownerKey(owner));
       for (const who of [null, owner]) keys.push(this.statusKey('queued', who), this.statusKey('running', who));
     }
-    const answer = await this.run(scripts.UPDATE_PROGRESS, keys, [owner === null ? '' : JSON.stringify(owner), ...args]);
+    const ifAttempt = update.ifAttempt === undefined ? '' : String(update.ifAttempt);
+    const answer = await this.run(scripts.UPDATE_PROGRESS, keys, [owner === null ? '' : JSON.stringify(owner), ifAttempt, ...args]);
     if (Array.isArray(answer) && owner !== null && this.client.isCluster) {
       const [createdAt, status] = (answer as [string, string]).map((value) => JSON.parse(value) as string) as [string, JobStatus];
       const indexes = (who: string | null): string[] => [this.ownerKey(who), this.statusKey(status, who)];
@@ -472,7 +473,8 @@ export class RedisStore implements Store {
       leaseUntil: null,
     };
     if (finish.status === 'completed') fields.progress = 100;
-    const args = [String(expiresAt), condition, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
+    const ifAttempt = finish.ifAttempt === undefined ? '' : String(finish.ifAttempt);
+    const args = [String(expiresAt), condition, ifAttempt, ...Object.entries(fields).flatMap(([field, value]) => [field, JSON.stringify(value)])];
     // The job's four keys (its request dropped in the same step), then outside a Cluster the indexes.
     const keys = this.client.isCluster
       ? this.jobKeys(id)
@@ -548,14 +550,19 @@ export class RedisStore implements Store {
     });
   }
 
-  async appendResult(id: string, chunk: Uint8Array): Promise<void> {
+  async appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void> {
     // A view, not a copy: each piece is sent before this resolves, and the caller only reuses the
     // buffer after that.
     const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const [job, , result] = this.jobKeys(id);
+    // Without an attempt the script gets its two arguments as before: no check, nothing more sent.
+    const fence = attempt === undefined ? [] : [String(attempt)];
     for (let offset = 0; offset < bytes.length; offset += this.chunkBytes) {
-      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(offset, offset + this.chunkBytes), randomUUID()]);
+      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(offset, offset + this.chunkBytes), randomUUID(), ...fence]);
       if (stored === 0) throw new Error(`RedisStore: job ${id} is not running`);
+      // Each piece is checked on its own: a restart between two pieces stops the rest (the pieces
+      // before it went with the result the restart cleared).
+      if (stored === -1) throw new StaleAttemptError(id, attempt!);
     }
   }
 

@@ -17,6 +17,21 @@ export class StoreFullError extends Error {
   readonly code = 'BGRS_STORE_FULL';
 }
 
+/**
+ * What `appendResult` rejects with when it is given an `attempt` the job is no longer on: another
+ * worker restarted the job (queue mode) while this one was late, so the chunk was dropped. The
+ * core stops the stale run instead of writing into the new attempt's result.
+ */
+export class StaleAttemptError extends Error {
+  readonly code = 'BGRS_STALE_ATTEMPT';
+  constructor(
+    readonly jobId: string,
+    readonly attempt: number,
+  ) {
+    super(`job ${jobId} is no longer on attempt ${attempt}: it was restarted`);
+  }
+}
+
 /** What an Idempotency-Key claim records: which execution (job) owns the key, and for how long. */
 export interface IdempotencyRecord {
   /** Digest of the request (method, path, query, body) that first used the key. */
@@ -56,8 +71,9 @@ export interface JobStore {
   getJob(id: string): Promise<Job | null>;
 
   /**
-   * Required. Applies progress fields to a job that is not final. Resolves `false` (and changes
-   * nothing) when the job is unknown or already final.
+   * Required. Applies progress fields to a job that is not final (and, with `update.ifAttempt`,
+   * only if the job's `attempt` is that number). Resolves `false` (and changes nothing) when the
+   * job is unknown or already final, or is on another attempt.
    */
   updateProgress(id: string, update: JobProgressUpdate): Promise<boolean>;
 
@@ -83,9 +99,10 @@ export interface JobStore {
 
   /**
    * Required. The one final transition. Applies `finish` only if the job exists and is not final
-   * (and, with `finish.ifLeaseExpiredBy`, only if its `leaseUntil` is at or before that instant).
-   * Resolves `{ applied: true, job }` with the updated job, `{ applied: false, job }` with the job
-   * as it stands when nothing changed (already final, or a lease still alive), or `null` when the
+   * (and, with `finish.ifLeaseExpiredBy`, only if its `leaseUntil` is at or before that instant;
+   * with `finish.ifAttempt`, only if its `attempt` is that number). Resolves `{ applied: true, job }`
+   * with the updated job, `{ applied: false, job }` with the job as it stands when nothing changed
+   * (already final, a lease still alive, or another attempt), or `null` when the
    * job is unknown or expired: the caller never has to read it back to know how it ended.
    * `leaseUntil` becomes null and, for `completed`, `progress` 100. From then on the job and its
    * result expire at `finish.expiresAt`.
@@ -105,8 +122,13 @@ export interface JobStore {
   /**
    * Required. Appends one chunk to the job's result body. Chunks are appended in call order; the
    * core awaits each call before sending the next, which is how backpressure reaches the handler.
+   * Rejects when the job is unknown or final. With `attempt` (queue mode: the attempt the calling
+   * run is on), the chunk is appended only if the job's `attempt` is that number, in the same
+   * atomic step; otherwise it is dropped and the call rejects with `StaleAttemptError`, so a worker
+   * that came back late after another restarted the job never writes into the new attempt's
+   * result. Without it, no attempt is checked (and none costs anything).
    */
-  appendResult(id: string, chunk: Uint8Array): Promise<void>;
+  appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void>;
 
   /**
    * Required. The result body, chunk by chunk, in order. Only called for finished jobs.

@@ -5,7 +5,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import type { Job, JobFinish, JobStatus } from '../model/job.js';
 import { newJob } from '../model/job.js';
 import type { IdempotencyRecord, IdempotencyStore, Store } from '../stores/store.js';
-import { InvalidCursorError, missingIdempotencyMethods } from '../stores/store.js';
+import { InvalidCursorError, missingIdempotencyMethods, StaleAttemptError } from '../stores/store.js';
 
 export interface StoreSuiteOptions {
   /** Creates the store under test (once for the whole suite). */
@@ -181,6 +181,40 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
           assert.equal(read.status, 'cancelled');
           assert.deepEqual(read.error, { type: 'cancelled', message: 'stop' });
         }
+      });
+
+      it('treats writes given the current attempt (1) as writes without one', async () => {
+        const j = job();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('with '), 1);
+        await store.appendResult(j.id, Buffer.from('and without'));
+        assert.equal(await store.updateProgress(j.id, { progress: 20, message: 'one', ifAttempt: 1 }), true);
+        assert.equal(await store.updateProgress(j.id, { resultCount: 3 }), true);
+        const read = await store.getJob(j.id);
+        assert.deepEqual([read?.progress, read?.message, read?.resultCount], [20, 'one', 3]);
+        assert.equal(Object.hasOwn(read!, 'ifAttempt'), false, 'the condition is never stored');
+        const done = await store.finishJob(j.id, finish('completed', { ifAttempt: 1 }));
+        assert.equal(done?.applied, true);
+        assert.equal(Object.hasOwn(done.job, 'ifAttempt'), false);
+        assert.deepEqual(await store.getJob(j.id), done.job);
+        assert.equal((await collect(await store.readResult(j.id)))?.toString(), 'with and without');
+        assert.equal(await store.updateProgress(j.id, { progress: 5, ifAttempt: 1 }), false, 'final: refused as without ifAttempt');
+        assert.equal((await store.finishJob(j.id, finish('failed', { ifAttempt: 1 })))?.applied, false);
+        assert.equal(await store.finishJob(randomUUID(), finish('failed', { ifAttempt: 1 })), null, 'unknown: null as without ifAttempt');
+        assert.equal(await store.updateProgress(randomUUID(), { progress: 5, ifAttempt: 1 }), false);
+        await assert.rejects(store.appendResult(randomUUID(), Buffer.from('x'), 1), (error: unknown) => !(error instanceof StaleAttemptError));
+      });
+
+      it('refuses writes given an attempt the job is not on, without a restart too', async () => {
+        const j = job();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('kept'));
+        await assert.rejects(store.appendResult(j.id, Buffer.from('dropped'), 2), StaleAttemptError);
+        assert.equal(await store.updateProgress(j.id, { progress: 70, ifAttempt: 2 }), false);
+        assert.equal((await store.finishJob(j.id, finish('completed', { ifAttempt: 2 })))?.applied, false);
+        assert.deepEqual(await store.getJob(j.id), j);
+        assert.equal((await store.finishJob(j.id, finish('completed')))?.applied, true, 'without ifAttempt: as today');
+        assert.equal((await collect(await store.readResult(j.id)))?.toString(), 'kept');
       });
 
       it('starts a queued job once', async () => {
@@ -544,6 +578,42 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         await store.finishJob(j.id, finish('failed', { error: { type: 'interrupted', message: 'gone again' } }));
         assert.deepEqual(await attempts(['failed']), [[j.id, 'failed', 3]]);
         assert.deepEqual(await attempts(['running']), []);
+      });
+
+      // A worker that was alive but late (its event loop blocked past its lease) comes back after
+      // another worker restarted the job: every write it makes with its attempt must be dropped.
+      it('fences the writes of an earlier attempt after a restart, and lets the new attempt write', async (t) => {
+        const restart = restarter(t);
+        if (!restart) return;
+        const j = dead();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('attempt 1 before'), 1);
+        assert.equal((await restart(j.id, now()))?.attempt, 2);
+        // Bigger than a store's piece size (RedisStore's 256 KiB): no piece of it may land.
+        await assert.rejects(store.appendResult(j.id, randomBytes(300 * 1024), 1), StaleAttemptError);
+        await assert.rejects(store.appendResult(j.id, Buffer.from('attempt 1 late'), 1), (error: unknown) => {
+          assert.ok(error instanceof StaleAttemptError);
+          assert.equal(error.code, 'BGRS_STALE_ATTEMPT');
+          return true;
+        });
+        await store.appendResult(j.id, Buffer.from('attempt 2'), 2);
+        const before = await store.getJob(j.id);
+        assert.equal(await store.updateProgress(j.id, { progress: 90, message: 'stale', resultCount: 9, ifAttempt: 1 }), false);
+        assert.deepEqual(await store.getJob(j.id), before, 'a stale progress update changes nothing');
+        assert.equal(await store.updateProgress(j.id, { progress: 50, message: 'fresh', ifAttempt: 2 }), true);
+        const stale = await store.finishJob(j.id, finish('completed', { response, ifAttempt: 1 }));
+        assert.equal(stale?.applied, false, 'the earlier attempt cannot end the job');
+        assert.deepEqual(
+          [stale.job.status, stale.job.attempt, stale.job.response, stale.job.progress, stale.job.message],
+          ['running', 2, null, 50, 'fresh'],
+          'the job as stored: still running its second attempt',
+        );
+        assert.deepEqual(await store.getJob(j.id), stale.job);
+        const done = await store.finishJob(j.id, finish('completed', { response, ifAttempt: 2 }));
+        assert.equal(done?.applied, true);
+        assert.deepEqual([done.job.status, done.job.attempt, done.job.response], ['completed', 2, response]);
+        assert.equal((await collect(await store.readResult(j.id)))?.toString(), 'attempt 2', 'only the new attempt is in the result');
+        await assert.rejects(store.appendResult(j.id, Buffer.from('after the end'), 2), 'a final job takes no chunk, whichever attempt');
       });
 
       it('restarts a job created without attempt info as its attempt 2', async (t) => {
