@@ -54,6 +54,14 @@ function buildApp(express: ExpressModule, background: BgrsMiddleware, state: App
     if (!res.destroyed && !res.headersSent) res.send(`unblocked ${gate}`);
   };
   app.get('/block', block);
+  // Writes part of its answer, waits at the gate, then writes the rest.
+  app.get('/partial', async (req, res) => {
+    const gate = String(req.query.gate);
+    state.runs.push(`partial:${gate}`);
+    res.type('text/plain').write('part one\n');
+    await new Promise<void>((resolve) => state.gates.set(gate, resolve));
+    res.end('part two\n');
+  });
   app.post('/block', block);
   return app;
 }
@@ -211,6 +219,32 @@ for (const kind of kinds)
           await until('the handler hears the abort', () => (state.aborted.includes(gate) ? true : undefined), 3000);
           assert.ok(Date.now() - started < 1500, `aborted after ${Date.now() - started} ms`);
           assert.equal((await waitForJob(server.url, location)).status, 'cancelled');
+        });
+
+        it('fences a run that another worker restarted: its late writes and its end are refused, and it stops', async () => {
+          const gate = randomUUID();
+          const ack = await fetch(`${server.url}${detached(`/partial?gate=${gate}`)}`);
+          const location = ack.headers.get('location')!;
+          const { id } = (await ack.json()) as JobDoc;
+          await until('the first part is written', () => (state.gates.has(gate) ? true : undefined));
+          // What another worker does when it finds this run's lease lapsed (this run was alive but late).
+          const now = Date.now();
+          const restarted = await store.restartJob!(id, {
+            startedAt: new Date(now).toISOString(),
+            leaseUntil: new Date(now + 60_000).toISOString(),
+            ifLeaseExpiredBy: new Date(now + 3_600_000).toISOString(),
+          });
+          assert.equal(restarted?.attempt, 2);
+          state.gates.get(gate)!();
+          await sleep(300);
+          const job = await jobOf(server.url, location);
+          assert.equal(job.status, 'running', `the stale run did not end attempt 2: ${JSON.stringify(job)}`);
+          assert.equal(job.attempt, 2);
+          assert.equal(job.response, null);
+          const chunks: Buffer[] = [];
+          for await (const chunk of (await store.readResult(id)) ?? []) chunks.push(Buffer.from(chunk));
+          assert.equal(Buffer.concat(chunks).length, 0, 'no byte of the stale run in the result');
+          assert.equal((await fetch(`${server.url}${location}/cancel`, { method: 'POST' })).status, 202);
         });
 
         it('answers a keyed detach 501 (not yet in queue mode) rather than run it unguarded', async () => {

@@ -106,7 +106,7 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
     }
     executor.notify(id);
     const run = runJob(config, rt.replayer, id, request.envelope, intoApp(app, request.parsed), {
-      end: new JobEnd(config, id, { notify: () => executor.notify(id) }),
+      end: new JobEnd(config, id, { notify: () => executor.notify(id), attempt: job.attempt }),
       attempt: job.attempt,
       onChange: () => executor.notify(id),
       // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.

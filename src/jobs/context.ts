@@ -62,8 +62,15 @@ export const DETACHED_NOT: BgrsContext = Object.freeze({
  */
 export class JobContext implements BgrsContext {
   readonly detached = true;
-  /** Set by the run (see RunOptions.attempt). */
   attempt = 1;
+  /** Queue mode: progress writes apply only while the job is still at this attempt. */
+  #fence: number | undefined;
+
+  /** Makes this the context of attempt `attempt`, and fences its writes to it (see RunOptions.attempt). */
+  fence(attempt: number): void {
+    this.attempt = attempt;
+    this.#fence = attempt;
+  }
   #percent = 0;
   #pending: JobProgressUpdate | null = null;
   #writing: Promise<void> | null = null;
@@ -150,7 +157,7 @@ export class JobContext implements BgrsContext {
       const update = this.#pending;
       this.#pending = null;
       try {
-        await this.store.updateProgress(this.id, update);
+        await this.store.updateProgress(this.id, this.#fence === undefined ? update : { ...update, ifAttempt: this.#fence });
         this.onChange();
       } catch (err) {
         debug('job %s: progress write failed: %o', this.id, err);

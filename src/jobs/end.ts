@@ -24,6 +24,8 @@ export interface EndHooks {
   notify?: () => void;
   /** How long the finished job is kept, in ms, when it must outlive the `ttl` option. */
   ttl?: number;
+  /** Queue mode: the end applies only while the job is still at this attempt (a restarted job is another attempt's to end). */
+  attempt?: number;
 }
 
 /** What the end reads of the bgrs options. */
@@ -104,7 +106,7 @@ export class JobEnd {
    * another path when this one did not apply: an earlier attempt whose reply was lost, a cancel).
    */
   async #record(ending: Ending, call: EndCall): Promise<Job | null> {
-    const finish = { ...ending, ...endingNow(this.hooks.ttl ?? this.config.ttl) };
+    const finish = { ...ending, ...endingNow(this.hooks.ttl ?? this.config.ttl), ...(this.hooks.attempt === undefined ? {} : { ifAttempt: this.hooks.attempt }) };
     const giveUpAt = Date.now() + this.config.lease;
     for (let delay = 100; ; delay = Math.min(delay * 2, 5000)) {
       try {

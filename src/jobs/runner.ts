@@ -35,6 +35,8 @@ class ResultWriter extends Writable {
     private readonly id: string,
     private readonly onOverflow: (failure: JobFailure) => void,
     private readonly live: ServerResponse | undefined,
+    /** Queue mode: the attempt this run is; the store refuses its chunks once another attempt began. */
+    private readonly attempt: number | undefined,
   ) {
     super({ highWaterMark: 64 * 1024 });
   }
@@ -64,9 +66,12 @@ class ResultWriter extends Writable {
       callback(failure);
       return;
     }
+    const append = this.attempt === undefined ? this.config.store.appendResult(this.id, chunk) : this.config.store.appendResult(this.id, chunk, this.attempt);
     const stored = this.storeFailed
       ? undefined
-      : this.config.store.appendResult(this.id, chunk).catch((err: unknown) => {
+      : append.catch((err: unknown) => {
+          // Another worker restarted the job (this run's lease had lapsed): this run must stop writing.
+          if ((err as { code?: unknown })?.code === 'BGRS_STALE_ATTEMPT') throw new JobFailure('superseded', 'another worker runs this job now');
           const failure = new JobFailure('store_unavailable', `the result could not be stored: ${(err as Error)?.message ?? String(err)}`);
           if (!this.live) throw failure;
           this.storeFailed = failure;
@@ -178,7 +183,10 @@ export interface RunOptions {
    * records a non-null answer before any of it is stored.
    */
   deriveOwner?: (replayed: IncomingMessage) => Promise<string | null>;
-  /** Which run of the job this is (`req.bgrs.attempt`), from 1. */
+  /**
+   * Queue mode: which run of the job this is (`req.bgrs.attempt`), from 1. Its writes are fenced:
+   * once another worker restarted the job, the store refuses them and this run stops.
+   */
   attempt?: number;
   /** The job's one end, when its submit made it (so that ending before the start shares it); else the run makes its own from `onEnd` and `ttl`. */
   end?: JobEnd;
@@ -207,7 +215,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
       }
     })().catch((err: unknown) => config.logger.error(`express-bgrs: could not record the owner of job ${id}: ${(err as Error)?.message ?? String(err)}`)));
   const ctx = new JobContext(id, config.store, options.onChange, (ms) => arm(ms), options.deriveOwner ? settleOwner : undefined, config);
-  if (options.attempt !== undefined) ctx.attempt = options.attempt;
+  if (options.attempt !== undefined) ctx.fence(options.attempt);
   let timer: NodeJS.Timeout | undefined;
   let writer: ResultWriter | undefined;
   let liveStarted = false;
@@ -301,7 +309,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
         owned = undefined;
         await settleOwner();
       }
-      writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live);
+      writer = new ResultWriter(config, id, (failure) => ctx.abort(new JobAbortError('BGRS_RESULT_TOO_LARGE', failure.message)), live, options.attempt);
       if (live) {
         writeLiveHead(live, res);
         liveStarted = true;
@@ -319,6 +327,11 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
     })
     .catch(async (err: unknown) => {
       if (ended) return;
+      if (err instanceof JobFailure && err.type === 'superseded') {
+        // Not this run's job any more: stop, and record nothing (the other attempt will).
+        await abandon(new JobAbortError('BGRS_INTERRUPTED', err.message));
+        return;
+      }
       if (err instanceof JobFailure) {
         const code = err.type === 'result_too_large' ? 'BGRS_RESULT_TOO_LARGE' : 'BGRS_STORE_UNAVAILABLE';
         await stop('failed', { type: err.type, message: err.message }, new JobAbortError(code, err.message));
