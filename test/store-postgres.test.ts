@@ -8,6 +8,7 @@ import pg from 'pg';
 import { newJob } from '../src/model/job.js';
 import { PostgresStore } from '../src/stores/postgres.js';
 import { statements } from '../src/stores/postgres-sql.js';
+import { StaleAttemptError } from '../src/stores/store.js';
 import { storeConformanceSuite } from '../src/testing/index.js';
 import { POSTGRES_URL, serviceAvailable } from './services.js';
 
@@ -265,6 +266,42 @@ if (available) {
       const body: Buffer[] = [];
       for await (const chunk of (await store.readResult(j.id))!) body.push(Buffer.from(chunk));
       assert.equal(Buffer.concat(body).toString(), 'attempt 2, whole');
+    });
+
+    // The fenced append reads the row once it holds its lock, not as of its snapshot: one that waited
+    // for a restart (or a finish) to commit must see what committed, and say which it was.
+    it('fences an append that waited for a restart to commit as stale, and one that waited for a finish as not running', async () => {
+      const sql = statements(prefix);
+      const now = new Date().toISOString();
+      for (const ending of ['restart', 'finish'] as const) {
+        const j = newJob({ id: randomUUID(), method: 'GET', url: '/late', owner: null, status: 'running', leaseUntil: inMs(-1000) });
+        await store.createJob(j);
+        const holder = await pool.connect();
+        let appending: Promise<unknown>;
+        try {
+          await holder.query('BEGIN');
+          if (ending === 'restart') {
+            await holder.query(sql.restartJob, [j.id, now, inMs(30_000), now]);
+            await holder.query(sql.clearChunks, [j.id]);
+          } else {
+            await holder.query(sql.finishJob, [j.id, 'completed', now, inMs(60_000), null, null, null, null]);
+          }
+          // The late worker's append, with the attempt it is on: it waits for the holder's row lock.
+          appending = store.appendResult(j.id, Buffer.from('late chunk of attempt 1'), 1).then(
+            () => 'stored',
+            (error: unknown) => error,
+          );
+          await sleep(300);
+          await holder.query('COMMIT');
+        } finally {
+          holder.release();
+        }
+        const outcome = await appending;
+        if (ending === 'restart') assert.ok(outcome instanceof StaleAttemptError, `stale after a restart, got ${String(outcome)}`);
+        else assert.ok(outcome instanceof Error && !(outcome instanceof StaleAttemptError), `not running after a finish, got ${String(outcome)}`);
+        const { rows } = await pool.query(`SELECT count(*)::int AS n FROM "${prefix}_chunks" WHERE job_id = $1`, [j.id]);
+        assert.equal(rows[0].n, 0, `no chunk of attempt 1 after the ${ending}`);
+      }
     });
 
     it('restarts in one transaction: the UPDATE, then the DELETE of the chunks only when it applied', async () => {

@@ -1,10 +1,10 @@
 // The store wrappers (withTimeouts, which bgrs() puts around every store, and withFaults from
-// express-bgrs/testing) forward createJob's request and the optional readRequest and restartJob,
+// express-bgrs/testing) forward createJob's request, appendResult's attempt and the optional readRequest and restartJob,
 // and add neither to a store that has none.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { MemoryStore, type Store } from '../src/index.js';
+import { MemoryStore, StaleAttemptError, type Store } from '../src/index.js';
 import type { Job } from '../src/model/job.js';
 import { newJob } from '../src/model/job.js';
 import { withTimeouts } from '../src/stores/timed.js';
@@ -161,4 +161,37 @@ describe('withFaults', () => {
     await assert.rejects(faulty.store.createJob(k, request), InjectedFault);
     assert.deepEqual(inner.requests.get(k.id), request, 'a committed fault applied the create with its request');
   });
+});
+
+// The attempt fence of queue mode rides on appendResult's third argument: a wrapper that dropped it
+// would let a late worker's chunks into a restarted job without a sound.
+describe('withTimeouts and withFaults and the attempt fence', () => {
+  for (const [name, wrap] of [
+    ['withTimeouts', (store: Store): Store => withTimeouts(store, 1000)],
+    ['withFaults', (store: Store): Store => withFaults(store).store],
+  ] as const) {
+    it(`${name} passes appendResult's attempt through to the store`, async () => {
+      const inner = new MemoryStore();
+      const store = wrap(inner);
+      const job = newJob({ id: randomUUID(), method: 'GET', url: '/x', owner: null, status: 'running' });
+      await store.createJob(job);
+      await store.appendResult(job.id, Buffer.from('ok'), 1);
+      await assert.rejects(store.appendResult(job.id, Buffer.from('stale'), 2), StaleAttemptError);
+      assert.equal(await store.updateProgress(job.id, { progress: 9, ifAttempt: 2 }), false);
+      assert.equal(
+        (
+          await store.finishJob(job.id, {
+            status: 'completed',
+            finishedAt: new Date().toISOString(),
+            expiresAt: new Date(Date.now() + 60_000).toISOString(),
+            response: null,
+            error: null,
+            ifAttempt: 2,
+          })
+        )?.applied,
+        false,
+      );
+      await inner.close();
+    });
+  }
 });

@@ -131,13 +131,16 @@ export function statements(table: string) {
     /** $1 id → the request of a job that is not final (null when it was created without one); no row otherwise. */
     readRequest: `SELECT j.request FROM ${jobs} j WHERE j.id = $1 AND j.status IN ${LIVE} AND ${visible('j')}`,
 
-    /** $1 id, then a (set?, value) pair each for progress, message, result_count; rowCount 1 when applied. */
+    /**
+     * $1 id, then a (set?, value) pair each for progress, message, result_count, $8 the owner to
+     * give, $9 ifAttempt or null (no check); rowCount 1 when applied.
+     */
     updateProgress: `UPDATE ${jobs} SET
         progress = CASE WHEN $2::boolean THEN $3::double precision ELSE progress END,
         message = CASE WHEN $4::boolean THEN $5::text ELSE message END,
         result_count = CASE WHEN $6::boolean THEN $7::double precision ELSE result_count END,
         owner = COALESCE(owner, $8::text)
-      WHERE id = $1 AND status IN ${LIVE}`,
+      WHERE id = $1 AND status IN ${LIVE} AND ($9::integer IS NULL OR attempt = $9::integer)`,
 
     /** $1 id, $2 startedAt, $3 leaseUntil; rowCount 1 when the job was queued. */
     startJob: `UPDATE ${jobs} SET status = 'running', started_at = $2, lease_until = $3 WHERE id = $1 AND status = 'queued'`,
@@ -146,9 +149,9 @@ export function statements(table: string) {
     renewLeases: `UPDATE ${jobs} SET lease_until = $2 WHERE id = ANY($1::text[]) AND status IN ${LIVE} RETURNING id`,
 
     /**
-     * $1 id, $2 status, $3 finishedAt, $4 expiresAt, $5 response, $6 error, $7 ifLeaseExpiredBy or null
-     * → one row: the finished job with applied = true, or the job as it stands with applied = false
-     * (final already, or a live lease); no row when it is unknown or expired. One statement: the
+     * $1 id, $2 status, $3 finishedAt, $4 expiresAt, $5 response, $6 error, $7 ifLeaseExpiredBy or
+     * null, $8 ifAttempt or null → one row: the finished job with applied = true, or the job as it
+     * stands with applied = false (final already, a live lease, or another attempt); no row when it is unknown or expired. One statement: the
      * outer read sees the row as it was before the update, which is the row when nothing applied.
      * A null lease never counts as expired, as in MemoryStore. The request goes in the same update:
      * nothing replays a final job.
@@ -157,6 +160,7 @@ export function statements(table: string) {
         UPDATE ${jobs} j SET status = $2::text, finished_at = $3, expires_at = $4, response = $5::json, error = $6::json,
           lease_until = NULL, progress = CASE WHEN $2::text = 'completed' THEN 100 ELSE j.progress END, request = NULL
         WHERE j.id = $1 AND j.status IN ${LIVE} AND ($7::timestamptz IS NULL OR j.lease_until <= $7::timestamptz)
+          AND ($8::integer IS NULL OR j.attempt = $8::integer)
         RETURNING ${JOB_COLUMNS})
       SELECT true AS applied, upd.* FROM upd
       UNION ALL
@@ -196,6 +200,20 @@ export function statements(table: string) {
     /** $1 id, $2 chunk; rowCount 1 when stored. Numbered like log lines, by a counter on the job's row. */
     appendResult: `WITH s AS (UPDATE ${jobs} SET chunk_seq = chunk_seq + 1 WHERE id = $1 AND status IN ${LIVE} RETURNING id, chunk_seq)
       INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, $2::bytea FROM s`,
+
+    /**
+     * $1 id, $2 chunk, $3 the attempt the appending run is on → one row (none for an unknown job):
+     * `live`, the job's `attempt`, and whether the chunk was `stored`. appendResult with an attempt
+     * only, so an append without one runs the statement above, unchanged. FOR UPDATE reads the row
+     * as it is once locked (under READ COMMITTED, the version a restart that held it committed,
+     * not the statement's snapshot), so a refusal is told apart exactly: stale attempt, or final.
+     * The lock is the one the UPDATE takes anyway; it holds from the check to the insert.
+     */
+    appendResultIfAttempt: `WITH cur AS (SELECT id, status IN ${LIVE} AS live, attempt FROM ${jobs} WHERE id = $1 FOR UPDATE),
+        s AS (UPDATE ${jobs} j SET chunk_seq = j.chunk_seq + 1 FROM cur
+          WHERE j.id = cur.id AND cur.live AND cur.attempt = $3::integer RETURNING j.id, j.chunk_seq),
+        ins AS (INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, $2::bytea FROM s RETURNING 1)
+      SELECT cur.live, cur.attempt, EXISTS (SELECT 1 FROM ins) AS stored FROM cur`,
 
     /** $1 id → how many chunks the visible job has. */
     countChunks: `SELECT j.chunk_seq FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')}`,

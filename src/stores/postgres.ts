@@ -7,7 +7,7 @@ import { checkKnown } from '../util/known-options.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
 import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
-import { InvalidCursorError } from './store.js';
+import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 const debug = debuglog('bgrs');
 
@@ -235,6 +235,7 @@ export class PostgresStore implements Store {
       resultCount !== undefined,
       resultCount ?? null,
       owner ?? null,
+      update.ifAttempt ?? null,
     ];
     return (await this.query(this.sql.updateProgress, values)).rowCount > 0;
   }
@@ -276,6 +277,7 @@ export class PostgresStore implements Store {
       finish.response === null ? null : JSON.stringify(finish.response),
       finish.error === null ? null : JSON.stringify(finish.error),
       finish.ifLeaseExpiredBy ?? null,
+      finish.ifAttempt ?? null,
     ];
     const { rows } = await this.query<JobRow & { applied: boolean }>(this.sql.finishJob, values);
     if (!rows[0]) return null;
@@ -329,11 +331,19 @@ export class PostgresStore implements Store {
     return rows.map((row) => ({ seq: Number(row.seq), at: row.at, level: row.level, message: row.message }));
   }
 
-  async appendResult(id: string, chunk: Uint8Array): Promise<void> {
+  async appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void> {
     // pg sends a Buffer as binary; a view over the caller's memory is fine, it is copied onto the wire now.
     const data = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    const { rowCount } = await this.query(this.sql.appendResult, [id, data]);
-    if (rowCount === 0) throw new Error(`PostgresStore: job ${id} is not running`);
+    if (attempt === undefined) {
+      const { rowCount } = await this.query(this.sql.appendResult, [id, data]);
+      if (rowCount === 0) throw new Error(`PostgresStore: job ${id} is not running`);
+      return;
+    }
+    // Still one statement: it tells a stale attempt from a final job itself.
+    const { rows } = await this.query<{ live: boolean; attempt: number; stored: boolean }>(this.sql.appendResultIfAttempt, [id, data, attempt]);
+    const row = rows[0];
+    if (!row?.live) throw new Error(`PostgresStore: job ${id} is not running`);
+    if (!row.stored) throw new StaleAttemptError(id, attempt);
   }
 
   async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {
