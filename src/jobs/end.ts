@@ -106,7 +106,11 @@ export class JobEnd {
    * another path when this one did not apply: an earlier attempt whose reply was lost, a cancel).
    */
   async #record(ending: Ending, call: EndCall): Promise<Job | null> {
-    const finish = { ...ending, ...endingNow(this.hooks.ttl ?? this.config.ttl), ...(this.hooks.attempt === undefined ? {} : { ifAttempt: this.hooks.attempt }) };
+    const finish = {
+      ...ending,
+      ...endingNow(this.hooks.ttl ?? this.config.ttl),
+      ...(this.hooks.attempt === undefined ? {} : { ifAttempt: this.hooks.attempt }),
+    };
     const giveUpAt = Date.now() + this.config.lease;
     for (let delay = 100; ; delay = Math.min(delay * 2, 5000)) {
       try {
