@@ -66,10 +66,12 @@ class ResultWriter extends Writable {
       callback(failure);
       return;
     }
-    const append = this.attempt === undefined ? this.config.store.appendResult(this.id, chunk) : this.config.store.appendResult(this.id, chunk, this.attempt);
+    // Once the store refused a chunk, nothing more is stored (see storeFailed): no call is made.
+    const append = (): Promise<void> =>
+      this.attempt === undefined ? this.config.store.appendResult(this.id, chunk) : this.config.store.appendResult(this.id, chunk, this.attempt);
     const stored = this.storeFailed
       ? undefined
-      : append.catch((err: unknown) => {
+      : append().catch((err: unknown) => {
           // Another worker restarted the job (this run's lease had lapsed): this run must stop writing.
           if ((err as { code?: unknown })?.code === 'BGRS_STALE_ATTEMPT') throw new JobFailure('superseded', 'another worker runs this job now');
           const failure = new JobFailure('store_unavailable', `the result could not be stored: ${(err as Error)?.message ?? String(err)}`);
