@@ -246,10 +246,12 @@ const CASES: readonly Case[] = [
   // The reply of one call is lost after the write landed (a reset connection, a timeout): bgrs
   // must not act as if nothing happened (no second run, no lost answer).
   { label: 'commits, then fails once', fault: { times: 1, commit: true } },
-  // An outage during which writes still land but every reply is lost.
-  { label: `fails for ${OUTAGE} ms, each call committed`, fault: { forMs: OUTAGE, commit: true } },
+  // An outage during which writes still land but every reply is lost. It opens at the method's
+  // first call: a call that comes late (a key's completion, after the handler and the job's end)
+  // would otherwise miss a window opened by the request on a slow machine.
+  { label: `fails for ${OUTAGE} ms, each call committed`, fault: { forMs: OUTAGE, commit: true, fromFirstCall: true } },
   // An outage during which nothing lands: bgrs retries, or reports what it could not keep.
-  { label: `fails for ${OUTAGE} ms, nothing committed`, fault: { forMs: OUTAGE, commit: false } },
+  { label: `fails for ${OUTAGE} ms, nothing committed`, fault: { forMs: OUTAGE, commit: false, fromFirstCall: true } },
 ];
 
 /**
@@ -300,7 +302,6 @@ async function syncScenario(app: App, method: StoreMethod, c: Case, promise: str
   const what = `sync, ${method} ${c.label} (${promise})`;
   const key = `sync-${method}-${randomUUID()}`;
   const payload = { item: `${method} ${c.label}` };
-  const faultEnds = Date.now() + (c.fault.forMs ?? 0);
   app.faulty.fail(method, c.fault);
   const answers = await retried(() => post(app, '/orders', key, payload), decisive);
   const last = answers.at(-1)!;
@@ -321,7 +322,8 @@ async function syncScenario(app: App, method: StoreMethod, c: Case, promise: str
   // the stored answer or the 410, and still one run. (A retry that comes while the key is still
   // being completed is the race test below.)
   await recordedEnd(app, run.jobId);
-  await sleep(Math.max(0, faultEnds + 50 - Date.now()));
+  // The window opened at the method's first call, which came before the execution was recorded.
+  await sleep((c.fault.forMs ?? 0) + 50);
   const later = [await post(app, '/orders', key, payload), await post(app, '/orders', key, payload)];
   assert.equal((app.runs.get(key) ?? []).length, 1, `${what}: a retry ran the handler again`);
   assert.ok((app.faulty.injected[method] ?? 0) >= 1, `${what}: the fault never hit`);
@@ -348,7 +350,6 @@ async function detachScenario(app: App, method: StoreMethod, c: Case, promise: s
   const what = `detached, ${method} ${c.label} (${promise})`;
   const key = `detach-${method}-${randomUUID()}`;
   const payload = { item: `${method} ${c.label}` };
-  const faultEnds = Date.now() + (c.fault.forMs ?? 0);
   app.faulty.fail(method, c.fault);
   const answers = await retried(
     () => post(app, '/orders?bgrs=yes', key, payload),
@@ -383,7 +384,8 @@ async function detachScenario(app: App, method: StoreMethod, c: Case, promise: s
   assert.equal(new Set(messages).size, messages.length, `${what}: a log line was written twice: ${JSON.stringify(messages)}`);
 
   // Retries of the same key after the fault, detached and not, never run it again.
-  await sleep(Math.max(0, faultEnds + 50 - Date.now()));
+  // The window opened at the method's first call, which came before the execution was recorded.
+  await sleep((c.fault.forMs ?? 0) + 50);
   const again = await post(app, '/orders?bgrs=yes', key, payload);
   if (again.status === 202) {
     // A new job would be a second execution; let it end before failing, so nothing outlives the test.

@@ -161,6 +161,20 @@ describe('withFaults', () => {
     await assert.rejects(faulty.store.createJob(k, request), InjectedFault);
     assert.deepEqual(inner.requests.get(k.id), request, 'a committed fault applied the create with its request');
   });
+
+  it("opens a forMs window at the method's first call with fromFirstCall, at once without it", async () => {
+    const faulty = withFaults(new MemoryStore());
+    faulty.fail('getJob', { forMs: 100, commit: false, fromFirstCall: true });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    await assert.rejects(faulty.store.getJob(randomUUID()), InjectedFault, 'the window had not opened before the call');
+    await assert.rejects(faulty.store.getJob(randomUUID()), InjectedFault, 'still inside the window');
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    assert.equal(await faulty.store.getJob(randomUUID()), null, 'closed 100 ms after the first call');
+    assert.equal(faulty.injected.getJob, 2);
+    faulty.fail('getJob', { forMs: 100, commit: false });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.equal(await faulty.store.getJob(randomUUID()), null, 'without it, the window ran from fail()');
+  });
 });
 
 // The attempt fence of queue mode rides on appendResult's third argument: a wrapper that dropped it

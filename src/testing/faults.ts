@@ -20,6 +20,12 @@ export interface FaultOptions {
   times?: number;
   /** Every call fails for this many ms from now (an outage window) instead of a count. */
   forMs?: number;
+  /**
+   * With `forMs`: the window opens at the method's first call after `fail()`, not at once. For a
+   * call that comes after work of unknown length (a key's completion, once the handler and the
+   * job's end are done), so the outage hits it however slow the machine is. Defaults to `false`.
+   */
+  fromFirstCall?: boolean;
   /** `true` (default): the call is applied, then fails, as when a reply is lost. `false`: it fails without being applied. */
   commit?: boolean;
 }
@@ -37,7 +43,10 @@ export interface FaultyStore {
 
 interface Fault {
   left: number;
+  /** When the window closes; 0 for a count. */
   until: number;
+  /** The window's length, while it waits for its first call to open it. */
+  pending: number;
   commit: boolean;
 }
 
@@ -62,6 +71,10 @@ export function withFaults(store: Store): FaultyStore {
   const due = (method: StoreMethod): Fault | undefined => {
     const fault = faults.get(method);
     if (!fault) return undefined;
+    if (fault.pending > 0) {
+      fault.until = Date.now() + fault.pending;
+      fault.pending = 0;
+    }
     if (fault.until > 0 ? Date.now() >= fault.until : fault.left <= 0) {
       faults.delete(method);
       return undefined;
@@ -93,9 +106,11 @@ export function withFaults(store: Store): FaultyStore {
     store: wrapped,
     fail(method, options = {}) {
       const forMs = options.forMs ?? 0;
+      const later = forMs > 0 && options.fromFirstCall === true;
       faults.set(method, {
         left: forMs > 0 ? Number.POSITIVE_INFINITY : (options.times ?? 1),
-        until: forMs > 0 ? Date.now() + forMs : 0,
+        until: forMs > 0 && !later ? Date.now() + forMs : 0,
+        pending: later ? forMs : 0,
         commit: options.commit ?? true,
       });
     },
