@@ -107,14 +107,6 @@ export function bgrs(options?: Partial<Options>): BgrsMiddleware {
 
   /** A keyed detach on a store that keeps no keys: refused, since running it unguarded could run it twice. */
   function refuseKeyed(req: Request, res: Response): boolean {
-    if (rt.executor.remote && req.headers['idempotency-key'] !== undefined) {
-      sendProblem(
-        res,
-        'idempotency-unsupported',
-        'In queue mode this server does not yet take a background request with an Idempotency-Key; send it without the key, or synchronously.',
-      );
-      return true;
-    }
     if (detachGuard !== null || req.headers['idempotency-key'] === undefined || (req.method !== 'POST' && req.method !== 'PATCH')) return false;
     sendProblem(
       res,

@@ -9,6 +9,7 @@ import { Redis } from 'ioredis';
 import { bullmq } from '../src/executors/bullmq.js';
 import { type BgrsMiddleware, bgrs, MemoryStore, type Store } from '../src/index.js';
 import { newJob } from '../src/model/job.js';
+import { recordKey } from '../src/http/idempotency-key.js';
 import { encodeRequest } from '../src/replay/stored.js';
 import { detached, type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
 import { POSTGRES_URL, REDIS_URL } from './services.js';
@@ -63,6 +64,8 @@ function buildApp(express: ExpressModule, background: BgrsMiddleware, state: App
     res.end('part two\n');
   });
   app.post('/block', block);
+  app.get('/slow', background.detachable({ timeout: 300 }, block));
+  app.post('/keyed', background.idempotency(), block);
   return app;
 }
 
@@ -247,14 +250,58 @@ for (const kind of kinds)
           assert.equal((await fetch(`${server.url}${location}/cancel`, { method: 'POST' })).status, 202);
         });
 
-        it('answers a keyed detach 501 (not yet in queue mode) rather than run it unguarded', async () => {
-          const res = await fetch(`${server.url}${detached('/echo')}`, {
+        it('runs a keyed detach once: a retry while it runs re-attaches to its job, and once it ended the worker has completed the key and retries replay it', async () => {
+          const key = randomUUID();
+          const gate = randomUUID();
+          const send = (path: string) =>
+            fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': key }, body: '{"n":1}' });
+          const ack = await send(detached(`/keyed?gate=${gate}`));
+          assert.equal(ack.status, 202);
+          const { id } = (await ack.json()) as JobDoc;
+          await until('the worker runs it', () => (state.gates.has(gate) ? true : undefined));
+          const again = await send(detached(`/keyed?gate=${gate}`));
+          assert.equal(again.status, 202, 'a retry while it runs re-attaches');
+          assert.equal(((await again.json()) as JobDoc).id, id, 'to the same job');
+          const differs = await fetch(`${server.url}${detached(`/keyed?gate=${gate}`)}`, {
             method: 'POST',
-            headers: { 'content-type': 'application/json', 'idempotency-key': `"${randomUUID()}"` },
-            body: '{}',
+            headers: { 'content-type': 'application/json', 'idempotency-key': key },
+            body: '{"n":2}',
           });
-          assert.equal(res.status, 501);
-          assert.match(res.headers.get('content-type') ?? '', /application\/problem\+json/);
+          assert.equal(differs.status, 422, 'the same key with another body is refused');
+          state.gates.get(gate)!();
+          assert.equal((await waitForJob(server.url, `/bgrs/${id}`)).status, 'completed');
+          // The worker completed the key as the job ended: the record says done, for this job.
+          const name = recordKey(null, 'POST', `/keyed?gate=${gate}`, key);
+          const record = await until('the key is completed', async () => {
+            const claim = await store.claimIdempotencyKey!(name, {
+              fingerprint: 'x',
+              jobId: randomUUID(),
+              state: 'running',
+              leaseUntil: 0,
+              expiresAt: Date.now() + 60_000,
+            });
+            assert.equal(claim.won, false, 'the key is still on record');
+            return !claim.won && claim.record.state === 'done' ? claim.record : undefined;
+          });
+          assert.equal(record.jobId, id);
+          const replayed = await send(detached(`/keyed?gate=${gate}`));
+          assert.equal(replayed.status, 200, 'a detached retry gets the finished job');
+          assert.equal(replayed.headers.get('idempotent-replayed'), 'true');
+          assert.equal(((await replayed.json()) as JobDoc).id, id);
+          const sync = await send(`/keyed?gate=${gate}`);
+          assert.equal(sync.status, 200);
+          assert.equal(sync.headers.get('idempotent-replayed'), 'true');
+          assert.equal(await sync.text(), `unblocked ${gate}`, 'a synchronous retry replays the stored response');
+          assert.equal(state.runs.filter((run) => run === `block:${gate}`).length, 1, 'the handler ran once');
+        });
+
+        it("keeps a route's timeout in queue mode: the worker ends the job failed timeout", async () => {
+          const gate = randomUUID();
+          const ack = await fetch(`${server.url}${detached(`/slow?gate=${gate}`)}`);
+          assert.equal(ack.status, 202);
+          const job = await waitForJob(server.url, ack.headers.get('location')!);
+          assert.equal(job.status, 'failed');
+          assert.equal(job.error?.type, 'timeout', JSON.stringify(job.error));
         });
       });
     });

@@ -50,6 +50,17 @@ describe('stored requests', () => {
     assert.equal(decodeRequest(encodeRequest({ envelope: envelope(null), rerun: false })).rerun, false);
   });
 
+  it("carries the route's run options and the Idempotency-Key the worker completes, and nothing when there are none", () => {
+    const decoded = decodeRequest(
+      encodeRequest({ envelope: envelope(null), run: { timeout: 600_000, ttl: 86_400_000 }, idempotency: { key: 'k1', ttl: 3600 } }),
+    );
+    assert.deepEqual(decoded.run, { timeout: 600_000, ttl: 86_400_000 });
+    assert.deepEqual(decoded.idempotency, { key: 'k1', ttl: 3600 });
+    const plain = decodeRequest(encodeRequest({ envelope: envelope(null) }));
+    assert.equal('run' in plain, false);
+    assert.equal('idempotency' in plain, false);
+  });
+
   it('refuses bytes it did not write: too short, cut short, another version, not JSON', () => {
     const good = encodeRequest({ envelope: envelope(Buffer.from('body')) });
     assert.throws(() => decodeRequest(Buffer.from([0, 0])), /too short/);

@@ -67,6 +67,8 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
       live: ack ? undefined : res,
       // The stored response must outlive the key that replays it.
       ttl: Math.max(config.ttl, guard.ttl),
+      // Queue mode: the worker that runs it completes the key.
+      idempotency: { key: name, ttl: guard.ttl },
       onEnd: async (job: Job | null, answered: boolean) => {
         clearInterval(renew);
         const excluded = job?.response ? !guard.storeResponse(job.response.status) : false;
@@ -81,6 +83,10 @@ export function createGuard(rt: Runtime, guard: GuardConfig, where: string): Gua
     if (!started) {
       clearInterval(renew);
       await store.releaseIdempotencyKey(name, id).catch(() => false);
+    } else if (rt.executor.remote && ack) {
+      // Queued: its worker completes the key. Until then a retry finds the job and re-attaches to
+      // it, whatever the key's lease says, so this process stops renewing it.
+      clearInterval(renew);
     }
   }
 

@@ -121,6 +121,11 @@ function sendQueueFull(config: Configuration, res: Response, reason: 'queue-full
 export interface SubmitOptions extends RunOptions {
   /** Queue mode: another worker may run the job again when the one running it died, whatever its method (`detachable({ retry: true })`). */
   retry?: boolean;
+  /**
+   * Queue mode: the Idempotency-Key this job executes (its record's name, and how long a completed
+   * key is kept), so that the worker that runs it completes the key.
+   */
+  idempotency?: { key: string; ttl: number };
 }
 
 /** How the client of a new job is answered: at once with 202, or after up to `wait` seconds with the real response. */
@@ -177,6 +182,8 @@ export async function submit(
             envelope: prepared.envelope,
             parsed: prepared.preParsed ? { value: prepared.parsedBody } : undefined,
             rerun: mayRerun(method, run.retry === true),
+            run: runOptionsOf(run),
+            idempotency: run.idempotency,
           })
         : undefined;
       await config.store.createJob(job, request);
@@ -229,6 +236,12 @@ export async function submit(
       executor.cancel(admission);
     }
   }
+}
+
+/** The options of a run that travel with a queued job to its worker; undefined when there are none. */
+function runOptionsOf(run: SubmitOptions): { timeout?: number; ttl?: number } | undefined {
+  if (run.timeout === undefined && run.ttl === undefined) return undefined;
+  return { ...(run.timeout === undefined ? {} : { timeout: run.timeout }), ...(run.ttl === undefined ? {} : { ttl: run.ttl }) };
 }
 
 /** The waiting client of a job that ended before its response began: a problem naming how it ended. */

@@ -9,9 +9,11 @@ import { interrupt } from '../jobs/observe.js';
 import { runJob } from '../jobs/runner.js';
 import type { Runtime } from '../jobs/runtime.js';
 import { JobAbortError } from '../model/errors.js';
-import type { JobError } from '../model/job.js';
+import type { Job, JobError } from '../model/job.js';
 import { isFinal, leaseExpired } from '../model/job.js';
 import { decodeRequest, type StoredRequest } from '../replay/stored.js';
+import type { IdempotencyStore, Store } from '../stores/store.js';
+import { missingIdempotencyMethods } from '../stores/store.js';
 import { intoApp } from './dispatch.js';
 import { resolveOwner } from './owner.js';
 
@@ -106,8 +108,14 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
     }
     executor.notify(id);
     const run = runJob(config, rt.replayer, id, request.envelope, intoApp(app, request.parsed), {
-      end: new JobEnd(config, id, { notify: () => executor.notify(id), attempt: job.attempt }),
+      end: new JobEnd(config, id, {
+        notify: () => executor.notify(id),
+        attempt: job.attempt,
+        ttl: request.run?.ttl,
+        onEnd: request.idempotency && keyEnd(request.idempotency, id),
+      }),
       attempt: job.attempt,
+      timeout: request.run?.timeout,
       onChange: () => executor.notify(id),
       // A job detached before the route's own auth ran is anonymous so far: the replay tells whose it is.
       deriveOwner: job.owner === null ? (replayed) => resolveOwner(config.owner, replayed as Request) : undefined,
@@ -118,6 +126,22 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
     running.delete(id);
     return handedBack.delete(id) ? 'requeue' : 'done';
   };
+
+  /**
+   * The end of a job that executes an Idempotency-Key (claimed by the web that accepted it): the
+   * key is completed when the handler answered (a retry replays it, or gets 410), freed when it
+   * ended without an answer. Not known how it ended (the store is away): the key is left to the
+   * next claim, which reads the job before anything runs again.
+   */
+  function keyEnd(idempotency: { key: string; ttl: number }, id: string): ((job: Job | null, answered: boolean) => Promise<void>) | undefined {
+    if (missingIdempotencyMethods(store).length > 0) return undefined;
+    const keys = store as Store & IdempotencyStore;
+    return async (job, answered) => {
+      if (job === null) return;
+      if (answered) await keys.completeIdempotencyKey(idempotency.key, id, Date.now() + idempotency.ttl);
+      else await keys.releaseIdempotencyKey(idempotency.key, id);
+    };
+  }
 
   /**
    * Shutdown of a job that is safe to run again: torn down with no end recorded, its lease made

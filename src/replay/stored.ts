@@ -10,6 +10,10 @@ export interface StoredRequest {
   parsed?: { value: unknown };
   /** Whether another worker may run it again when the one running it dies (see `mayRerun`). */
   rerun?: boolean;
+  /** What the route asked of its run (`detachable({ timeout })`, the guard's longer result ttl), in ms. */
+  run?: { timeout?: number; ttl?: number };
+  /** The Idempotency-Key this job executes: the worker completes it (or frees it) as the job ends. */
+  idempotency?: { key: string; ttl: number };
 }
 
 /** Methods RFC 9110 calls idempotent: running one twice has the effect of running it once. */
@@ -37,6 +41,8 @@ export function encodeRequest(request: StoredRequest): Buffer {
     hasBody: body !== null,
     parsed: request.parsed && parsedOf(request.parsed.value),
     rerun: request.rerun === true,
+    run: request.run,
+    idempotency: request.idempotency,
   });
   const headerBytes = Buffer.from(header);
   const length = Buffer.alloc(4);
@@ -61,11 +67,15 @@ export function decodeRequest(bytes: Buffer): StoredRequest {
     hasBody: boolean;
     parsed?: Parsed;
     rerun?: boolean;
+    run?: StoredRequest['run'];
+    idempotency?: StoredRequest['idempotency'];
   };
   if (header.v !== VERSION) throw new TypeError(`express-bgrs: a stored request of version ${String(header.v)} (this version reads ${VERSION})`);
   const envelope: Envelope = { ...header.envelope, body: header.hasBody ? Buffer.from(bytes.subarray(4 + length)) : null };
-  const rerun = header.rerun === true;
-  if (!header.parsed) return { envelope, rerun };
+  const request: StoredRequest = { envelope, rerun: header.rerun === true };
+  if (header.run) request.run = header.run;
+  if (header.idempotency) request.idempotency = header.idempotency;
+  if (!header.parsed) return request;
   const { kind, value } = header.parsed;
-  return { envelope, rerun, parsed: { value: kind === 'bytes' ? Buffer.from(value, 'base64') : value } };
+  return { ...request, parsed: { value: kind === 'bytes' ? Buffer.from(value, 'base64') : value } };
 }
