@@ -17,6 +17,8 @@ export interface Proc {
   events: Event[];
   /** The first event (printed so far or later) that matches, or a rejection naming the process after `timeout` ms. */
   next(match: (event: Event) => boolean, timeout?: number): Promise<Event>;
+  /** Whether it still runs. */
+  alive(): boolean;
   /** Sends `signal` (SIGTERM by default) unless it has exited, and resolves once it has. */
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
@@ -84,6 +86,7 @@ export async function startProcess(script: string, args: readonly string[], opti
     pid: child.pid!,
     events,
     next,
+    alive: () => child.exitCode === null && child.signalCode === null,
     kill: async (signal = 'SIGTERM') => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
       await exited;
