@@ -48,7 +48,8 @@ interface Submission {
 
 async function submit(web: Proc, n: number, phase: Phase): Promise<Submission> {
   const marker = randomUUID();
-  const method = n % 2 === 0 ? 'GET' : 'POST';
+  // Not in step with the web (n % 2): each web gets GETs and POSTs.
+  const method = Math.floor(n / 2) % 2 === 0 ? 'GET' : 'POST';
   const sub: Submission = { n, marker, method, phase, web };
   try {
     const res = await fetch(`${web.url}/work?bgrs=yes&n=${n}&ms=300&marker=${marker}`, {
@@ -323,7 +324,15 @@ for (const [outage, major] of [
     }, () => {
       const failed = seen.accepted
         .filter((sub) => seen.finals.get(sub.n)!.status !== 'completed')
-        .map((sub) => `#${sub.n} (${sub.phase}, ${sub.method}) ${seen.finals.get(sub.n)!.status}: ${JSON.stringify(seen.finals.get(sub.n)!.error)}`);
+        .map((sub) => {
+          const run = runsFor(sub)[0];
+          const end = seen.answered.find((e) => e.marker === sub.marker);
+          // When its handler ran, on which worker, relative to the moment Redis went away.
+          const when = run
+            ? `ran on ${String(run.pid)} at ${Number(run.at) - seen.stoppedAt} ms, answered at ${end ? Number(end.at) - seen.stoppedAt : '-'} ms`
+            : 'never ran';
+          return `#${sub.n} (${sub.phase}, ${sub.method}) ${seen.finals.get(sub.n)!.status} (${when}): ${JSON.stringify(seen.finals.get(sub.n)!.error)}`;
+        });
       assert.deepEqual(failed, []);
     });
 
