@@ -1,69 +1,23 @@
 // Two app processes sharing one store (Redis, then PostgreSQL): any instance serves, steers and watches any job.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { type JobDoc, sleep, waitForJob } from './helpers.js';
+import { killAll, type Proc, startProcess } from './processes.js';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
 import { dropPostgresTables, dropRedisPrefix } from './stores.js';
 
-const root = new URL('..', import.meta.url).pathname;
 const LEASE_MS = 1500;
 
-type Event = Record<string, unknown> & { event: string };
+type Instance = Proc;
 
-interface Instance {
-  url: string;
-  pid: number;
-  events: Event[];
-  next(match: (event: Event) => boolean, timeout?: number): Promise<Event>;
-  kill(signal?: NodeJS.Signals): Promise<void>;
-}
-
-async function startInstance(kind: string, namespace: string): Promise<Instance> {
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/cluster-app.ts', kind, namespace, String(LEASE_MS)], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'inherit'],
+function startInstance(kind: string, namespace: string): Promise<Instance> {
+  return startProcess('test/fixtures/cluster-app.ts', [kind, namespace, String(LEASE_MS)], {
+    name: 'instance',
+    ready: 'listening',
+    readyTimeout: 20_000,
+    timeout: 10_000,
   });
-  const events: Event[] = [];
-  const waiters = new Set<() => void>();
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    try {
-      events.push(JSON.parse(line) as Event);
-    } catch {
-      return;
-    }
-    for (const wake of [...waiters]) wake();
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const next = (match: (event: Event) => boolean, timeout = 10_000): Promise<Event> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        const found = events.find(match);
-        if (!found) return;
-        clearTimeout(timer);
-        waiters.delete(check);
-        resolve(found);
-      };
-      const timer = setTimeout(() => {
-        waiters.delete(check);
-        reject(new Error(`instance ${child.pid}: no matching event within ${timeout} ms (saw ${JSON.stringify(events)})`));
-      }, timeout);
-      waiters.add(check);
-      check();
-    });
-  const listening = await next((e) => e.event === 'listening', 20_000);
-  return {
-    url: `http://127.0.0.1:${String(listening.port)}`,
-    pid: child.pid!,
-    events,
-    next,
-    kill: async (signal = 'SIGTERM') => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      await exited;
-    },
-  };
 }
 
 /** Reads a text/event-stream until `end` (or the timeout), returning the events in order. */
@@ -125,7 +79,7 @@ for (const [kind, label, url] of [
       b = await startInstance(kind, namespace);
     });
     after(async () => {
-      await Promise.all([a?.kill('SIGKILL'), b?.kill('SIGKILL')]);
+      await killAll();
       await cleanup(kind, namespace);
     });
 

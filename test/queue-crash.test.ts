@@ -2,81 +2,21 @@
 // PostgreSQL) and one BullMQ queue on Redis. Promises: an acked job is never lost when its web process dies;
 // a POST whose worker dies mid-run is never run a second time.
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { createInterface } from 'node:readline';
 import { after, describe, it } from 'node:test';
 import { type JobDoc, sleep, waitForJob } from './helpers.js';
+import { killAll, type Proc, runsOf, startQueueApp } from './processes.js';
 import { POSTGRES_URL, REDIS_URL, serviceAvailable } from './services.js';
 import { dropPostgresTables, dropRedisPrefix } from './stores.js';
 
-const root = new URL('..', import.meta.url).pathname;
 const LEASE_MS = 1000;
 
-type Event = Record<string, unknown> & { event: string };
+const start = (role: 'web' | 'worker', kind: 'redis' | 'postgres', namespace: string, queue: string): Promise<Proc> =>
+  startQueueApp({ role, store: kind, namespace, queue, lease: LEASE_MS });
 
-interface Proc {
-  url: string;
-  events: Event[];
-  next(match: (event: Event) => boolean, timeout?: number): Promise<Event>;
-  kill(signal?: NodeJS.Signals): Promise<void>;
-}
+after(killAll);
 
-const started: Proc[] = [];
-
-async function start(role: 'web' | 'worker' | 'both', kind: string, namespace: string, queue: string): Promise<Proc> {
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/queue-app.ts', role, kind, namespace, queue, String(LEASE_MS)], {
-    cwd: root,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const events: Event[] = [];
-  const waiters = new Set<() => void>();
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    try {
-      events.push(JSON.parse(line) as Event);
-    } catch {
-      return;
-    }
-    for (const wake of [...waiters]) wake();
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const next = (match: (event: Event) => boolean, timeout = 15_000): Promise<Event> =>
-    new Promise((resolve, reject) => {
-      const check = (): void => {
-        const found = events.find(match);
-        if (!found) return;
-        clearTimeout(timer);
-        waiters.delete(check);
-        resolve(found);
-      };
-      const timer = setTimeout(() => {
-        waiters.delete(check);
-        reject(new Error(`${role} ${child.pid}: no matching event within ${timeout} ms (saw ${JSON.stringify(events)})`));
-      }, timeout);
-      waiters.add(check);
-      check();
-    });
-  const ready = await next((e) => e.event === (role === 'worker' ? 'working' : 'listening'), 30_000);
-  const proc: Proc = {
-    url: `http://127.0.0.1:${String(ready.port ?? 0)}`,
-    events,
-    next,
-    kill: async (signal = 'SIGTERM') => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      await exited;
-    },
-  };
-  started.push(proc);
-  return proc;
-}
-
-after(async () => {
-  await Promise.all(started.map((proc) => proc.kill('SIGKILL')));
-});
-
-const runsOf = (proc: Proc, id: string): number => proc.events.filter((e) => e.event === 'run' && e.id === id).length;
-
-const kinds: string[] = [];
+const kinds: Array<'redis' | 'postgres'> = [];
 if (await serviceAvailable('Redis', REDIS_URL)) kinds.push('redis');
 if (kinds.length && (await serviceAvailable('PostgreSQL', POSTGRES_URL))) kinds.push('postgres');
 
@@ -86,7 +26,7 @@ for (const kind of kinds) {
     const queue = `qcrash-${randomUUID()}`;
 
     after(async () => {
-      await Promise.all(started.map((proc) => proc.kill('SIGKILL')));
+      await killAll();
       const { Redis } = await import('ioredis');
       const redis = new Redis(REDIS_URL);
       await dropRedisPrefix(redis, namespace);
@@ -113,7 +53,7 @@ for (const kind of kinds) {
         const job = await waitForJob(reader.url, location, 20_000);
         assert.equal(job.status, 'completed', JSON.stringify(job.error));
         assert.equal(await (await fetch(`${reader.url}${location}/result`)).text(), `n\n${n}\n`);
-        assert.equal(runsOf(worker, job.id), 1, 'ran once');
+        assert.equal(runsOf([worker], job.id), 1, 'ran once');
       }
       await Promise.all([worker.kill(), reader.kill()]);
     });
@@ -131,7 +71,7 @@ for (const kind of kinds) {
       const job = await waitForJob(web.url, location, 20_000);
       assert.equal(job.status, 'completed', JSON.stringify(job.error));
       assert.equal(job.attempt, 2);
-      assert.equal(runsOf(second, id), 1, 'run again once, on the other worker');
+      assert.equal(runsOf([second], id), 1, 'run again once, on the other worker');
       assert.equal(await (await fetch(`${web.url}${location}/result`)).text(), 'attempt 2\ndone\n', 'no byte of the first attempt');
       await Promise.all([web.kill(), second.kill()]);
     });
@@ -171,7 +111,7 @@ for (const kind of kinds) {
       assert.equal(job.error?.type, 'interrupted');
       // Past the queue's stall detection (lockDuration 1 s, checked every 0.5 s): the second worker was handed the job.
       await sleep(3000);
-      assert.equal(runsOf(second, id), 0, 'the POST handler never ran a second time');
+      assert.equal(runsOf([second], id), 0, 'the POST handler never ran a second time');
       assert.equal(((await (await fetch(`${web.url}${location}`)).json()) as JobDoc).status, 'failed');
       // The second worker still takes new work.
       const next = await fetch(`${web.url}/work?bgrs=yes&n=5`);
