@@ -181,7 +181,7 @@ class BullmqExecutor implements Executor {
 
   cancel(admission: Admission): void {
     // Only body bytes were held for it (admit takes no slot here): hold them back.
-    if (admission.ok) this.#local.holdBody(admission, -admission.held.bodyBytes);
+    this.#local.releaseBody(admission);
   }
 
   /** A job a client waits for on this connection runs here at once (it is recorded running). */

@@ -75,6 +75,11 @@ export class Scheduler implements Executor {
     this.#releaseBody(admission.held);
   }
 
+  /** Gives back an admission's body bytes only (queue mode holds no slot or place for it). */
+  releaseBody(admission: Admission): void {
+    if (admission.ok) this.#releaseBody(admission.held);
+  }
+
   #releaseBody(held: Held): void {
     this.#bodyBytes -= held.bodyBytes;
     held.bodyBytes = 0;
