@@ -4,9 +4,10 @@ import type { Pool } from 'pg';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
+import { PostgresChangeFeed } from './postgres-changes.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
-import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 const debug = debuglog('bgrs');
@@ -152,6 +153,10 @@ export class PostgresStore implements Store {
   private schema: Promise<void> | undefined;
   private readonly timer: NodeJS.Timeout | undefined;
   private sweeping: Promise<number> | undefined;
+  private readonly table: string;
+  /** The LISTEN connection of watchChanges, opened by its first call. */
+  private feed: PostgresChangeFeed | undefined;
+  private closed = false;
 
   constructor(options: PostgresStoreOptions) {
     checkKnown('PostgresStore', options, ['pool', 'table', 'sweepInterval']);
@@ -168,6 +173,7 @@ export class PostgresStore implements Store {
       throw new TypeError(`PostgresStore: \`sweepInterval\` must be a number of milliseconds (0 turns the sweep off), received \`${String(sweepInterval)}\`.`);
     }
     this.pool = pool;
+    this.table = table;
     this.sql = statements(table);
     if (sweepInterval > 0) {
       this.timer = setInterval(() => {
@@ -424,8 +430,32 @@ export class PostgresStore implements Store {
     return this.sweeping;
   }
 
-  /** Stops the sweep timer. The pool stays open: it belongs to the caller. */
+  /**
+   * Changes to jobs in these tables, from any process: the statements that change a job call
+   * pg_notify, and one client of the pool per store (taken by the first call, for as long as the
+   * store is open) LISTENs. PostgreSQL delivers a notification when its transaction commits.
+   */
+  async watchChanges(listener: ChangeListener): Promise<() => Promise<void>> {
+    if (this.closed) throw new Error('PostgresStore: closed');
+    const feed = (this.feed ??= new PostgresChangeFeed(this.pool, `${this.table}_changes`, this.sql.listen, (err) =>
+      debug('postgres change feed: %s', err.message),
+    ));
+    feed.add(listener);
+    try {
+      await feed.ready;
+    } catch (err) {
+      // The feed closed itself: the next call opens a new one.
+      if (this.feed === feed) this.feed = undefined;
+      throw err;
+    }
+    return async () => feed.remove(listener);
+  }
+
+  /** Stops the sweep timer and gives back the LISTEN client, if any. The pool stays open: it belongs to the caller. */
   async close(): Promise<void> {
+    this.closed = true;
     clearInterval(this.timer);
+    this.feed?.close();
+    this.feed = undefined;
   }
 }
