@@ -1,4 +1,4 @@
-// PostgresStore's change feed: one pooled connection per store that LISTENs to every job change of its tables, and comes back after an error.
+// PostgresStore's change notifications: the coalesced NOTIFY after its writes, and the feed (one pooled connection per store that LISTENs, and comes back after an error).
 import type { ChangeListener } from './store.js';
 
 /** A `pg` notification, as the feed reads it. */
@@ -28,9 +28,65 @@ export interface ListenPool {
 const RECONNECT_MS = 100;
 const RECONNECT_MAX_MS = 5000;
 
+/** A NOTIFY payload may hold 8000 bytes; a batch of ids stays below that. */
+const PAYLOAD_BYTES = 7500;
+
 /**
- * The statements that change what a watcher shows call `pg_notify(channel, id)` (see
- * postgres-sql.ts); this feed holds one client of the user's pool, LISTENing on that channel.
+ * Sends the ids of jobs that changed as NOTIFY payloads (JSON arrays of ids), one statement at a
+ * time: ids that come while one is on its way go together in the next. Not inside the writes:
+ * PostgreSQL serialises the commits of notifying transactions, so one notify in flight per store
+ * costs the writes far less than a notify in each of them (see notifyChanges in postgres-sql.ts).
+ * A notify that fails is dropped (the watchers' safety poll covers it); it never fails a write.
+ */
+export class ChangeNotifier {
+  #pending = new Set<string>();
+  #sending = false;
+
+  constructor(
+    private readonly send: (payload: string) => Promise<unknown>,
+    private readonly onError: (err: Error) => void,
+  ) {}
+
+  /** Announces that job `id` changed; call it once the write committed. */
+  changed(id: string): void {
+    this.#pending.add(id);
+    this.#flush();
+  }
+
+  #flush(): void {
+    if (this.#sending || this.#pending.size === 0) return;
+    const batch: string[] = [];
+    let bytes = 2;
+    for (const id of this.#pending) {
+      const size = Buffer.byteLength(JSON.stringify(id)) + 1;
+      if (batch.length > 0 && bytes + size > PAYLOAD_BYTES) break;
+      batch.push(id);
+      bytes += size;
+    }
+    for (const id of batch) this.#pending.delete(id);
+    this.#sending = true;
+    this.send(JSON.stringify(batch))
+      .catch((err: unknown) => this.onError(err as Error))
+      .finally(() => {
+        this.#sending = false;
+        this.#flush();
+      });
+  }
+}
+
+/** The ids of a payload ChangeNotifier sent; none for a payload it did not send. */
+function idsOf(payload: string): string[] {
+  try {
+    const ids: unknown = JSON.parse(payload);
+    return Array.isArray(ids) ? ids.filter((id): id is string => typeof id === 'string') : [];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The feed of watchChanges: one client of the user's pool, LISTENing on the channel that
+ * ChangeNotifier notifies (of every PostgresStore on these tables, in any process).
  * When the connection fails (the server restarted, the backend was terminated), the client is
  * destroyed (never handed back to the pool with a LISTEN on it) and another is taken, after a
  * backoff; once it LISTENs, the listeners get `null`, since what was notified in between is lost.
@@ -82,7 +138,7 @@ export class PostgresChangeFeed {
     };
     const heard = (message: Notification): void => {
       if (message.channel !== this.#channel || message.payload === undefined) return;
-      for (const listener of [...this.#listeners]) listener(message.payload);
+      for (const id of idsOf(message.payload)) for (const listener of [...this.#listeners]) listener(id);
     };
     client.on('notification', heard);
     client.on('error', lost);

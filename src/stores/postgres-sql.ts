@@ -42,11 +42,6 @@ export function statements(table: string) {
   const logs = quote(`${table}_logs`);
   const chunks = quote(`${table}_chunks`);
   const keys = quote(`${table}_keys`);
-  // The channel of watchChanges. The table prefix is a plain identifier (TABLE_PATTERN), so the
-  // name is safe in a string literal and within the 63-byte limit. The writes a watcher shows
-  // notify in their own statement: the notification is delivered when (and only if) it commits.
-  const channel = `${table}_changes`;
-  const notify = (id: string): string => `pg_notify('${channel}', ${id})`;
   // One listing statement per owner filter: each stays index-friendly, and the status and cursor
   // conditions fold away when their parameter is null (unnamed statements are planned per call).
   const list = (ownerCondition: string): string => `SELECT ${JOB_COLUMNS} FROM ${jobs} j
@@ -145,10 +140,10 @@ export function statements(table: string) {
         message = CASE WHEN $4::boolean THEN $5::text ELSE message END,
         result_count = CASE WHEN $6::boolean THEN $7::double precision ELSE result_count END,
         owner = COALESCE(owner, $8::text)
-      WHERE id = $1 AND status IN ${LIVE} AND ($9::integer IS NULL OR attempt = $9::integer) RETURNING ${notify('id')}`,
+      WHERE id = $1 AND status IN ${LIVE} AND ($9::integer IS NULL OR attempt = $9::integer)`,
 
     /** $1 id, $2 startedAt, $3 leaseUntil; rowCount 1 when the job was queued. */
-    startJob: `UPDATE ${jobs} SET status = 'running', started_at = $2, lease_until = $3 WHERE id = $1 AND status = 'queued' RETURNING ${notify('id')}`,
+    startJob: `UPDATE ${jobs} SET status = 'running', started_at = $2, lease_until = $3 WHERE id = $1 AND status = 'queued'`,
 
     /** $1 ids, $2 leaseUntil → the ids still held (the caller computes the others). */
     renewLeases: `UPDATE ${jobs} SET lease_until = $2 WHERE id = ANY($1::text[]) AND status IN ${LIVE} RETURNING id`,
@@ -167,7 +162,7 @@ export function statements(table: string) {
         WHERE j.id = $1 AND j.status IN ${LIVE} AND ($7::timestamptz IS NULL OR j.lease_until <= $7::timestamptz)
           AND ($8::integer IS NULL OR j.attempt = $8::integer)
         RETURNING ${JOB_COLUMNS})
-      SELECT true AS applied, upd.* FROM upd, LATERAL (SELECT ${notify('upd.id')}) AS notified
+      SELECT true AS applied, upd.* FROM upd
       UNION ALL
       SELECT false AS applied, ${JOB_COLUMNS} FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')} AND NOT EXISTS (SELECT 1 FROM upd)`,
 
@@ -181,7 +176,7 @@ export function statements(table: string) {
     restartJob: `UPDATE ${jobs} j SET attempt = j.attempt + 1, started_at = $2, lease_until = $3,
         progress = 0, message = NULL, result_count = 0, response = NULL, chunk_seq = 0
       WHERE j.id = $1 AND j.status = 'running' AND j.lease_until <= $4::timestamptz
-      RETURNING ${JOB_COLUMNS}, ${notify('j.id')}`,
+      RETURNING ${JOB_COLUMNS}`,
 
     /** $1 id. Every chunk of a job's result: restartJob's second statement. */
     clearChunks: `DELETE FROM ${chunks} WHERE job_id = $1`,
@@ -194,7 +189,7 @@ export function statements(table: string) {
         UPDATE ${jobs} SET log_seq = log_seq + 1,
           warnings = warnings + CASE WHEN $3::text = 'warning' THEN 1 ELSE 0 END,
           errors = errors + CASE WHEN $3::text = 'error' THEN 1 ELSE 0 END
-        WHERE id = $1 AND status IN ${LIVE} RETURNING id, log_seq, ${notify('id')})
+        WHERE id = $1 AND status IN ${LIVE} RETURNING id, log_seq)
       INSERT INTO ${logs} (job_id, seq, at, level, message) SELECT s.id, s.log_seq, $2, $3, $4 FROM s RETURNING seq`,
 
     /** $1 id, $2 after, $3 limit → log lines, oldest first; none for an unknown or expired job. */
@@ -227,10 +222,19 @@ export function statements(table: string) {
     readChunks: `SELECT seq, data FROM ${chunks} WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`,
 
     /** $1 id → whether the deleted job was still visible; its logs and chunks go with it (ON DELETE CASCADE). */
-    deleteJob: `DELETE FROM ${jobs} j WHERE j.id = $1 RETURNING ${visible('j')} AS live, ${notify('j.id')}`,
+    deleteJob: `DELETE FROM ${jobs} j WHERE j.id = $1 RETURNING ${visible('j')} AS live`,
 
-    /** LISTEN on the channel every change above notifies (watchChanges' own connection). */
-    listen: `LISTEN ${quote(channel)}`,
+    /**
+     * $1 the channel, $2 the payload: a JSON array of the ids of jobs that changed. Sent by
+     * PostgresStore after the writes (coalesced, one at a time), never inside them: PostgreSQL
+     * serialises the commits of notifying transactions (one lock for the whole cluster, held
+     * through the WAL flush), which measured ~4,600 → ~1,300 UPDATEs/s with 10 clients when every
+     * write notified in its own statement, and ~3,200/s with one coalesced notify in flight.
+     */
+    notifyChanges: `SELECT pg_notify($1, $2)`,
+
+    /** LISTEN on the channel of notifyChanges (watchChanges' own connection). */
+    listen: `LISTEN ${quote(`${table}_changes`)}`,
 
     /** $1 statuses or null, $2 cursor createdAt or null, $3 cursor id, $4 limit. */
     listAll: list('true'),
