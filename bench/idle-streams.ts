@@ -256,7 +256,9 @@ ${rows
 - *without watchChanges*: the same store with \`watchChanges\` hidden, as every store was before
   notifications existed (and as a third-party store without it still is): each stream re-reads
   its job and its log every 250 ms. Its rate is bound by how fast the store answers, not by the
-  streams.`;
+  streams.
+- Before notifications existed (commit 90e25ed, this script run on that tree): RedisStore 7,874
+  reads/s, PostgresStore 7,717 reads/s with 1,000 streams, as the rows without watchChanges show.`;
 
 const path = fileURLToPath(new URL('./RESULTS.md', import.meta.url));
 const previous = existsSync(path) ? readFileSync(path, 'utf8') : '';
