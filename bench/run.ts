@@ -987,6 +987,8 @@ ${rssTable(rssRuns)}
 - Checked: the job completed with \`response.size\` = ${(RSS_MIB * 2 ** 20).toLocaleString('en-US')} (GET /bgrs/:id);
   then DELETE /bgrs/:id answered 204, and the bench's keys / tables were removed.`,
   'memory-list': runs('memory-list') ? await measureMemoryList() : null,
+  // Written by bench/idle-streams.ts (`npm run bench:idle`), never here: kept as it is.
+  'idle-streams': null,
 };
 
 await closeServices();
@@ -995,8 +997,9 @@ await closeServices();
 const previous = existsSync(here('./RESULTS.md')) ? readFileSync(here('./RESULTS.md'), 'utf8') : '';
 const kept = (name: string): string => {
   const match = new RegExp(`<!-- bench:${name} -->\\n([\\s\\S]*?)\\n<!-- /bench:${name} -->`).exec(previous);
-  const how = name === 'core' ? 'BENCH_ONLY=core,idempotency' : `BENCH_ONLY=${name}`;
-  return match?.[1] ?? `## ${name}\n\nNot measured yet: run \`${how} npm run bench\`.`;
+  const how =
+    name === 'core' ? 'BENCH_ONLY=core,idempotency npm run bench' : name === 'idle-streams' ? 'npm run bench:idle' : `BENCH_ONLY=${name} npm run bench`;
+  return match?.[1] ?? `## ${name}\n\nNot measured yet: run \`${how}\`.`;
 };
 const body = Object.entries(sections)
   .map(([name, text]) => `<!-- bench:${name} -->\n${text ?? kept(name)}\n<!-- /bench:${name} -->`)

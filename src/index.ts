@@ -14,7 +14,7 @@ export { JobAbortError } from './model/errors.js';
 export type { Job, JobError, JobFinish, JobPage, JobProgressUpdate, JobQuery, JobResponse, JobStatus, LogLevel, LogLine } from './model/job.js';
 export type { MemoryStoreOptions } from './stores/memory.js';
 export { MemoryStore } from './stores/memory.js';
-export type { IdempotencyClaimResult, IdempotencyRecord, IdempotencyStore, JobStore, Store } from './stores/store.js';
+export type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, IdempotencyStore, JobStore, Store } from './stores/store.js';
 export { InvalidCursorError, StaleAttemptError, StoreFullError } from './stores/store.js';
 export type { JobDocument } from './views/native.js';
 export { nativeView } from './views/native.js';

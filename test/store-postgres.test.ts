@@ -217,7 +217,8 @@ if (available) {
       let queries = 0;
       const counting = {
         query: (...args: Parameters<pg.Pool['query']>) => {
-          queries++;
+          // The change notification goes after the write, on its own (coalesced): not a statement of the write.
+          if (args[0] !== statements(prefix).notifyChanges) queries++;
           return pool.query(...args);
         },
       } as unknown as pg.Pool;

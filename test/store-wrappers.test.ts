@@ -95,6 +95,35 @@ for (const [name, wrap] of wrappers) {
       assert.ok(!('restartJob' in store));
     });
 
+    it('forwards watchChanges to a store that has it, bound to that store, and adds none to a store without it', async () => {
+      const heard: Array<string | null> = [];
+      const unwatched: string[] = [];
+      // A class, so the method reads state of its own instance: a wrapper must call it on the store, not on itself.
+      class Notifying extends MemoryStore {
+        readonly listeners = new Set<(id: string | null) => void>();
+        watchChanges(listener: (id: string | null) => void): Promise<() => Promise<void>> {
+          this.listeners.add(listener);
+          return Promise.resolve(async () => {
+            this.listeners.delete(listener);
+            unwatched.push('done');
+          });
+        }
+      }
+      const inner = new Notifying();
+      const store = wrap(inner);
+      assert.equal(typeof store.watchChanges, 'function');
+      const unwatch = await store.watchChanges!((id) => heard.push(id));
+      assert.equal(inner.listeners.size, 1, 'the listener reached the inner store');
+      for (const listener of inner.listeners) listener('job-1');
+      assert.deepEqual(heard, ['job-1']);
+      await unwatch();
+      assert.equal(inner.listeners.size, 0);
+      assert.deepEqual(unwatched, ['done']);
+      const plain = wrap(new MemoryStore());
+      assert.equal(plain.watchChanges, undefined);
+      assert.ok(!('watchChanges' in plain));
+    });
+
     it('adds no readRequest to a store without one, and still takes the request argument', async () => {
       const store = wrap(new MemoryStore());
       assert.equal(store.readRequest, undefined);

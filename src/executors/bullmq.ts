@@ -234,7 +234,7 @@ class BullmqExecutor implements Executor {
 
   async dispose(): Promise<void> {
     clearInterval(this.#sweeper);
-    this.#local.dispose();
+    await this.#local.dispose();
     await Promise.all([...this.#consumers].map((worker) => worker.close()));
     const queue = this.#queue;
     this.#queue = undefined;
@@ -247,6 +247,10 @@ class BullmqExecutor implements Executor {
 
   notify(id: string): void {
     this.#local.notify(id);
+  }
+
+  get hearsRemote(): boolean {
+    return this.#local.hearsRemote;
   }
 
   consume(take: TakeJob, options: { concurrency: number }): Consumer {

@@ -112,10 +112,19 @@ export interface Executor {
   readonly lapseGrace?: number;
   /** Queue mode: keeps a job this process runs for the queue (see Scheduler.adopt). */
   adopt?(id: string, job: RunningJob): void;
-  /** Subscribes to changes of one job made here; returns the unsubscribe function. */
+  /**
+   * Subscribes to changes of one job made here (and, while `hearsRemote`, by other processes);
+   * returns the unsubscribe function.
+   */
   subscribe(id: string, listener: () => void): () => void;
-  /** Tells local subscribers that a job changed. */
+  /** Tells subscribers that a job changed here. */
   notify(id: string): void;
+  /**
+   * Whether changes made by other processes reach subscribers now, through the store's own
+   * notifications (`watchChanges`): watchers then re-read only as a safety net. Unset or false:
+   * they poll. Defaults to `false`.
+   */
+  readonly hearsRemote?: boolean;
 }
 
 /** Builds the executor of one bgrs() instance from its options (the `executor` option). */

@@ -4,6 +4,7 @@ import { JobAbortError } from '../model/errors.js';
 import type { JobError } from '../model/job.js';
 import { oneAtATime } from '../util/one-at-a-time.js';
 import type { Admission, EndQueued, Executor, ExecutorConfig, Held, RunningJob } from './executor.js';
+import { Watchers } from './watchers.js';
 
 interface Queued {
   id: string;
@@ -12,8 +13,6 @@ interface Queued {
   /** Ends it when it leaves the queue without starting (cancelled, shut down, ended elsewhere). */
   end: EndQueued;
 }
-
-type Listener = () => void;
 
 /**
  * Everything this process knows about its own jobs. The store remains the truth that every
@@ -27,7 +26,7 @@ export class Scheduler implements Executor {
   readonly #perOwner = new Map<string, number>();
   /** Request body bytes held by admitted jobs, all together (`maxHeldBodyBytes`). */
   #bodyBytes = 0;
-  readonly #listeners = new Map<string, Set<Listener>>();
+  readonly #watchers: Watchers;
   #reservedSlots = 0;
   #reservedPlaces = 0;
   #heartbeat: NodeJS.Timeout | undefined;
@@ -36,7 +35,9 @@ export class Scheduler implements Executor {
   /** Set by close(): queued jobs no longer start (they would only be aborted). */
   closing = false;
 
-  constructor(private readonly config: ExecutorConfig) {}
+  constructor(private readonly config: ExecutorConfig) {
+    this.#watchers = new Watchers(config.store, config.logger, config.storeTimeout);
+  }
 
   /**
    * Decides whether a new job of one caller (`key`: see limitKey) may run now, queue, or is
@@ -136,21 +137,22 @@ export class Scheduler implements Executor {
     return [...this.running.keys(), ...this.#queue.map((entry) => entry.id)];
   }
 
-  /** Subscribes to changes of one job made by this process; returns the unsubscribe function. */
-  subscribe(id: string, listener: Listener): () => void {
-    let set = this.#listeners.get(id);
-    if (!set) this.#listeners.set(id, (set = new Set()));
-    set.add(listener);
-    return () => {
-      set.delete(listener);
-      if (set.size === 0) this.#listeners.delete(id);
-    };
+  /**
+   * Subscribes to changes of one job; returns the unsubscribe function. Changes made here always
+   * reach it; those of other processes too while `hearsRemote` (the store notifies).
+   */
+  subscribe(id: string, listener: () => void): () => void {
+    return this.#watchers.subscribe(id, listener);
   }
 
-  /** Tells local subscribers that a job changed (progress, log line, status). */
+  /** Tells subscribers that a job changed here (progress, log line, status). */
   notify(id: string): void {
-    const set = this.#listeners.get(id);
-    if (set) for (const listener of [...set]) listener();
+    this.#watchers.notify(id);
+  }
+
+  /** Whether changes made by other processes reach subscribers now, by the store's own notification. */
+  get hearsRemote(): boolean {
+    return this.#watchers.live;
   }
 
   /** Stops every job of this process with the same final status (shutdown). */
@@ -162,8 +164,13 @@ export class Scheduler implements Executor {
     await Promise.all([...queued.map((entry) => entry.end({ status, error })), ...[...this.running.values()].map((job) => job.stop(status, error, reason))]);
   }
 
-  /** Stops the heartbeat (after close()). */
-  dispose(): void {
+  /** Stops the heartbeat and the store subscription (after close()). */
+  async dispose(): Promise<void> {
+    this.#stopHeartbeat();
+    await this.#watchers.close();
+  }
+
+  #stopHeartbeat(): void {
     clearInterval(this.#heartbeat);
     this.#heartbeat = undefined;
   }
@@ -252,7 +259,7 @@ export class Scheduler implements Executor {
   async #beat(): Promise<void> {
     const ids = this.held();
     if (ids.length === 0) {
-      this.dispose();
+      this.#stopHeartbeat();
       return;
     }
     let gone: string[];

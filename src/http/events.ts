@@ -1,11 +1,32 @@
 // GET <base>/:id/events: Server-Sent Events with a job's status, progress and log lines, live until it ends.
 import type { ServerResponse } from 'node:http';
-import { nextChange, POLL_MS, readJob } from '../jobs/observe.js';
+import type { Wake } from '../jobs/observe.js';
+import { readJob, watchJob } from '../jobs/observe.js';
 import type { Runtime } from '../jobs/runtime.js';
 import type { Job, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 
 const LOG_PAGE = 1000;
+
+/** What a stream has shown of a job, to tell a re-read that found something new. */
+interface Shown {
+  status: string;
+  attempt: number;
+  progress: number;
+  message: string | null;
+  resultCount: number;
+  warnings: number;
+  errors: number;
+}
+
+function snapshot(job: Job): Shown {
+  const { status, attempt, progress, message, resultCount, warnings, errors } = job;
+  return { status, attempt, progress, message, resultCount, warnings, errors };
+}
+
+function same(a: Shown | null, b: Shown): boolean {
+  return a !== null && (Object.keys(b) as Array<keyof Shown>).every((key) => a[key] === b[key]);
+}
 
 /**
  * Streams events until the job is final: `status` (job document) when the status changes,
@@ -52,8 +73,11 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
     }
   };
 
-  let shown: { status: string; progress: number; message: string | null; resultCount: number } | null = null;
+  let shown: Shown | null = null;
   let job: Job | null = first;
+  let woke: Wake = 'change';
+  // `first` was read before this subscription: the first wait re-reads at once.
+  const watch = watchJob(rt, first.id, { stale: true });
   try {
     while (!closed.signal.aborted) {
       if (!job) {
@@ -66,27 +90,34 @@ export async function streamEvents(rt: Runtime, res: ServerResponse, first: Job,
       if (shown && (shown.progress !== job.progress || shown.message !== job.message || shown.resultCount !== job.resultCount)) {
         await send('progress', { progress: job.progress, message: job.message, resultCount: job.resultCount });
       }
-      shown = { status: job.status, progress: job.progress, message: job.message, resultCount: job.resultCount };
-      // A final job's log is complete (the runner lands every line before the final status).
-      let lines: LogLine[];
-      do {
-        lines = await config.store.readLogs(job.id, cursor, LOG_PAGE);
-        for (const line of lines) {
-          cursor = line.seq;
-          await send('log', line);
-        }
-      } while (lines.length === LOG_PAGE && !closed.signal.aborted);
+      const before = shown;
+      shown = snapshot(job);
+      // A safety re-read that finds the job as it was skips the log: a new line would have been
+      // announced (and changes the counters when it is a warning or an error), so 1,000 idle
+      // streams cost one read each per safety interval, not two.
+      if (woke !== 'safety' || !same(before, shown) || isFinal(job.status)) {
+        // A final job's log is complete (the runner lands every line before the final status).
+        let lines: LogLine[];
+        do {
+          lines = await config.store.readLogs(job.id, cursor, LOG_PAGE);
+          for (const line of lines) {
+            cursor = line.seq;
+            await send('log', line);
+          }
+        } while (lines.length === LOG_PAGE && !closed.signal.aborted);
+      }
       if (isFinal(job.status)) {
         await send('end', config.view.event(job, { base: config.basePath }));
         break;
       }
-      await nextChange(rt, job.id, POLL_MS, closed.signal);
+      woke = await watch.next(job, closed.signal);
       if (closed.signal.aborted) break;
       job = await readJob(rt, job.id);
     }
   } catch (err) {
     config.logger.error(`express-bgrs: event stream of job ${first.id} failed: ${(err as Error).message}`);
   } finally {
+    watch.close();
     clearInterval(heartbeat);
     if (!res.writableEnded) res.end();
   }

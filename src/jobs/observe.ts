@@ -3,8 +3,22 @@ import type { Job } from '../model/job.js';
 import { endingNow, isFinal, leaseExpired } from '../model/job.js';
 import type { Runtime } from './runtime.js';
 
-/** How often a watcher re-reads a job run by another process; local jobs wake their watchers at once. */
-export const POLL_MS = 250;
+/**
+ * How often a watcher re-reads a job when changes made by other processes cannot reach it (the
+ * store does not notify, or its subscription is not live): polling is then the only way to see them.
+ */
+const POLL_MS = 250;
+
+/**
+ * How often, on average, a watcher re-reads its job although nothing woke it, while the store's
+ * notifications are live: only a safety net, for a notification that went missing without a
+ * reconnect, and for a job whose process died (readJob records it interrupted, which no process
+ * would announce). 30 s: a dead process's job cannot be declared interrupted before its lease
+ * (30 s by default) passes anyway, so polling faster buys little, while 1,000 idle streams cost
+ * about 33 reads/s. Each wait is jittered (±25 %) so that streams opened together (a reconnect
+ * storm after a deploy) do not re-read together.
+ */
+const SAFETY_POLL_MS = 30_000;
 
 /**
  * The job, as every process must report it: one whose process died (its lease passed) is recorded
@@ -33,28 +47,88 @@ export async function interrupt(rt: Runtime, id: string, by = Date.now()): Promi
   return finished?.job ?? null;
 }
 
-/** Resolves after the next local change of the job, or after `ms`, whichever comes first. */
-export function nextChange(rt: Runtime, id: string, ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      clearTimeout(timer);
-      unsubscribe();
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, Math.max(0, ms));
-    const unsubscribe = rt.executor.subscribe(id, done);
-    signal?.addEventListener('abort', done, { once: true });
+/**
+ * Why a watcher woke: `change` (a change was announced, locally or by the store, or changes may
+ * have been missed), `poll` (the short poll of a store that cannot notify), `safety` (the rare
+ * re-read while notifications are live: nothing is known to have changed).
+ */
+export type Wake = 'change' | 'poll' | 'safety';
+
+/** One watcher of one job: subscribed from creation to close, so no change between two waits goes unheard. */
+export interface JobWatch {
+  /**
+   * Resolves at the job's next change, at once when one came since the last call, or when the
+   * poll interval passes (short or safety, see Wake), or on abort. `job` is the job as last read:
+   * a wait never outlasts the moment its lease lapses (plus the queue's grace), so that a dead
+   * process's job is declared interrupted on time. `maxMs` caps the wait.
+   */
+  next(job: Job | null, signal?: AbortSignal, maxMs?: number): Promise<Wake>;
+  close(): void;
+}
+
+/** The ms until the next safety re-read of `job`: jittered SAFETY_POLL_MS, or less when its lease lapses sooner. */
+function safetyMs(rt: Runtime, job: Job | null): number {
+  const jittered = SAFETY_POLL_MS * (0.75 + Math.random() * 0.5);
+  const lease = job?.leaseUntil ? Date.parse(job.leaseUntil) : Number.NaN;
+  if (Number.isNaN(lease)) return jittered;
+  // Just past the lapse (50 ms for clocks and the reader's own latency), never a busy loop.
+  const lapse = lease + (rt.executor.lapseGrace ?? 0) + 50 - Date.now();
+  return Math.min(jittered, Math.max(POLL_MS, lapse));
+}
+
+/**
+ * Watches one job. `stale: true` when the caller's copy of the job was read before this call: the
+ * first `next` then resolves at once (`change`), since a change in between would go unheard.
+ */
+export function watchJob(rt: Runtime, id: string, options: { stale?: boolean } = {}): JobWatch {
+  let changed = options.stale === true;
+  let wake: (() => void) | undefined;
+  const unsubscribe = rt.executor.subscribe(id, () => {
+    changed = true;
+    wake?.();
   });
+  return {
+    next(job, signal, maxMs = Number.POSITIVE_INFINITY) {
+      if (changed || signal?.aborted) {
+        changed = false;
+        return Promise.resolve('change');
+      }
+      const hears = rt.executor.hearsRemote === true;
+      const interval = hears ? safetyMs(rt, job) : POLL_MS;
+      return new Promise<Wake>((resolve) => {
+        const done = (why: Wake): void => {
+          clearTimeout(timer);
+          wake = undefined;
+          signal?.removeEventListener('abort', aborted);
+          changed = false;
+          resolve(why);
+        };
+        const aborted = (): void => done('change');
+        const timer = setTimeout(() => done(hears ? 'safety' : 'poll'), Math.max(0, Math.min(interval, maxMs)));
+        wake = () => done('change');
+        signal?.addEventListener('abort', aborted, { once: true });
+      });
+    },
+    close() {
+      wake = undefined;
+      unsubscribe();
+    },
+  };
 }
 
 /** Waits until the job is final or `seconds` pass; resolves the job as last read (null when gone). */
 export async function waitForFinal(rt: Runtime, id: string, seconds: number, signal?: AbortSignal): Promise<Job | null> {
   const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const job = await readJob(rt, id);
-    const left = deadline - Date.now();
-    if (!job || isFinal(job.status) || left <= 0 || signal?.aborted) return job;
-    await nextChange(rt, id, Math.min(left, POLL_MS), signal);
+  // Subscribed before the first read: a change between that read and the first wait is not missed.
+  const watch = watchJob(rt, id);
+  try {
+    for (;;) {
+      const job = await readJob(rt, id);
+      const left = deadline - Date.now();
+      if (!job || isFinal(job.status) || left <= 0 || signal?.aborted) return job;
+      await watch.next(job, signal, left);
+    }
+  } finally {
+    watch.close();
   }
 }

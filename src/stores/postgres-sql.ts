@@ -224,6 +224,18 @@ export function statements(table: string) {
     /** $1 id → whether the deleted job was still visible; its logs and chunks go with it (ON DELETE CASCADE). */
     deleteJob: `DELETE FROM ${jobs} j WHERE j.id = $1 RETURNING ${visible('j')} AS live`,
 
+    /**
+     * $1 the channel, $2 the payload: a JSON array of the ids of jobs that changed. Sent by
+     * PostgresStore after the writes (coalesced, one at a time), never inside them: PostgreSQL
+     * serialises the commits of notifying transactions (one lock for the whole cluster, held
+     * through the WAL flush), which measured ~4,600 → ~1,300 UPDATEs/s with 10 clients when every
+     * write notified in its own statement, and ~3,200/s with one coalesced notify in flight.
+     */
+    notifyChanges: `SELECT pg_notify($1, $2)`,
+
+    /** LISTEN on the channel of notifyChanges (watchChanges' own connection). */
+    listen: `LISTEN ${quote(`${table}_changes`)}`,
+
     /** $1 statuses or null, $2 cursor createdAt or null, $3 cursor id, $4 limit. */
     listAll: list('true'),
     /** As listAll, for anonymous jobs. */

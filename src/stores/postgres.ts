@@ -4,9 +4,10 @@ import type { Pool } from 'pg';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
+import { ChangeNotifier, PostgresChangeFeed } from './postgres-changes.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
-import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 const debug = debuglog('bgrs');
@@ -152,6 +153,12 @@ export class PostgresStore implements Store {
   private schema: Promise<void> | undefined;
   private readonly timer: NodeJS.Timeout | undefined;
   private sweeping: Promise<number> | undefined;
+  private readonly table: string;
+  /** The LISTEN connection of watchChanges, opened by its first call. */
+  private feed: PostgresChangeFeed | undefined;
+  /** Announces the changes of this store's writes to every process's feed. */
+  private readonly changes: ChangeNotifier;
+  private closed = false;
 
   constructor(options: PostgresStoreOptions) {
     checkKnown('PostgresStore', options, ['pool', 'table', 'sweepInterval']);
@@ -168,7 +175,12 @@ export class PostgresStore implements Store {
       throw new TypeError(`PostgresStore: \`sweepInterval\` must be a number of milliseconds (0 turns the sweep off), received \`${String(sweepInterval)}\`.`);
     }
     this.pool = pool;
+    this.table = table;
     this.sql = statements(table);
+    this.changes = new ChangeNotifier(
+      (payload) => this.pool.query(this.sql.notifyChanges, [`${table}_changes`, payload]),
+      (err) => debug('postgres change notify failed: %s', err.message),
+    );
     if (sweepInterval > 0) {
       this.timer = setInterval(() => {
         this.sweep().catch((err: unknown) => debug('postgres sweep failed: %o', err));
@@ -237,11 +249,15 @@ export class PostgresStore implements Store {
       owner ?? null,
       update.ifAttempt ?? null,
     ];
-    return (await this.query(this.sql.updateProgress, values)).rowCount > 0;
+    const applied = (await this.query(this.sql.updateProgress, values)).rowCount > 0;
+    if (applied) this.changes.changed(id);
+    return applied;
   }
 
   async startJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<boolean> {
-    return (await this.query(this.sql.startJob, [id, start.startedAt, start.leaseUntil])).rowCount > 0;
+    const started = (await this.query(this.sql.startJob, [id, start.startedAt, start.leaseUntil])).rowCount > 0;
+    if (started) this.changes.changed(id);
+    return started;
   }
 
   async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
@@ -282,6 +298,7 @@ export class PostgresStore implements Store {
     const { rows } = await this.query<JobRow & { applied: boolean }>(this.sql.finishJob, values);
     if (!rows[0]) return null;
     const job = rowToJob(rows[0]);
+    if (rows[0].applied) this.changes.changed(id);
     // Not applied and not final: a concurrent finish committed while this statement waited for the
     // row, and the statement's snapshot still shows the row before it. Read the end it recorded.
     if (!rows[0].applied && !isFinal(job.status)) {
@@ -307,7 +324,9 @@ export class PostgresStore implements Store {
       const { rows } = await client.query<JobRow>(this.sql.restartJob, [id, restart.startedAt, restart.leaseUntil, restart.ifLeaseExpiredBy]);
       if (rows[0]) await client.query(this.sql.clearChunks, [id]);
       await client.query('COMMIT');
-      return rows[0] ? rowToJob(rows[0]) : null;
+      if (!rows[0]) return null;
+      this.changes.changed(id);
+      return rowToJob(rows[0]);
     } catch (err) {
       // A connection whose transaction could not be rolled back must not serve the pool's next query.
       reusable = await client.query('ROLLBACK').then(
@@ -322,7 +341,9 @@ export class PostgresStore implements Store {
 
   async appendLog(id: string, line: { at: string; level: LogLevel; message: string }): Promise<number | null> {
     const { rows } = await this.query<{ seq: number }>(this.sql.appendLog, [id, line.at, line.level, line.message]);
-    return rows[0] ? Number(rows[0].seq) : null;
+    if (!rows[0]) return null;
+    this.changes.changed(id);
+    return Number(rows[0].seq);
   }
 
   async readLogs(id: string, after: number, limit: number): Promise<LogLine[]> {
@@ -369,6 +390,7 @@ export class PostgresStore implements Store {
 
   async deleteJob(id: string): Promise<boolean> {
     const { rows } = await this.query<{ live: boolean }>(this.sql.deleteJob, [id]);
+    if (rows[0]) this.changes.changed(id);
     return rows[0]?.live === true;
   }
 
@@ -424,8 +446,32 @@ export class PostgresStore implements Store {
     return this.sweeping;
   }
 
-  /** Stops the sweep timer. The pool stays open: it belongs to the caller. */
+  /**
+   * Changes to jobs in these tables, from any process: after each write that changes a job, the
+   * store NOTIFYs its id (coalesced, see ChangeNotifier), and one client of the pool per store
+   * (taken by the first call, for as long as the store is open) LISTENs.
+   */
+  async watchChanges(listener: ChangeListener): Promise<() => Promise<void>> {
+    if (this.closed) throw new Error('PostgresStore: closed');
+    const feed = (this.feed ??= new PostgresChangeFeed(this.pool, `${this.table}_changes`, this.sql.listen, (err) =>
+      debug('postgres change feed: %s', err.message),
+    ));
+    feed.add(listener);
+    try {
+      await feed.ready;
+    } catch (err) {
+      // The feed closed itself: the next call opens a new one.
+      if (this.feed === feed) this.feed = undefined;
+      throw err;
+    }
+    return async () => feed.remove(listener);
+  }
+
+  /** Stops the sweep timer and gives back the LISTEN client, if any. The pool stays open: it belongs to the caller. */
   async close(): Promise<void> {
+    this.closed = true;
     clearInterval(this.timer);
+    this.feed?.close();
+    this.feed = undefined;
   }
 }

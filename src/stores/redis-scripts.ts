@@ -20,6 +20,12 @@ function script(name: string, lua: string): Script {
 // stores it (JSON): START_JOB and FINISH_JOB, whose caller does not know the owner, name that key
 // from the hash without decoding the owner (cjson refuses some strings JavaScript allows). Only
 // outside a Cluster, where Redis runs a script on keys it was not given.
+//
+// The scripts that change what a watcher shows (progress, start, finish, restart, a log line, a
+// delete) PUBLISH on the job's hash key as channel once the change is applied, with the kind of
+// change as message (RedisChangeFeed PSUBSCRIBEs to them all): inside the script, so the message
+// costs no round trip and goes out exactly when the change does. A channel is not a key, so this
+// holds on a Cluster too (PUBLISH reaches every node).
 
 export const CREATE_JOB = script(
   'createJob',
@@ -64,6 +70,7 @@ if status ~= '"queued"' and status ~= '"running"' then return 0 end
 -- A hash written before attempts were counted has none: it is on its first.
 if ARGV[2] ~= '' and (tonumber(redis.call('HGET', KEYS[1], 'attempt')) or 1) ~= tonumber(ARGV[2]) then return 0 end
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+redis.call('PUBLISH', KEYS[1], 'progress')
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'owner') == 'null' then
   redis.call('HSET', KEYS[1], 'owner', ARGV[1])
   local createdAt = redis.call('HGET', KEYS[1], 'createdAt')
@@ -93,6 +100,7 @@ export const START_JOB = script(
 local job = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'owner', 'id')
 if job[1] ~= '"queued"' then return false end
 redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
+redis.call('PUBLISH', KEYS[1], 'start')
 if #KEYS == 3 then
   local member = cjson.decode(job[2]) .. ' ' .. cjson.decode(job[4])
   redis.call('ZADD', KEYS[3], 0, member)
@@ -153,6 +161,7 @@ if ARGV[3] ~= '' and (tonumber(redis.call('HGET', KEYS[1], 'attempt')) or 1) ~= 
   return {0, redis.call('HGETALL', KEYS[1])}
 end
 redis.call('HSET', KEYS[1], 'leaseMs', '', unpack(ARGV, 4))
+redis.call('PUBLISH', KEYS[1], 'finish')
 local job = redis.call('HGETALL', KEYS[1])
 -- Read before PEXPIREAT: an expiresAt already past (a short ttl, a clock behind Redis's) deletes the keys at once.
 local owner, createdAt, id = unpack(redis.call('HMGET', KEYS[1], 'owner', 'createdAt', 'id'))
@@ -196,6 +205,7 @@ redis.call('HSET', KEYS[1], 'attempt', tostring(attempt), 'startedAt', ARGV[1], 
   'progress', '0', 'message', 'null', 'resultCount', '0', 'response', 'null')
 -- UNLINK: a result of megabytes is freed off the main thread, as deleteJob frees one.
 redis.call('UNLINK', KEYS[2])
+redis.call('PUBLISH', KEYS[1], 'restart')
 return redis.call('HGETALL', KEYS[1])`,
 );
 
@@ -216,6 +226,7 @@ if redis.call('HGET', KEYS[1], 'logToken') == ARGV[3] then return redis.call('LL
 local seq = redis.call('RPUSH', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2], 1) end
 redis.call('HSET', KEYS[1], 'logToken', ARGV[3])
+redis.call('PUBLISH', KEYS[1], 'log')
 return seq`,
 );
 
@@ -277,6 +288,7 @@ export const DELETE_JOB = script(
 local fields = redis.call('HMGET', KEYS[1], 'createdAt', 'owner')
 if not fields[1] then return false end
 redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('PUBLISH', KEYS[1], 'delete')
 return fields`,
 );
 

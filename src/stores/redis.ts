@@ -36,13 +36,15 @@
 // given one job's (or one record's) keys only and the client writes the indexes after it, so the
 // store also runs there; outside a Cluster the scripts write them in the same atomic step.
 import { randomUUID } from 'node:crypto';
+import { debuglog } from 'node:util';
 import type { Cluster, Redis } from 'ioredis';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
+import { RedisChangeFeed } from './redis-changes.js';
 import type { Script } from './redis-scripts.js';
 import * as scripts from './redis-scripts.js';
-import type { IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
 import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 export interface RedisStoreOptions {
@@ -61,6 +63,8 @@ export interface RedisStoreOptions {
    */
   chunkBytes?: number;
 }
+
+const debug = debuglog('bgrs');
 
 /** About how many bytes of a result `readResult` asks Redis for at a time. */
 const READ_WINDOW_BYTES = 2 ** 20;
@@ -192,6 +196,9 @@ export class RedisStore implements Store {
   /** Set once the `version` key says every job is in its status's indexes: it never goes back. */
   private statusIndexed = false;
   private freshChecked: Promise<void> | undefined;
+  /** The pub/sub connection of watchChanges, opened by its first call. */
+  private feed: RedisChangeFeed | undefined;
+  private closed = false;
 
   constructor(options: RedisStoreOptions) {
     checkKnown('RedisStore', options, ['client', 'prefix', 'chunkBytes']);
@@ -629,6 +636,28 @@ export class RedisStore implements Store {
     return (await this.run(scripts.RELEASE_KEY, [this.idemKey(key)], [jobId])) === 1;
   }
 
-  /** Nothing to release: the store creates no timers or connections, and never quits the client it was given. */
-  async close(): Promise<void> {}
+  /**
+   * Changes under this prefix, from any process: the scripts that change a job PUBLISH on its hash
+   * key, and one connection per store (`client.duplicate()`, opened by the first call) hears them.
+   */
+  async watchChanges(listener: ChangeListener): Promise<() => Promise<void>> {
+    if (this.closed) throw new Error('RedisStore: closed');
+    const feed = (this.feed ??= new RedisChangeFeed(this.client.duplicate(), this.prefix, (err) => debug('redis change feed: %s', err.message)));
+    feed.add(listener);
+    try {
+      await feed.ready;
+    } catch (err) {
+      // The feed closed itself: the next call opens a new one.
+      if (this.feed === feed) this.feed = undefined;
+      throw err;
+    }
+    return async () => feed.remove(listener);
+  }
+
+  /** Closes the connection watchChanges opened, if any; never quits the client it was given. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.feed?.close();
+    this.feed = undefined;
+  }
 }

@@ -48,6 +48,9 @@ export interface IdempotencyRecord {
 
 export type IdempotencyClaimResult = { won: true } | { won: false; record: IdempotencyRecord };
 
+/** What `watchChanges` calls: with the id of a job that changed, or `null` when changes may have been missed. */
+export type ChangeListener = (id: string | null) => void;
+
 /**
  * The job methods every store has. Every method returns a Promise and must never share mutable objects with the caller:
  * a value passed in may be changed by the caller afterwards, a value handed out may be changed by
@@ -159,6 +162,19 @@ export interface JobStore {
    * `ifLeaseExpiredBy`, the second finds the lease the first set, and only one applies.
    */
   restartJob?(id: string, restart: { startedAt: string; leaseUntil: string; ifLeaseExpiredBy: string }): Promise<Job | null>;
+
+  /**
+   * Optional. Tells `listener` of changes to jobs made by any process sharing the store, by the
+   * backend's own notification (Redis pub/sub, PostgreSQL LISTEN/NOTIFY), so watchers (`/events`,
+   * `wait`) wake at once instead of polling. A change is any write a watcher shows: updateProgress,
+   * startJob, finishJob (when applied), appendLog, restartJob, deleteJob; `listener(id)` comes after
+   * the write is visible to reads. `listener(null)` means notifications may have been missed (the
+   * store's subscription was lost and is back): every watcher should read its job again. Resolves,
+   * once the subscription is live, the function that removes this listener. A store opens what it
+   * needs for this (one connection per store, not per listener) on the first call, and releases it
+   * in close(). Delivery is best effort: bgrs still re-reads now and then, but rarely.
+   */
+  watchChanges?(listener: ChangeListener): Promise<() => Promise<void>>;
 
   /** Optional. Releases timers and resources the store created (never a client it was given). */
   close?(): Promise<void>;

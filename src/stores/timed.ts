@@ -32,5 +32,9 @@ export function withTimeouts(store: Store, ms: number): Store {
       return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
     };
   }
+  // Forwarded as it is, bound to the store (which keeps its one subscription on itself), and with no
+  // timeout: a subscription that is late is still one, and its caller (the executor's watchers)
+  // bounds the wait itself and drops a subscription that lands after it gave up.
+  if (typeof store.watchChanges === 'function') timed.watchChanges = store.watchChanges.bind(store);
   return timed;
 }

@@ -85,7 +85,7 @@ export function withFaults(store: Store): FaultyStore {
   };
 
   // The methods the store has, found on it (not from a list): an optional one it lacks
-  // (readRequest, restartJob, the guard's) stays absent through the wrapper, so bgrs sees the store's own shape.
+  // (readRequest, restartJob, watchChanges, the guard's) stays absent through the wrapper, so bgrs sees the store's own shape.
   const methods = new Set<string>();
   for (let proto: object | null = store; proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
     for (const name of Object.getOwnPropertyNames(proto))

@@ -627,6 +627,83 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
       });
     });
 
+    describe('change notifications (watchChanges, optional)', () => {
+      type Watch = NonNullable<Store['watchChanges']>;
+      /** watchChanges of the store under test, or a skip when the store cannot notify. */
+      const watcher = (t: TestContext): Watch | null => {
+        if (typeof store.watchChanges === 'function') return store.watchChanges.bind(store);
+        t.skip('the store has no watchChanges (it cannot notify)');
+        return null;
+      };
+      /** Resolves once `check` holds, polling it; rejects after `ms`. */
+      const until = async (what: string, ms: number, check: () => boolean): Promise<void> => {
+        const deadline = Date.now() + ms;
+        while (!check()) {
+          if (Date.now() > deadline) throw new Error(`no ${what} within ${ms} ms`);
+          await sleep(5);
+        }
+      };
+
+      it('tells every listener of a start, progress, a log line, the finish and a delete, each visible when told', async (t) => {
+        const watch = watcher(t);
+        if (!watch) return;
+        // For each notification, what a read made at that moment sees: a change is told once visible.
+        const seen: Array<{ id: string | null; job: Promise<Job | null> }> = [];
+        const second: Array<string | null> = [];
+        const unwatch = await watch((id) => seen.push({ id, job: id === null ? Promise.resolve(null) : store.getJob(id) }));
+        const unwatchSecond = await watch((id) => second.push(id));
+        try {
+          const j = job({ status: 'queued', leaseUntil: inMs(30_000) });
+          await store.createJob(j);
+          const heard = (predicate: (job: Job | null) => boolean) => async (): Promise<void> => {
+            const deadline = Date.now() + 2000;
+            for (;;) {
+              const mine = await Promise.all(seen.filter((n) => n.id === j.id).map((n) => n.job));
+              if (mine.some(predicate)) return;
+              if (Date.now() > deadline) throw new Error(`no notification of job ${j.id} showing the change within 2000 ms`);
+              await sleep(5);
+            }
+          };
+          assert.equal(await store.startJob(j.id, { startedAt: new Date().toISOString(), leaseUntil: inMs(30_000) }), true);
+          await heard((read) => read?.status === 'running')();
+          await store.updateProgress(j.id, { progress: 42, message: 'half' });
+          await heard((read) => read?.progress === 42)();
+          const before = seen.filter((n) => n.id === j.id).length;
+          assert.equal(await store.appendLog(j.id, { at: new Date().toISOString(), level: 'info', message: 'a line' }), 1);
+          await until('notification of the log line', 2000, () => seen.filter((n) => n.id === j.id).length > before);
+          assert.equal((await store.finishJob(j.id, finish('completed')))?.applied, true);
+          await heard((read) => read?.status === 'completed')();
+          await until('notification to the second listener', 2000, () => second.includes(j.id));
+          assert.equal(await store.deleteJob(j.id), true);
+          await heard((read) => read === null)();
+        } finally {
+          await unwatch();
+          await unwatchSecond();
+        }
+      });
+
+      it('stops telling a listener once its unwatch resolved, and keeps telling the others', async (t) => {
+        const watch = watcher(t);
+        if (!watch) return;
+        const kept: Array<string | null> = [];
+        const dropped: Array<string | null> = [];
+        const unwatchKept = await watch((id) => kept.push(id));
+        const unwatchDropped = await watch((id) => dropped.push(id));
+        try {
+          await unwatchDropped();
+          const j = job();
+          await store.createJob(j);
+          await store.updateProgress(j.id, { progress: 7 });
+          await until('notification to the remaining listener', 2000, () => kept.includes(j.id));
+          // As long again for a late one: none comes.
+          await sleep(100);
+          assert.equal(dropped.includes(j.id), false, 'the removed listener heard nothing');
+        } finally {
+          await unwatchKept();
+        }
+      });
+    });
+
     describe('log lines', () => {
       it('numbers lines from 1 in order, counts warnings and errors, and pages them', async () => {
         const j = job();
