@@ -261,7 +261,7 @@ const CASES: readonly Case[] = [
  * (503 while the store fails, 409 while the execution is being recorded, 410 when its response
  * could not be kept); no job is left `running`.
  */
-const METHODS: ReadonlyArray<{ method: StoreMethod; promise: string; gone: boolean }> = [
+const METHODS: ReadonlyArray<{ method: StoreMethod; promise: string; gone: boolean; detachedGone?: boolean }> = [
   {
     method: 'createJob',
     // The create is the execution's first write: refused (or its reply lost), the client gets 503
@@ -284,10 +284,15 @@ const METHODS: ReadonlyArray<{ method: StoreMethod; promise: string; gone: boole
   },
   {
     method: 'appendResult',
-    // The response could not be kept: the live client still gets all of it, the job fails
-    // `store_unavailable`, and the key is done anyway: a retry gets 410 result-gone, never a second run.
-    promise: 'the live client gets the whole answer; the job fails store_unavailable; retries get 410, never a second run',
+    // Synchronous: the response could not be kept: the live client still gets all of it (never
+    // held up by the store), the job fails `store_unavailable`, and the key is done anyway: a retry
+    // gets 410 result-gone, never a second run. Detached (no client waits): every store of the
+    // matrix has resumableResults, so the failed write is made again at its offset until it lands,
+    // and the job completes with its whole result, stored once.
+    promise:
+      'sync: the live client gets the whole answer, the job fails store_unavailable, retries get 410; detached: the write is retried and the job completes; never a second run',
     gone: true,
+    detachedGone: false,
   },
   {
     method: 'appendLog',
@@ -531,7 +536,7 @@ describe('withFaults under the Idempotency-Key guard', { concurrency: true }, ()
           await kind.destroy(store);
         });
 
-        for (const { method, promise, gone } of METHODS) {
+        for (const { method, promise, gone, detachedGone } of METHODS) {
           describe(`${method}: ${promise}`, { concurrency: true }, () => {
             for (const c of CASES) {
               for (const [mode, scenario] of [
@@ -542,7 +547,7 @@ describe('withFaults under the Idempotency-Key guard', { concurrency: true }, ()
                   // Its own app: a count-limited fault must hit the scenario it was meant for.
                   const app = await startApp(express, store);
                   try {
-                    await scenario(app, method, c, promise, gone);
+                    await scenario(app, method, c, promise, mode === 'detached' ? (detachedGone ?? gone) : gone);
                   } finally {
                     await app.close();
                   }

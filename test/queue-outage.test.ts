@@ -72,6 +72,27 @@ async function submit(web: Proc, n: number, phase: Phase): Promise<Submission> {
   return sub;
 }
 
+/** Submits to `web` until one is accepted, and waits for that job to complete (20 s at most). */
+async function warmUp(web: Proc): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const res = await fetch(`${web.url}/work?bgrs=yes&n=warm&ms=0&marker=warm-${randomUUID()}`, { signal: AbortSignal.timeout(CLIENT_TIMEOUT_MS) }).catch(
+      () => null,
+    );
+    if (res?.status === 202) {
+      const location = res.headers.get('location')!;
+      while (Date.now() < deadline) {
+        const job = (await (await fetch(`${web.url}${location}`)).json()) as JobDoc;
+        if (job.status === 'completed') return;
+        await sleep(50);
+      }
+    }
+    await res?.text();
+    if (Date.now() > deadline) throw new Error(`the web at ${web.url} accepted no job within 20 s`);
+    await sleep(100);
+  }
+}
+
 /** Whether RECOVERED_RUN submissions in a row (by order of sending), all sent after the outage, are answered 202. */
 function recovered(subs: ReadonlyArray<Submission>): boolean {
   let run = 0;
@@ -142,6 +163,11 @@ async function scenario(server: RedisServer, outage: Outage, major: 4 | 5, procs
   procs.push(...(await Promise.all((['web', 'web', 'worker', 'worker'] as const).map((role) => startQueueApp({ ...config, role }, env)))));
   const webs = procs.slice(0, 2);
   const workers = procs.slice(2);
+
+  // Cold paths (script loading, the queue's first connection, code run for the first time) are paid
+  // here, not by the stream's first submissions: on a loaded machine they can take longer than
+  // storeTimeout, and "accepted before the outage" would then fail for the wrong reason.
+  await Promise.all(webs.map((web) => warmUp(web)));
 
   // The steady stream: one submission every EVERY_MS, whatever the state of Redis.
   const settled: Submission[] = [];
@@ -304,11 +330,10 @@ for (const [outage, major] of [
       assert.equal(seen.webRuns, 0, 'no handler ran on a web process');
     });
 
-    it('every accepted job completes with its result, as attempt 1; one whose handler ran while Redis was away may fail store_unavailable (README, Outages)', async () => {
+    it('every accepted job completes with its result, as attempt 1 (a result write that meets the outage is retried at its offset)', async () => {
       const wrong: string[] = [];
       for (const sub of seen.accepted) {
         const job = seen.finals.get(sub.n)!;
-        if (job.status === 'failed' && job.error?.type === 'store_unavailable' && caught(sub)) continue;
         if (job.status !== 'completed' || job.attempt !== 1) {
           wrong.push(`#${sub.n} (${sub.phase}, ${sub.method}) ${job.status} attempt ${String(job.attempt)}: ${JSON.stringify(job.error)}`);
           continue;
@@ -319,9 +344,8 @@ for (const [outage, major] of [
       assert.deepEqual(wrong, []);
     });
 
-    it('every accepted job completes, also one whose handler was running when Redis went away', {
-      todo: 'a result chunk whose appendResult() meets the outage (no answer within storeTimeout) fails the job store_unavailable at once (src/jobs/runner.ts, ResultWriter #append), though the lease outlasts the outage and a GET could be handed back to the queue',
-    }, () => {
+    it('every accepted job completes, also one whose handler was running when Redis went away', () => {
+      assert.ok(seen.accepted.some(caught), 'no handler ran while Redis was away: the scenario did not test this');
       const failed = seen.accepted
         .filter((sub) => seen.finals.get(sub.n)!.status !== 'completed')
         .map((sub) => {

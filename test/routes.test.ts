@@ -232,6 +232,7 @@ describe('a store that hangs or fails mid-job', () => {
   class StallingStore extends MemoryStore {
     stalled = false;
     failResults = false;
+    appendCalls = 0;
     constructor() {
       super();
       for (const method of ['createJob', 'getJob'] as const) {
@@ -239,7 +240,10 @@ describe('a store that hangs or fails mid-job', () => {
         (this as Record<string, unknown>)[method] = (...args: unknown[]) => (this.stalled ? new Promise(() => undefined) : original(...args));
       }
       const append = this.appendResult.bind(this);
-      this.appendResult = (id, chunk) => (this.failResults ? Promise.reject(new Error('ECONNRESET')) : append(id, chunk));
+      this.appendResult = (id, chunk, attempt, offset) => {
+        this.appendCalls++;
+        return this.failResults ? Promise.reject(new Error('ECONNRESET')) : append(id, chunk, attempt, offset);
+      };
     }
   }
 
@@ -268,11 +272,12 @@ describe('a store that hangs or fails mid-job', () => {
     }
   });
 
-  it('fails a job whose result cannot be stored with store_unavailable, once the store answers again', async () => {
+  it('retries a result write that fails for one lease, then fails the job store_unavailable', async () => {
     const { default: express } = await import('express');
     const store = new StallingStore();
     const app = express();
-    app.use(bgrs({ store }));
+    // A lease of 1 s: the failing write is retried (backing off from 100 ms) for one second.
+    app.use(bgrs({ store, lease: 1000 }));
     let aborted: string | undefined;
     app.get('/big', async (req, res) => {
       req.bgrs.signal.addEventListener('abort', () => (aborted = (req.bgrs.signal.reason as { code: string }).code));
@@ -288,6 +293,7 @@ describe('a store that hangs or fails mid-job', () => {
       assert.equal(job.status, 'failed');
       assert.equal(job.error?.type, 'store_unavailable');
       assert.equal(aborted, 'BGRS_STORE_UNAVAILABLE');
+      assert.ok(store.appendCalls >= 3 && store.appendCalls <= 8, `the write was made ${store.appendCalls} times in one lease`);
     } finally {
       await server.close();
     }

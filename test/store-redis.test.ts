@@ -104,6 +104,22 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
       assert.deepEqual(Buffer.concat(chunks), body);
     });
 
+    it('stores only the missing pieces of a split chunk made again at its offset (a call that stored some pieces, then failed)', async () => {
+      const small = new RedisStore({ client, prefix, chunkBytes: 1000 });
+      const j = running();
+      await small.createJob(j);
+      const body = randomBytes(2500);
+      // The first try stored two pieces of three before its reply was lost.
+      await small.appendResult(j.id, body.subarray(0, 2000), undefined, 0);
+      await small.appendResult(j.id, body, undefined, 0);
+      await small.appendResult(j.id, body, undefined, 0);
+      await small.finishJob(j.id, finish(60_000));
+      assert.equal(await client.llen(keysOf(j.id)[2]!), 3, 'the third piece only was added');
+      const chunks: Buffer[] = [];
+      for await (const chunk of (await small.readResult(j.id))!) chunks.push(Buffer.from(chunk));
+      assert.deepEqual(Buffer.concat(chunks), body);
+    });
+
     it('streams a 50 MB result back without holding it in memory', { timeout: 120_000 }, async (t) => {
       // A real gc() lets the test measure live memory, not garbage the collector has yet to reach.
       setFlagsFromString('--expose-gc');

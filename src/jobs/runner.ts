@@ -67,11 +67,9 @@ class ResultWriter extends Writable {
       return;
     }
     // Once the store refused a chunk, nothing more is stored (see storeFailed): no call is made.
-    const append = (): Promise<void> =>
-      this.attempt === undefined ? this.config.store.appendResult(this.id, chunk) : this.config.store.appendResult(this.id, chunk, this.attempt);
     const stored = this.storeFailed
       ? undefined
-      : append().catch((err: unknown) => {
+      : this.#store(chunk, this.size - chunk.length).catch((err: unknown) => {
           // Another worker restarted the job (this run's lease had lapsed): this run must stop writing.
           if ((err as { code?: unknown })?.code === 'BGRS_STALE_ATTEMPT') throw new JobFailure('superseded', 'another worker runs this job now');
           const failure = new JobFailure('store_unavailable', `the result could not be stored: ${(err as Error)?.message ?? String(err)}`);
@@ -79,6 +77,36 @@ class ResultWriter extends Writable {
           this.storeFailed = failure;
         });
     Promise.all([stored, this.#toLive(chunk)]).then(() => callback(), callback);
+  }
+
+  /** Set by the run when it ends before the result does (cancel, timeout): a retry loop gives up. */
+  stopped = false;
+
+  /**
+   * Stores one chunk. A store with `resumableResults` gets the chunk's offset and, for a job no
+   * client waits on, a failed call is made again (backing off, for up to one lease): a store away
+   * for a few seconds delays the result rather than failing the job, and the offset keeps a call
+   * that had landed from being stored twice. A waiting client is never held up by it: there the
+   * first failure stands (see storeFailed).
+   */
+  async #store(chunk: Buffer, offset: number): Promise<void> {
+    const { store } = this.config;
+    if (store.resumableResults !== true) {
+      await (this.attempt === undefined ? store.appendResult(this.id, chunk) : store.appendResult(this.id, chunk, this.attempt));
+      return;
+    }
+    const giveUpAt = Date.now() + this.config.lease;
+    for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+      try {
+        await store.appendResult(this.id, chunk, this.attempt, offset);
+        return;
+      } catch (err) {
+        const left = giveUpAt - Date.now();
+        if (this.live || this.stopped || left <= 0 || (err as { code?: unknown })?.code === 'BGRS_STALE_ATTEMPT') throw err;
+        debug('job %s: a result write failed, retrying: %o', this.id, err);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(delay, left)));
+      }
+    }
   }
 
   /**
@@ -269,6 +297,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
 
   const stop = async (status: 'failed' | 'cancelled', error: JobError | null, reason: Error): Promise<void> => {
     if (ended) return done;
+    if (writer) writer.stopped = true;
     // The handler hears it first (signal), then as a live client would (the connection goes away).
     ctx.abort(reason);
     replay.abort();
@@ -279,6 +308,7 @@ export function runJob(config: Configuration, replayer: Replayer, id: string, en
   const abandon = async (reason: Error): Promise<void> => {
     if (ended) return done;
     ended = true;
+    if (writer) writer.stopped = true;
     if (timer) clearTimeout(timer);
     ctx.abort(reason);
     replay.abort();

@@ -49,7 +49,10 @@ interface Entry {
   job: Job;
   logs: LogLine[];
   chunks: Buffer[];
+  /** What the entry weighs against maxBytes: its result and its log lines. */
   size: number;
+  /** The result's bytes alone (appendResult's offset counts them). */
+  resultBytes: number;
 }
 
 /** Fixed per-entry weight so that jobs without results still count against `maxBytes`. */
@@ -66,6 +69,8 @@ const LINE_OVERHEAD = 96;
 export class MemoryStore implements Store {
   /** Jobs live in this process only. */
   readonly local = true;
+  /** appendResult honours its offset: a retried append stores nothing twice. */
+  readonly resumableResults = true;
 
   private readonly active = new Map<string, Entry>();
   private readonly finished: LRUCache<string, Entry>;
@@ -138,7 +143,7 @@ export class MemoryStore implements Store {
     const copy = copyJob(job);
     // A job built by code that predates attempts has none: it is on its first, as in the shared stores.
     copy.attempt ??= 1;
-    this.active.set(job.id, { job: copy, logs: [], chunks: [], size: 0 });
+    this.active.set(job.id, { job: copy, logs: [], chunks: [], size: 0, resultBytes: 0 });
     this.index.add(job, job.owner);
   }
 
@@ -284,6 +289,7 @@ export class MemoryStore implements Store {
     // The log lines stay, and so does their weight against maxBytes; the result's goes with it.
     for (const chunk of entry.chunks) entry.size -= chunk.byteLength;
     entry.chunks = [];
+    entry.resultBytes = 0;
     return copyJob(job);
   }
 
@@ -306,12 +312,19 @@ export class MemoryStore implements Store {
     return entry.logs.slice(Math.max(0, after), Math.max(0, after) + limit).map((line) => ({ ...line }));
   }
 
-  async appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void> {
+  async appendResult(id: string, chunk: Uint8Array, attempt?: number, offset?: number): Promise<void> {
     const entry = this.active.get(id);
     if (!entry) throw new Error(`MemoryStore: job ${id} is not running`);
     if (attempt !== undefined && entry.job.attempt !== attempt) throw new StaleAttemptError(id, attempt);
-    entry.chunks.push(Buffer.from(chunk));
-    entry.size += chunk.byteLength;
+    let bytes = chunk;
+    if (offset !== undefined) {
+      if (offset > entry.resultBytes) throw new Error(`MemoryStore: job ${id} holds ${entry.resultBytes} result bytes, not ${offset}`);
+      bytes = chunk.subarray(Math.min(chunk.byteLength, entry.resultBytes - offset));
+      if (bytes.byteLength === 0) return;
+    }
+    entry.chunks.push(Buffer.from(bytes));
+    entry.size += bytes.byteLength;
+    entry.resultBytes += bytes.byteLength;
   }
 
   async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {

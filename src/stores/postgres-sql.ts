@@ -76,10 +76,12 @@ export function statements(table: string) {
         log_seq integer NOT NULL DEFAULT 0,
         chunk_seq integer NOT NULL DEFAULT 0,
         request bytea,
-        attempt integer NOT NULL DEFAULT 1
+        attempt integer NOT NULL DEFAULT 1,
+        result_bytes bigint NOT NULL DEFAULT 0
       );
-      -- Tables created before queue mode lack the request column, and those created before
-      -- restarts the attempt column (their jobs are on their first: DEFAULT 1). ALTER TABLE takes
+      -- Tables created before queue mode lack the request column, those created before
+      -- restarts the attempt column (their jobs are on their first: DEFAULT 1), and those created
+      -- before resumable appends the result_bytes column. ALTER TABLE takes
       -- an ACCESS EXCLUSIVE lock even when IF NOT EXISTS finds the column, which waits for every
       -- open transaction on the table and holds up every query behind it: the catalog is asked
       -- first, so a process starting on an up-to-date table takes no such lock.
@@ -89,6 +91,9 @@ export function statements(table: string) {
         END IF;
         IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${jobs}'::regclass AND attname = 'attempt' AND NOT attisdropped) THEN
           ALTER TABLE ${jobs} ADD COLUMN IF NOT EXISTS attempt integer NOT NULL DEFAULT 1;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '${jobs}'::regclass AND attname = 'result_bytes' AND NOT attisdropped) THEN
+          ALTER TABLE ${jobs} ADD COLUMN IF NOT EXISTS result_bytes bigint NOT NULL DEFAULT 0;
         END IF;
       END $migrate$;
       CREATE INDEX IF NOT EXISTS ${quote(`${table}_jobs_list`)} ON ${jobs} (owner, created_at DESC, id DESC);
@@ -174,7 +179,7 @@ export function statements(table: string) {
      * every append and with a second restart, which then finds the new lease.
      */
     restartJob: `UPDATE ${jobs} j SET attempt = j.attempt + 1, started_at = $2, lease_until = $3,
-        progress = 0, message = NULL, result_count = 0, response = NULL, chunk_seq = 0
+        progress = 0, message = NULL, result_count = 0, response = NULL, chunk_seq = 0, result_bytes = 0
       WHERE j.id = $1 AND j.status = 'running' AND j.lease_until <= $4::timestamptz
       RETURNING ${JOB_COLUMNS}`,
 
@@ -198,22 +203,29 @@ export function statements(table: string) {
       ORDER BY l.seq LIMIT $3`,
 
     /** $1 id, $2 chunk; rowCount 1 when stored. Numbered like log lines, by a counter on the job's row. */
-    appendResult: `WITH s AS (UPDATE ${jobs} SET chunk_seq = chunk_seq + 1 WHERE id = $1 AND status IN ${LIVE} RETURNING id, chunk_seq)
+    appendResult: `WITH s AS (UPDATE ${jobs} SET chunk_seq = chunk_seq + 1, result_bytes = result_bytes + length($2::bytea)
+        WHERE id = $1 AND status IN ${LIVE} RETURNING id, chunk_seq)
       INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, $2::bytea FROM s`,
 
     /**
-     * $1 id, $2 chunk, $3 the attempt the appending run is on → one row (none for an unknown job):
-     * `live`, the job's `attempt`, and whether the chunk was `stored`. appendResult with an attempt
-     * only, so an append without one runs the statement above, unchanged. FOR UPDATE reads the row
-     * as it is once locked (under READ COMMITTED, the version a restart that held it committed,
-     * not the statement's snapshot), so a refusal is told apart exactly: stale attempt, or final.
-     * The lock is the one the UPDATE takes anyway; it holds from the check to the insert.
+     * $1 id, $2 chunk, $3 the attempt the appending run is on or null, $4 the result bytes it had
+     * stored before this chunk or null → one row (none for an unknown job): `live`, the job's
+     * `attempt`, the result bytes it `held` before, and whether anything was `stored`. Only the part
+     * of the chunk past the bytes held is stored, so a retried call stores nothing twice. FOR UPDATE
+     * reads the row as it is once locked (under READ COMMITTED, the version a restart or an earlier
+     * append that held it committed, not the statement's snapshot), so a refusal is told apart
+     * exactly: stale attempt, final job, a gap, or bytes already held. The lock is the one the
+     * UPDATE takes anyway; it holds from the check to the insert.
      */
-    appendResultIfAttempt: `WITH cur AS (SELECT id, status IN ${LIVE} AS live, attempt FROM ${jobs} WHERE id = $1 FOR UPDATE),
-        s AS (UPDATE ${jobs} j SET chunk_seq = j.chunk_seq + 1 FROM cur
-          WHERE j.id = cur.id AND cur.live AND cur.attempt = $3::integer RETURNING j.id, j.chunk_seq),
-        ins AS (INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, $2::bytea FROM s RETURNING 1)
-      SELECT cur.live, cur.attempt, EXISTS (SELECT 1 FROM ins) AS stored FROM cur`,
+    appendResultChecked: `WITH cur AS (SELECT id, status IN ${LIVE} AS live, attempt, result_bytes FROM ${jobs} WHERE id = $1 FOR UPDATE),
+        ok AS (SELECT cur.id, CASE WHEN $4::bigint IS NULL OR cur.result_bytes <= $4::bigint THEN $2::bytea
+              ELSE substring($2::bytea FROM (cur.result_bytes - $4::bigint + 1)::integer) END AS data
+            FROM cur WHERE cur.live AND ($3::integer IS NULL OR cur.attempt = $3::integer)
+              AND ($4::bigint IS NULL OR (cur.result_bytes >= $4::bigint AND cur.result_bytes < $4::bigint + length($2::bytea)))),
+        s AS (UPDATE ${jobs} j SET chunk_seq = j.chunk_seq + 1, result_bytes = j.result_bytes + length(ok.data) FROM ok
+          WHERE j.id = ok.id RETURNING j.id, j.chunk_seq),
+        ins AS (INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, ok.data FROM s, ok RETURNING 1)
+      SELECT cur.live, cur.attempt, cur.result_bytes::text AS held, EXISTS (SELECT 1 FROM ins) AS stored FROM cur`,
 
     /** $1 id → how many chunks the visible job has. */
     countChunks: `SELECT j.chunk_seq FROM ${jobs} j WHERE j.id = $1 AND ${visible('j')}`,

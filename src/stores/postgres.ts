@@ -148,6 +148,8 @@ const UNIQUE_VIOLATION = '23505';
  * Expiry is judged by the database's clock, one clock for all processes.
  */
 export class PostgresStore implements Store {
+  /** appendResult honours its offset: a retried append stores nothing twice. */
+  readonly resumableResults = true;
   private readonly pool: Pool;
   private readonly sql: Statements;
   private schema: Promise<void> | undefined;
@@ -352,19 +354,28 @@ export class PostgresStore implements Store {
     return rows.map((row) => ({ seq: Number(row.seq), at: row.at, level: row.level, message: row.message }));
   }
 
-  async appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void> {
+  async appendResult(id: string, chunk: Uint8Array, attempt?: number, offset?: number): Promise<void> {
     // pg sends a Buffer as binary; a view over the caller's memory is fine, it is copied onto the wire now.
     const data = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-    if (attempt === undefined) {
+    if (attempt === undefined && offset === undefined) {
       const { rowCount } = await this.query(this.sql.appendResult, [id, data]);
       if (rowCount === 0) throw new Error(`PostgresStore: job ${id} is not running`);
       return;
     }
-    // Still one statement: it tells a stale attempt from a final job itself.
-    const { rows } = await this.query<{ live: boolean; attempt: number; stored: boolean }>(this.sql.appendResultIfAttempt, [id, data, attempt]);
+    // Still one statement: it tells a stale attempt, a final job, a gap and bytes already held apart itself.
+    const { rows } = await this.query<{ live: boolean; attempt: number; held: string; stored: boolean }>(this.sql.appendResultChecked, [
+      id,
+      data,
+      attempt ?? null,
+      offset ?? null,
+    ]);
     const row = rows[0];
     if (!row?.live) throw new Error(`PostgresStore: job ${id} is not running`);
-    if (!row.stored) throw new StaleAttemptError(id, attempt);
+    if (row.stored) return;
+    if (attempt !== undefined && row.attempt !== attempt) throw new StaleAttemptError(id, attempt);
+    if (offset !== undefined && Number(row.held) < offset)
+      throw new Error(`PostgresStore: job ${id} holds ${row.held} result bytes, fewer than offset ${offset}`);
+    // Every byte of the chunk was held already: a retry of a call that had landed.
   }
 
   async readResult(id: string): Promise<AsyncIterable<Uint8Array> | null> {

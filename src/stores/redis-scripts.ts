@@ -202,7 +202,7 @@ if lease == nil or lease > tonumber(ARGV[4]) then return false end
 -- A hash written before attempts were counted has none: it was on its first.
 local attempt = (tonumber(job[3]) or 1) + 1
 redis.call('HSET', KEYS[1], 'attempt', tostring(attempt), 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3],
-  'progress', '0', 'message', 'null', 'resultCount', '0', 'response', 'null')
+  'progress', '0', 'message', 'null', 'resultCount', '0', 'response', 'null', 'resultBytes', '0')
 -- UNLINK: a result of megabytes is freed off the main thread, as deleteJob frees one.
 redis.call('UNLINK', KEYS[2])
 redis.call('PUBLISH', KEYS[1], 'restart')
@@ -240,15 +240,28 @@ export const APPEND_RESULT = script(
   ARGV[2] a token unique to this append: a resent call (see appendLog) appends nothing
   ARGV[3] the attempt the appending run is on; absent or '' for no check (last, so a caller that
           predates attempts, passing two arguments, appends as before)
-  Returns the number of chunks stored, 0 when the job is unknown or final, or -1 (nothing
-  appended) when it is not on attempt ARGV[3]: a restart gave it to another run.
+  ARGV[4] how many result bytes the run had stored before this piece; absent or '' for no check.
+          Only the part past the bytes held (resultBytes) is appended, so a retried call stores
+          nothing twice
+  Returns the number of chunks stored, 0 when the job is unknown or final, -1 (nothing
+  appended) when it is not on attempt ARGV[3] (a restart gave it to another run), or -2 when
+  ARGV[4] is past the bytes held (a gap).
 ]]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"queued"' and status ~= '"running"' then return 0 end
 -- Checked before the token: a resent append of the earlier attempt is as stale as its first run.
 if ARGV[3] and ARGV[3] ~= '' and (tonumber(redis.call('HGET', KEYS[1], 'attempt')) or 1) ~= tonumber(ARGV[3]) then return -1 end
 if redis.call('HGET', KEYS[1], 'chunkToken') == ARGV[2] then return redis.call('LLEN', KEYS[2]) end
-local length = redis.call('RPUSH', KEYS[2], ARGV[1])
+local piece = ARGV[1]
+if ARGV[4] and ARGV[4] ~= '' then
+  local held = tonumber(redis.call('HGET', KEYS[1], 'resultBytes')) or 0
+  local at = tonumber(ARGV[4])
+  if at > held then return -2 end
+  if held - at >= #piece then return redis.call('LLEN', KEYS[2]) end
+  if held > at then piece = string.sub(piece, held - at + 1) end
+end
+local length = redis.call('RPUSH', KEYS[2], piece)
+redis.call('HINCRBY', KEYS[1], 'resultBytes', #piece)
 redis.call('HSET', KEYS[1], 'chunkToken', ARGV[2])
 return length`,
 );

@@ -188,6 +188,8 @@ function newestFirst(a: string, b: string): number {
  * ```
  */
 export class RedisStore implements Store {
+  /** appendResult honours its offset: a retried append stores nothing twice. */
+  readonly resumableResults = true;
   private readonly client: Redis | Cluster;
   private readonly prefix: string;
   private readonly chunkBytes: number;
@@ -557,19 +559,22 @@ export class RedisStore implements Store {
     });
   }
 
-  async appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void> {
+  async appendResult(id: string, chunk: Uint8Array, attempt?: number, offset?: number): Promise<void> {
     // A view, not a copy: each piece is sent before this resolves, and the caller only reuses the
     // buffer after that.
     const bytes = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const [job, , result] = this.jobKeys(id);
-    // Without an attempt the script gets its two arguments as before: no check, nothing more sent.
-    const fence = attempt === undefined ? [] : [String(attempt)];
-    for (let offset = 0; offset < bytes.length; offset += this.chunkBytes) {
-      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(offset, offset + this.chunkBytes), randomUUID(), ...fence]);
+    // Without an attempt or an offset the script gets its two arguments as before: no check, nothing more sent.
+    const checks = offset !== undefined ? [attempt === undefined ? '' : String(attempt)] : attempt === undefined ? [] : [String(attempt)];
+    for (let start = 0; start < bytes.length; start += this.chunkBytes) {
+      // Each piece carries its own offset: a retry after a call that stored some pieces only stores the rest.
+      const at = offset === undefined ? [] : [String(offset + start)];
+      const stored = await this.run(scripts.APPEND_RESULT, [job, result], [bytes.subarray(start, start + this.chunkBytes), randomUUID(), ...checks, ...at]);
       if (stored === 0) throw new Error(`RedisStore: job ${id} is not running`);
       // Each piece is checked on its own: a restart between two pieces stops the rest (the pieces
       // before it went with the result the restart cleared).
       if (stored === -1) throw new StaleAttemptError(id, attempt!);
+      if (stored === -2) throw new Error(`RedisStore: job ${id} holds fewer result bytes than offset ${offset! + start}`);
     }
   }
 

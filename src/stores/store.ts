@@ -130,8 +130,15 @@ export interface JobStore {
    * atomic step; otherwise it is dropped and the call rejects with `StaleAttemptError`, so a worker
    * that came back late after another restarted the job never writes into the new attempt's
    * result. Without it, no attempt is checked (and none costs anything).
+   *
+   * `offset`, given only to a store with `resumableResults`: how many result bytes the calling run
+   * had stored before this chunk. The store keeps only the part of the chunk past the bytes it holds
+   * (none when it holds them all already) and rejects an offset past them (a gap). So a call whose
+   * reply was lost (a timeout, a reset connection, a command resent on reconnect) can be made again
+   * and nothing is stored twice: the core then retries a failed append through a short outage
+   * instead of failing the job. A restart (`restartJob`) starts the count over at 0.
    */
-  appendResult(id: string, chunk: Uint8Array, attempt?: number): Promise<void>;
+  appendResult(id: string, chunk: Uint8Array, attempt?: number, offset?: number): Promise<void>;
 
   /**
    * Required. The result body, chunk by chunk, in order. Only called for finished jobs.
@@ -175,6 +182,12 @@ export interface JobStore {
    * in close(). Delivery is best effort: bgrs still re-reads now and then, but rarely.
    */
   watchChanges?(listener: ChangeListener): Promise<() => Promise<void>>;
+
+  /**
+   * Optional. `true` when `appendResult` honours its `offset` (see there): bgrs then sends it with
+   * every chunk and retries an append that failed, for up to one lease, rather than failing the job.
+   */
+  readonly resumableResults?: boolean;
 
   /** Optional. Releases timers and resources the store created (never a client it was given). */
   close?(): Promise<void>;

@@ -784,6 +784,67 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         await store.finishJob(j.id, finish('completed'));
         assert.equal((await collect(await store.readResult(j.id)))!.toString(), 'first');
       });
+
+      /** The store under test when it honours appendResult's offset, or a skip. */
+      const resumable = (t: TestContext): boolean => {
+        if (store.resumableResults === true) return true;
+        t.skip('the store does not declare resumableResults');
+        return false;
+      };
+
+      it('with resumableResults: a call made again at the same offset stores nothing twice, a partly held chunk only its rest', async (t) => {
+        if (!resumable(t)) return;
+        const j = job();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('abc'), undefined, 0);
+        await store.appendResult(j.id, Buffer.from('abc'), undefined, 0);
+        // 'abc' is held: of 'bcdef' at offset 1, only 'def' is new.
+        await store.appendResult(j.id, Buffer.from('bcdef'), undefined, 1);
+        await store.appendResult(j.id, Buffer.from('ghi'), undefined, 6);
+        await store.appendResult(j.id, Buffer.from('ghi'), undefined, 6);
+        await store.appendResult(j.id, Buffer.alloc(0), undefined, 9);
+        await store.finishJob(j.id, finish('completed'));
+        assert.equal((await collect(await store.readResult(j.id)))!.toString(), 'abcdefghi');
+      });
+
+      it('with resumableResults: refuses an offset past the bytes held, storing nothing', async (t) => {
+        if (!resumable(t)) return;
+        const j = job();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('abc'), undefined, 0);
+        await assert.rejects(store.appendResult(j.id, Buffer.from('xyz'), undefined, 4));
+        await store.appendResult(j.id, Buffer.from('def'), undefined, 3);
+        await store.finishJob(j.id, finish('completed'));
+        assert.equal((await collect(await store.readResult(j.id)))!.toString(), 'abcdef');
+      });
+
+      it('with resumableResults: checks the attempt before the offset, and counts from 0 again after a restart', async (t) => {
+        if (!resumable(t) || typeof store.restartJob !== 'function') return t.skip('the store has no restartJob');
+        const j = job({ startedAt: new Date(Date.now() - 60_000).toISOString(), leaseUntil: new Date(Date.now() - 1000).toISOString() });
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('first run'), 1, 0);
+        const restarted = await store.restartJob(j.id, {
+          startedAt: new Date().toISOString(),
+          leaseUntil: inMs(30_000),
+          ifLeaseExpiredBy: new Date().toISOString(),
+        });
+        assert.equal(restarted?.attempt, 2);
+        await assert.rejects(store.appendResult(j.id, Buffer.from(' late'), 1, 9), (err: unknown) => (err as { code?: string }).code === 'BGRS_STALE_ATTEMPT');
+        await store.appendResult(j.id, Buffer.from('second'), 2, 0);
+        await store.appendResult(j.id, Buffer.from('second'), 2, 0);
+        await store.finishJob(j.id, finish('completed'));
+        assert.equal((await collect(await store.readResult(j.id)))!.toString(), 'second');
+      });
+
+      it('with resumableResults: refuses an offset append to a final or unknown job', async (t) => {
+        if (!resumable(t)) return;
+        const j = job();
+        await store.createJob(j);
+        await store.appendResult(j.id, Buffer.from('abc'), undefined, 0);
+        await store.finishJob(j.id, finish('completed'));
+        await assert.rejects(store.appendResult(j.id, Buffer.from('abc'), undefined, 0));
+        await assert.rejects(store.appendResult(randomUUID(), Buffer.from('abc'), undefined, 0));
+      });
     });
 
     describe('listing', () => {
