@@ -209,6 +209,17 @@ export function statements(table: string) {
 
     /**
      * $1 id, $2 chunk, $3 the attempt the appending run is on or null, $4 the result bytes it had
+     * stored before this chunk or null; rowCount 1 when stored whole. The common case, at the cost
+     * of the plain append: a row that fails a condition (final, stale, a retry of a call that had
+     * landed, a gap) stores nothing, and appendResultChecked tells which.
+     */
+    appendResultIf: `WITH s AS (UPDATE ${jobs} SET chunk_seq = chunk_seq + 1, result_bytes = result_bytes + length($2::bytea)
+        WHERE id = $1 AND status IN ${LIVE} AND ($3::integer IS NULL OR attempt = $3::integer) AND ($4::bigint IS NULL OR result_bytes = $4::bigint)
+        RETURNING id, chunk_seq)
+      INSERT INTO ${chunks} (job_id, seq, data) SELECT s.id, s.chunk_seq, $2::bytea FROM s`,
+
+    /**
+     * $1 id, $2 chunk, $3 the attempt the appending run is on or null, $4 the result bytes it had
      * stored before this chunk or null → one row (none for an unknown job): `live`, the job's
      * `attempt`, the result bytes it `held` before, and whether anything was `stored`. Only the part
      * of the chunk past the bytes held is stored, so a retried call stores nothing twice. FOR UPDATE

@@ -362,7 +362,9 @@ export class PostgresStore implements Store {
       if (rowCount === 0) throw new Error(`PostgresStore: job ${id} is not running`);
       return;
     }
-    // Still one statement: it tells a stale attempt, a final job, a gap and bytes already held apart itself.
+    const fenced = [id, data, attempt ?? null, offset ?? null];
+    if ((await this.query(this.sql.appendResultIf, fenced)).rowCount === 1) return;
+    // Refused, or a retry: one statement tells a stale attempt, a final job, a gap and bytes already held apart.
     const { rows } = await this.query<{ live: boolean; attempt: number; held: string; stored: boolean }>(this.sql.appendResultChecked, [
       id,
       data,
