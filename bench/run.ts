@@ -24,7 +24,8 @@
 //   BENCH_REPLAY_KEYS  how many keys the replay scenario cycles through (default 100)
 //   BENCH_PIN          "0" to not pin the load generator and the server to separate cores (default on, Linux with taskset)
 //   BENCH_DEBUG        set to print every slice's rate and drain
-//   BENCH_CPU_PROF     a directory: servers run with --cpu-prof and write their profiles there on exit
+//   BENCH_CPU_PROF     a directory: servers run with --cpu-prof and write their profiles there on exit, one
+//                      subdirectory per server (<mode>-<major>-<ms>); the main thread's file is CPU.*.<pid>.0.*
 //   BENCH_RSS_MIB      size of the streamed result in the stores-rss group, in MiB (default 1024)
 //   BENCH_REDIS, BENCH_POSTGRES  where the store groups connect (default 127.0.0.1:6379, postgres@127.0.0.1:5432/test)
 //
@@ -166,7 +167,9 @@ interface Comparison {
 
 /** Starts one server process and waits for its ready line. */
 function startServer(mode: Mode, major: Major): Promise<Server> {
-  const profile = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`, `--cpu-prof-name=${mode}-${major}-${Date.now()}.cpuprofile`] : [];
+  // Node's default file names, not --cpu-prof-name: tsx's loader hooks run on a thread of their own,
+  // whose profile would overwrite the main thread's under one fixed name.
+  const profile = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}/${mode}-${major}-${Date.now()}`] : [];
   const node = [process.execPath, ...profile, '--import', 'tsx', here('./server.ts'), mode, major];
   const [command, ...args] = PIN ? [TASKSET, '-c', '1', ...node] : node;
   // Lower case, digits only: valid in a Redis key and in an unquoted PostgreSQL table name.
