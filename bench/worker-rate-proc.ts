@@ -37,20 +37,26 @@ const item = (n: number): { ok: true; n: number } => ({ ok: true, n });
 const counter = process.env.WR_COUNT === '1' ? countCommands() : undefined;
 
 let firstTake: bigint | undefined;
+let cpuAtTake: NodeJS.CpuUsage | undefined;
 let completed = 0;
 let failed = 0;
 const take = (): void => {
-  firstTake ??= process.hrtime.bigint();
+  if (firstTake !== undefined) return;
+  firstTake = process.hrtime.bigint();
+  cpuAtTake = process.cpuUsage();
 };
 
 function report(extra: Record<string, unknown>, close: () => Promise<unknown>): void {
   const done = process.hrtime.bigint();
   const start = firstTake ?? done;
+  // CPU time (user + system) of the window: unlike the profile's samples, not inflated when the core is shared.
+  const cpu = process.cpuUsage(cpuAtTake);
   const line = {
     pid: process.pid,
     seconds: Number(done - start) / 1e9,
     firstTake: String(start),
     done: String(done),
+    cpuMs: (cpu.user + cpu.system) / 1000,
     completed,
     failed,
     ...extra,

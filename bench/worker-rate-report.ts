@@ -24,25 +24,27 @@ const spread = (values: number[]): string =>
 
 function rateTable(input: Input): string {
   const rows = [...new Set(input.runs.map((run) => run.concurrency))].map((c) => {
-    const of = (side: Run['side']): number[] => input.runs.filter((run) => run.side === side && run.concurrency === c).map((run) => run.rate);
-    const [s, b] = [of('bgrs'), of('bullmq')];
+    const of = (side: Run['side'], what: 'rate' | 'cpuPerJob'): number[] =>
+      input.runs.filter((run) => run.side === side && run.concurrency === c).map((run) => run[what]);
+    const [s, b] = [of('bgrs', 'rate'), of('bullmq', 'rate')];
     const pairs = s.map((rate, i) => rate / b[i]!);
-    return `| ${c} | ${int(median(s))} | ${spread(s)} | ${int(median(b))} | ${spread(b)} | ${(median(s) / median(b)).toFixed(3)} | ${Math.min(...pairs).toFixed(3)}–${Math.max(...pairs).toFixed(3)} |`;
+    const cpu = `${int(median(of('bgrs', 'cpuPerJob')))} / ${int(median(of('bullmq', 'cpuPerJob')))}`;
+    return `| ${c} | ${int(median(s))} | ${spread(s)} | ${int(median(b))} | ${spread(b)} | **${(median(s) / median(b)).toFixed(3)}** | ${Math.min(...pairs).toFixed(3)}–${Math.max(...pairs).toFixed(3)} | ${cpu} |`;
   });
   return [
-    '| Concurrency | bgrs worker jobs/s (median) | bgrs min–max | BullMQ Worker jobs/s (median) | BullMQ min–max | Ratio (medians) | Ratio per B/S pair |',
-    '|---:|---:|---:|---:|---:|---:|---:|',
+    '| Concurrency | bgrs worker jobs/s (median) | bgrs min–max | BullMQ Worker jobs/s (median) | BullMQ min–max | Ratio (medians) | Ratio per B/S pair | CPU µs/job bgrs / BullMQ (median) |',
+    '|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...rows,
   ].join('\n');
 }
 
 function runsTable(input: Input): string {
   return [
-    '| # | Side | Concurrency | seconds | jobs/s | queue filled at (detached req/s) |',
-    '|---:|---|---:|---:|---:|---:|',
+    '| # | Side | Concurrency | seconds | jobs/s | CPU µs/job | queue filled at (detached req/s) |',
+    '|---:|---|---:|---:|---:|---:|---:|',
     ...input.runs.map(
       (run, i) =>
-        `| ${i + 1} | ${run.side === 'bgrs' ? 'bgrs worker' : 'BullMQ Worker'} | ${run.concurrency} | ${run.seconds.toFixed(2)} | ${int(run.rate)} | ${run.fillRate ? int(run.fillRate) : '— (addBulk)'} |`,
+        `| ${i + 1} | ${run.side === 'bgrs' ? 'bgrs worker' : 'BullMQ Worker'} | ${run.concurrency} | ${run.seconds.toFixed(2)} | ${int(run.rate)} | ${int(run.cpuPerJob)} | ${run.fillRate ? int(run.fillRate) : '— (addBulk)'} |`,
     ),
   ].join('\n');
 }
@@ -128,8 +130,11 @@ ${rateTable(input)}
 - Checked after every run, or the bench fails: bgrs: every job's document reads \`completed\` with status
   200 and its stored result is exactly \`{"ok":true,"n":<i>}\`; BullMQ: ${input.N.toLocaleString('en-US')} completed, none failed or
   waiting, each return value right. Each run has its own key prefix, deleted afterwards.
-- Spread = (max − min) ÷ 2 ÷ median. Concurrency ${C} keeps the worker's core busy (its rate is CPU per
-  job); concurrency 1 is bound by the latency of each job's round trips instead.
+- Spread = (max − min) ÷ 2 ÷ median. CPU µs/job: user + system time of the worker process over the
+  window (\`process.cpuUsage\`), ÷ jobs. The headline is concurrency ${C}: enough
+  jobs in flight that both workers keep their core busy, so the rate is the CPU cost of a job. At
+  concurrency 1 (when measured) each job also waits out its Redis round trips one after the other, and
+  nothing is batched.
 
 ### Runs
 
@@ -138,7 +143,9 @@ ${runsTable(input)}
 ### Where the time goes (concurrency ${C}, one more run of each side with \`--cpu-prof\`)
 
 Self time of the samples inside the measured window (first take to last completion), per job; the
-profiled runs went at ${int(s.rate)} (bgrs) and ${int(b.rate)} (BullMQ) jobs/s. *idle* is the worker
+profiled runs went at ${int(s.rate)} (bgrs) and ${int(b.rate)} (BullMQ) jobs/s, using ${int(s.cpuPerJob)} and ${int(b.cpuPerJob)} µs of CPU per
+job (\`process.cpuUsage\`). The profiler samples wall-clock time, so on a shared core the µs columns run
+high when the process waits for the CPU; the shares are the sturdier reading. *idle* is the worker
 waiting on Redis.
 
 ${bucketTable(input, s, b)}
@@ -163,22 +170,26 @@ ${interpretation(input, s, b)}`;
 function interpretation(input: Input, s: Diagnosis, b: Diagnosis): string {
   const us = (d: Diagnosis, test: (bucket: string) => boolean): number =>
     (d.profile.buckets.filter(([name]) => test(name)).reduce((sum, [, ms]) => sum + ms, 0) * 1000) / input.N;
-  const busy = (d: Diagnosis): string => us(d, (name) => name !== 'idle').toFixed(0);
+  const busy = (d: Diagnosis): string =>
+    median(input.runs.filter((run) => run.side === d.side && run.concurrency === d.concurrency).map((run) => run.cpuPerJob)).toFixed(0);
   const trips = (d: Diagnosis): string => (Object.values(d.counts.roundTrips).reduce((a, c) => a + c, 0) / input.N).toFixed(1);
   const f = (value: number): string => value.toFixed(0);
   const http = us(s, (name) => name === 'node:http, net, streams');
   const express = us(s, (name) => name === 'express');
   const own = us(s, (name) => name.startsWith('bgrs '));
-  const one = [...new Set(input.runs.map((run) => run.concurrency))].includes(1)
-    ? (() => {
-        const of = (side: Run['side']): number => median(input.runs.filter((run) => run.side === side && run.concurrency === 1).map((run) => run.rate));
-        return ` (at concurrency 1, where nothing overlaps, the ratio is ${(of('bgrs') / of('bullmq')).toFixed(2)}: a job costs ${(1000 / of('bgrs')).toFixed(2)} ms against ${(1000 / of('bullmq')).toFixed(2)} ms)`;
-      })()
+  const at1 = (side: Run['side'], what: 'rate' | 'cpuPerJob'): number =>
+    median(input.runs.filter((run) => run.side === side && run.concurrency === 1).map((run) => run[what]));
+  const one = input.runs.some((run) => run.concurrency === 1)
+    ? ` At concurrency 1 nothing overlaps or batches, and every round trip gets its own socket write, event-loop
+  wake-up and reply: a bgrs job then takes ${(1000 / at1('bgrs', 'rate')).toFixed(2)} ms of which ${(at1('bgrs', 'cpuPerJob') / 1000).toFixed(2)} ms CPU (BullMQ:
+  ${(1000 / at1('bullmq', 'rate')).toFixed(2)} ms, ${(at1('bullmq', 'cpuPerJob') / 1000).toFixed(2)} ms CPU), a ratio of ${(at1('bgrs', 'rate') / at1('bullmq', 'rate')).toFixed(2)}: the bgrs worker is ${
+    at1('bgrs', 'cpuPerJob') / 1000 > 500 / at1('bgrs', 'rate') ? 'still mostly busy on its CPU, not waiting on Redis' : 'mostly waiting on Redis'
+  }.`
     : '';
   return `- Per job the BullMQ Worker makes ${trips(b)} Redis round trip (\`moveToFinished\`, which also hands it its next job)
-  and spends about ${busy(b)} µs of CPU; the bgrs worker makes ${trips(s)}: the same \`moveToFinished\`, plus five on the store
+  and uses about ${busy(b)} µs of CPU (median of the timed runs); the bgrs worker makes ${trips(s)}: the same \`moveToFinished\`, plus five on the store
   (\`getJob\` = HGETALL, \`readRequest\`, \`startJob\` at the take, \`appendResult\` for the one-chunk body, \`finishJob\`; lease
-  renewals are one batched call a second, next to nothing per job), and spends about ${busy(s)} µs.
+  renewals are one batched call a second, next to nothing per job), and uses about ${busy(s)} µs.
 - The largest part of the difference is the replay through the in-process HTTP server, not bgrs's own code: every
   job's request is serialised and parsed by Node's HTTP machinery, and its response serialised and parsed again, over
   an in-memory duplex pair (node:http/net/streams ${f(http)} µs/job, Express ${f(express)} µs/job); its short-lived objects (requests,
@@ -186,8 +197,7 @@ function interpretation(input: Input, s: Diagnosis, b: Diagnosis): string {
   "other Node internals" (events, stream ticks: ${f(us(s, (n) => n === 'other Node internals'))} against ${f(us(b, (n) => n === 'other Node internals'))} µs/job). The bgrs source files
   together self-account for ${f(own)} µs/job.
 - The five store calls cost their RESP encoding and parsing (ioredis ${f(us(s, (n) => n === 'ioredis'))} against ${f(us(b, (n) => n === 'ioredis'))} µs/job), a socket write each
-  (the \`writeUtf8String\` / \`writeBuffer\` frames) and promise churn (\`runMicrotasks\`), and they bound the rate when jobs do
-  not overlap${one}.
+  (the \`writeUtf8String\` / \`writeBuffer\` frames) and promise churn (\`runMicrotasks\`).${one}
 - What looks avoidable: the take's three calls (\`getJob\`, \`readRequest\`, \`startJob\`) are one read-check-write that a single
   script could do, and a result that fits in one chunk could travel with \`finishJob\` instead of its own \`appendResult\`:
   two store round trips per small job instead of five. What does not: recording \`running\` and \`completed\` in the bgrs

@@ -38,6 +38,8 @@ export interface Run {
   concurrency: number;
   seconds: number;
   rate: number;
+  /** CPU time (user + system) the worker process used per job in the window, µs. */
+  cpuPerJob: number;
   /** Subject only: detached submissions per second while the queue was filled. */
   fillRate: number | null;
 }
@@ -46,6 +48,7 @@ export interface Diagnosis {
   side: Side;
   concurrency: number;
   rate: number;
+  cpuPerJob: number;
   profile: ProfileSummary;
   counts: { commands: Record<string, Record<string, number>>; roundTrips: Record<string, number>; store: Record<string, number> };
 }
@@ -55,6 +58,7 @@ interface WorkerLine {
   seconds: number;
   firstTake: string;
   done: string;
+  cpuMs: number;
   completed: number;
   failed: number;
   counts?: Diagnosis['counts'];
@@ -226,10 +230,10 @@ export async function measureWorkerRate(env: WorkerRateEnv): Promise<string> {
     for (let i = 0; i < RUNS; i++) {
       for (const side of ['bullmq', 'bgrs'] as const) {
         const line = await once(env, side, concurrency);
-        const run = { side, concurrency, seconds: line.seconds, rate: N / line.seconds, fillRate: line.fillRate };
+        const run = { side, concurrency, seconds: line.seconds, rate: N / line.seconds, cpuPerJob: (line.cpuMs * 1000) / N, fillRate: line.fillRate };
         runs.push(run);
         console.log(
-          `  ${side.padEnd(6)} C=${concurrency} ${run.rate.toFixed(0).padStart(6)} jobs/s (${run.seconds.toFixed(2)} s)${run.fillRate ? `  filled at ${run.fillRate.toFixed(0)} req/s` : ''}`,
+          `  ${side.padEnd(6)} C=${concurrency} ${run.rate.toFixed(0).padStart(6)} jobs/s (${run.seconds.toFixed(2)} s, ${run.cpuPerJob.toFixed(0)} µs CPU/job)${run.fillRate ? `  filled at ${run.fillRate.toFixed(0)} req/s` : ''}`,
         );
       }
     }
@@ -243,7 +247,7 @@ export async function measureWorkerRate(env: WorkerRateEnv): Promise<string> {
       const main = readdirSync(sideDir).find((name) => name.includes(`.${line.pid}.0.`) && name.endsWith('.cpuprofile'));
       if (!main) throw new Error(`bench: no main-thread profile of process ${line.pid} in ${sideDir}`);
       const profile = summarise(join(sideDir, main), BigInt(line.firstTake), BigInt(line.done), ROOT);
-      diagnoses.push({ side, concurrency: CONCURRENCIES[0]!, rate: N / line.seconds, profile, counts: line.counts! });
+      diagnoses.push({ side, concurrency: CONCURRENCIES[0]!, rate: N / line.seconds, cpuPerJob: (line.cpuMs * 1000) / N, profile, counts: line.counts! });
       console.log(`  ${side.padEnd(6)} profiled: ${(N / line.seconds).toFixed(0)} jobs/s, ${((profile.totalMs * 1000) / N).toFixed(0)} µs sampled per job`);
     }
   } finally {
