@@ -17,12 +17,15 @@
 //                      "idempotency" (the guard vs express-idempotency), "stores-rate" (detached
 //                      submissions on RedisStore / PostgresStore vs BullMQ), "stores-rss" (peak RSS while
 //                      a 1 GiB result is captured into each store), "stores" (both store groups),
-//                      "memory-list" (one GET /bgrs page from a MemoryStore holding up to 100,000 jobs)
-//                      (default: core, idempotency, stores-rate; see DEFAULT_GROUPS)
+//                      "memory-list" (one GET /bgrs page from a MemoryStore holding up to 100,000 jobs),
+//                      "worker-rate" (completed jobs/s of one bgrs queue worker process vs a plain BullMQ
+//                      Worker, with a CPU profile and Redis round trips per job: bench/worker-rate.ts)
+//                      (default: core, idempotency, stores-rate, worker-rate; see DEFAULT_GROUPS)
 //   BENCH_REPLAY_KEYS  how many keys the replay scenario cycles through (default 100)
 //   BENCH_PIN          "0" to not pin the load generator and the server to separate cores (default on, Linux with taskset)
 //   BENCH_DEBUG        set to print every slice's rate and drain
-//   BENCH_CPU_PROF     a directory: servers run with --cpu-prof and write their profiles there on exit
+//   BENCH_CPU_PROF     a directory: servers run with --cpu-prof and write their profiles there on exit, one
+//                      subdirectory per server (<mode>-<major>-<ms>); the main thread's file is CPU.*.<pid>.0.*
 //   BENCH_RSS_MIB      size of the streamed result in the stores-rss group, in MiB (default 1024)
 //   BENCH_REDIS, BENCH_POSTGRES  where the store groups connect (default 127.0.0.1:6379, postgres@127.0.0.1:5432/test)
 //
@@ -44,6 +47,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import { measureMemoryList } from './memory-list.js';
+import { measureWorkerRate } from './worker-rate.js';
 
 const here = (path: string): string => fileURLToPath(new URL(path, import.meta.url));
 
@@ -67,11 +71,12 @@ const MAJORS = (process.env.BENCH_EXPRESS ?? '5,4')
   .map((major) => major.trim())
   .filter((major): major is '5' | '4' => major === '5' || major === '4');
 if (MAJORS.length === 0) throw new Error('BENCH_EXPRESS must list 5 and/or 4');
-const GROUPS = ['core', 'idempotency', 'stores-rate', 'stores-rss', 'memory-list'] as const;
+const GROUPS = ['core', 'idempotency', 'stores-rate', 'stores-rss', 'memory-list', 'worker-rate'] as const;
 type Group = (typeof GROUPS)[number];
 // stores-rss is left out by default: capturing 1 GiB into PostgreSQL alone takes about a minute
 // (WAL and TOAST for 16,384 chunk rows), which would push the default run past four minutes.
-const DEFAULT_GROUPS: Group[] = ['core', 'idempotency', 'stores-rate'];
+// worker-rate takes about 55 s (its own knobs: BENCH_WORKER_* in bench/worker-rate.ts).
+const DEFAULT_GROUPS: Group[] = ['core', 'idempotency', 'stores-rate', 'worker-rate'];
 const ALIASES: Record<string, Group[]> = { stores: ['stores-rate', 'stores-rss'] };
 const ONLY = (process.env.BENCH_ONLY ? process.env.BENCH_ONLY.split(',') : DEFAULT_GROUPS)
   .map((group) => group.trim())
@@ -162,7 +167,9 @@ interface Comparison {
 
 /** Starts one server process and waits for its ready line. */
 function startServer(mode: Mode, major: Major): Promise<Server> {
-  const profile = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`, `--cpu-prof-name=${mode}-${major}-${Date.now()}.cpuprofile`] : [];
+  // Node's default file names, not --cpu-prof-name: tsx's loader hooks run on a thread of their own,
+  // whose profile would overwrite the main thread's under one fixed name.
+  const profile = CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}/${mode}-${major}-${Date.now()}`] : [];
   const node = [process.execPath, ...profile, '--import', 'tsx', here('./server.ts'), mode, major];
   const [command, ...args] = PIN ? [TASKSET, '-c', '1', ...node] : node;
   // Lower case, digits only: valid in a Redis key and in an unquoted PostgreSQL table name.
@@ -819,6 +826,14 @@ async function runStoresRss(major: Major): Promise<RssRun[]> {
   return [await runRss('bgrs-redis', 'RedisStore', major), await runRss('bgrs-postgres', 'PostgresStore', major)];
 }
 
+/**
+ * The worker-rate group (bench/worker-rate.ts), with this runner's pinning and Redis. It deletes its own
+ * keys after every run and leaves other `bgrs-bench-*` keys alone (it needs no PostgreSQL either).
+ */
+function runWorkerRate(): Promise<string> {
+  return measureWorkerRate({ taskset: PIN ? TASKSET : null, redisUrl: REDIS_URL, deleteKeys });
+}
+
 /** Growth goal of the RSS group: the capture must stay in constant memory, whatever the body size. */
 const RSS_GOAL = 64 * 2 ** 20;
 
@@ -989,6 +1004,7 @@ ${rssTable(rssRuns)}
   'memory-list': runs('memory-list') ? await measureMemoryList() : null,
   // Written by bench/idle-streams.ts (`npm run bench:idle`), never here: kept as it is.
   'idle-streams': null,
+  'worker-rate': runs('worker-rate') ? await runWorkerRate() : null,
 };
 
 await closeServices();
@@ -1013,7 +1029,8 @@ them in alternating slices, one at a time, waiting after each slice until the se
 load generator runs on the same machine, so absolute numbers understate the server; the ratios are
 what the goals are about. Each section below says when it was measured: a run limited with
 \`BENCH_ONLY\` rewrites its own sections and keeps the others. The default run measures core,
-idempotency and stores-rate; stores-rss (about a minute) runs with \`BENCH_ONLY=stores-rss\` (or
+idempotency, stores-rate and worker-rate (one bgrs queue worker process against a plain BullMQ Worker,
+bench/worker-rate.ts); stores-rss (about a minute) runs with \`BENCH_ONLY=stores-rss\` (or
 \`stores\` for both store groups), the MemoryStore listing with \`BENCH_ONLY=memory-list\`.
 
 ${body}
