@@ -160,6 +160,7 @@ if (await serviceAvailable('Redis', REDIS_URL)) {
     },
     destroy: async (store) => {
       const { client, prefix } = opened.get(store as RedisStore)!;
+      await store.close?.();
       await dropRedisPrefix(client, prefix);
       await client.quit();
     },

@@ -64,15 +64,40 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
   const fail = (id: string, type: string, message: string): Promise<unknown> =>
     new JobEnd(config, id, { notify: () => executor.notify(id) }).end({ status: 'failed', response: null, error: { type, message } });
 
-  const take: TakeJob = async (id) => {
-    if (closing) return 'requeue';
-    let job = await store.getJob(id);
+  /**
+   * The job and its request, and whether this take started it: one store call where the store has
+   * takeJob, else getJob, readRequest and (for a queued job) startJob. `null`: nothing to run (the
+   * job is unknown or final, or another worker started it in between). Throws while another
+   * worker's lease on it runs.
+   */
+  async function read(id: string, lease: { startedAt: string; leaseUntil: string }): Promise<{ job: Job; bytes: Buffer | null; started: boolean } | null> {
+    if (store.takeJob) {
+      const taken = await store.takeJob(id, lease);
+      if (!taken) return null;
+      if (!taken.started && !leaseExpired(taken.job)) throw new Error(`job ${id} is running elsewhere`);
+      return { job: taken.job, bytes: taken.request, started: taken.started };
+    }
+    const job = await store.getJob(id);
     // Cancelled while it waited, ended by a crash rule, expired or deleted: nothing to run.
-    if (!job || isFinal(job.status)) return 'done';
+    if (!job || isFinal(job.status)) return null;
     // Its lease still runs: another worker has it (the queue handed it out twice). Try later: by
-    // then it has ended, or its lease lapsed and the crash rule below applies.
+    // then it has ended, or its lease lapsed and the crash rule applies.
     if (job.status === 'running' && !leaseExpired(job)) throw new Error(`job ${id} is running elsewhere`);
     const bytes = await store.readRequest!(id);
+    if (closing || job.status === 'running') return { job, bytes, started: false };
+    // Cancelled (or taken by another worker) between the read and now.
+    if (!(await store.startJob(id, lease))) return null;
+    return { job: { ...job, status: 'running', ...lease }, bytes, started: true };
+  }
+
+  const take: TakeJob = async (id) => {
+    if (closing) return 'requeue';
+    const now = Date.now();
+    const lease = { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + config.lease).toISOString() };
+    const taken = await read(id, lease);
+    if (!taken) return 'done';
+    let { job } = taken;
+    const { bytes, started } = taken;
     if (!bytes) {
       await fail(id, 'request_lost', 'the stored request of the job is gone');
       return 'done';
@@ -84,12 +109,11 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
       await fail(id, 'request_unreadable', (err as Error).message);
       return 'done';
     }
-    if (closing) return 'requeue';
-    const now = Date.now();
-    const lease = { startedAt: new Date(now).toISOString(), leaseUntil: new Date(now + config.lease).toISOString() };
-    if (job.status === 'running') {
-      // The worker that ran it died (its lease lapsed). Run it again only when that is safe; else
-      // readJob records it `failed: interrupted`, and its handler never runs a second time.
+    // Not started yet and closing: back to the queue, untouched. (A job this take started runs: close() ends it by its rule.)
+    if (closing && !started) return 'requeue';
+    if (!started) {
+      // Running, its lease lapsed: the worker that ran it died. Run it again only when that is
+      // safe; else readJob records it `failed: interrupted`, and its handler never runs a second time.
       if (!request.rerun || !store.restartJob) {
         await interrupt(rt, id, now);
         return 'done';
@@ -97,14 +121,11 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
       const restarted = await store.restartJob(id, { ...lease, ifLeaseExpiredBy: lease.startedAt });
       if (!restarted) {
         // Not applied: it ended meanwhile, or another worker restarted it first.
-        const now = await store.getJob(id);
-        if (now && !isFinal(now.status)) throw new Error(`job ${id} is running elsewhere`);
+        const current = await store.getJob(id);
+        if (current && !isFinal(current.status)) throw new Error(`job ${id} is running elsewhere`);
         return 'done';
       }
       job = restarted;
-    } else if (!(await store.startJob(id, lease))) {
-      // Cancelled (or taken by another worker) between the read and now.
-      return 'done';
     }
     executor.notify(id);
     const run = runJob(config, rt.replayer, id, request.envelope, intoApp(app, request.parsed), {

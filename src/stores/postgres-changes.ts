@@ -121,6 +121,11 @@ export class PostgresChangeFeed {
     this.#listeners.delete(listener);
   }
 
+  /** Whether no listener is left: the store then closes the feed, so its connection never outlives its watchers. */
+  get idle(): boolean {
+    return this.#listeners.size === 0;
+  }
+
   async #connect(): Promise<void> {
     const client = await this.#pool.connect();
     if (this.#closed) {

@@ -150,6 +150,18 @@ export function statements(table: string) {
     /** $1 id, $2 startedAt, $3 leaseUntil; rowCount 1 when the job was queued. */
     startJob: `UPDATE ${jobs} SET status = 'running', started_at = $2, lease_until = $3 WHERE id = $1 AND status = 'queued'`,
 
+    /**
+     * $1 id, $2 startedAt, $3 leaseUntil → a queued job started, as it is after the start, with its
+     * request and started true; a running job as it is, started false; no row when it is unknown or
+     * final. (The second branch reads the statement's snapshot: a job the first branch started is
+     * still queued there, so the two never both answer.)
+     */
+    takeJob: `WITH s AS (UPDATE ${jobs} j SET status = 'running', started_at = $2, lease_until = $3
+        WHERE j.id = $1 AND j.status = 'queued' RETURNING ${JOB_COLUMNS}, j.request)
+      SELECT true AS started, s.* FROM s
+      UNION ALL
+      SELECT false AS started, ${JOB_COLUMNS}, j.request FROM ${jobs} j WHERE j.id = $1 AND j.status = 'running' AND ${visible('j')}`,
+
     /** $1 ids, $2 leaseUntil → the ids still held (the caller computes the others). */
     renewLeases: `UPDATE ${jobs} SET lease_until = $2 WHERE id = ANY($1::text[]) AND status IN ${LIVE} RETURNING id`,
 

@@ -7,7 +7,7 @@ import { checkKnown } from '../util/known-options.js';
 import { ChangeNotifier, PostgresChangeFeed } from './postgres-changes.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
-import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store, TakenJob } from './store.js';
 import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 const debug = debuglog('bgrs');
@@ -262,6 +262,14 @@ export class PostgresStore implements Store {
     return started;
   }
 
+  async takeJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<TakenJob | null> {
+    const { rows } = await this.query<JobRow & { started: boolean; request: Buffer | null }>(this.sql.takeJob, [id, start.startedAt, start.leaseUntil]);
+    const row = rows[0];
+    if (!row) return null;
+    if (row.started) this.changes.changed(id);
+    return { job: rowToJob(row), request: row.request ?? null, started: row.started };
+  }
+
   async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
     if (ids.length === 0) return [];
     const { rows } = await this.query<{ id: string }>(this.sql.renewLeases, [ids, leaseUntil]);
@@ -477,7 +485,15 @@ export class PostgresStore implements Store {
       if (this.feed === feed) this.feed = undefined;
       throw err;
     }
-    return async () => feed.remove(listener);
+    return async () => {
+      feed.remove(listener);
+      // The last watcher gone (background.close() unwatches): the connection goes too, so that the
+      // app's own client or pool can be closed without closing the store first.
+      if (feed.idle && this.feed === feed) {
+        this.feed = undefined;
+        feed.close();
+      }
+    };
   }
 
   /** Stops the sweep timer and gives back the LISTEN client, if any. The pool stays open: it belongs to the caller. */

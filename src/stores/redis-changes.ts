@@ -74,6 +74,11 @@ export class RedisChangeFeed {
     this.#listeners.delete(listener);
   }
 
+  /** Whether no listener is left: the store then closes the feed, so its connection never outlives its watchers. */
+  get idle(): boolean {
+    return this.#listeners.size === 0;
+  }
+
   /** Closes the connection this feed opened (never the client it was duplicated from). */
   close(): void {
     if (this.#closed) return;

@@ -111,6 +111,34 @@ end
 return {job[2], job[3]}`,
 );
 
+export const TAKE_JOB = script(
+  'takeJob',
+  `--[[
+  A queue worker's take in one step: the job, its request, and the start of a queued job.
+  KEYS[1] job hash, KEYS[2] request (same slot); outside a Cluster also KEYS[3] every queued job and
+  KEYS[4] every running job, where the entry of a job it starts moves (and in its owner's)
+  ARGV[1] startedAt (JSON), ARGV[2] leaseUntil (JSON), ARGV[3] leaseUntil as epoch ms
+  Returns nil when the job is unknown or final; else {1 when it started the job (0: it was
+  running), the hash as HGETALL gives it after the start, the request or nil}.
+]]
+local job = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'owner', 'id')
+if job[1] ~= '"queued"' and job[1] ~= '"running"' then return false end
+local started = 0
+if job[1] == '"queued"' then
+  redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
+  redis.call('PUBLISH', KEYS[1], 'start')
+  if #KEYS == 4 then
+    local member = cjson.decode(job[2]) .. ' ' .. cjson.decode(job[4])
+    redis.call('ZADD', KEYS[4], 0, member)
+    redis.call('ZADD', KEYS[4] .. ':' .. job[3], 0, member)
+    redis.call('ZREM', KEYS[3], member)
+    redis.call('ZREM', KEYS[3] .. ':' .. job[3], member)
+  end
+  started = 1
+end
+return {started, redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}`,
+);
+
 export const RENEW_LEASES = script(
   'renewLeases',
   `--[[

@@ -44,7 +44,7 @@ import { checkKnown } from '../util/known-options.js';
 import { RedisChangeFeed } from './redis-changes.js';
 import type { Script } from './redis-scripts.js';
 import * as scripts from './redis-scripts.js';
-import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store } from './store.js';
+import type { ChangeListener, IdempotencyClaimResult, IdempotencyRecord, Store, TakenJob } from './store.js';
 import { InvalidCursorError, StaleAttemptError } from './store.js';
 
 export interface RedisStoreOptions {
@@ -363,6 +363,22 @@ export class RedisStore implements Store {
     return true;
   }
 
+  async takeJob(id: string, start: { startedAt: string; leaseUntil: string }): Promise<TakenJob | null> {
+    const [hash, , , request] = this.jobKeys(id);
+    const args = [JSON.stringify(start.startedAt), JSON.stringify(start.leaseUntil), leaseMs(start.leaseUntil)];
+    const keys = this.client.isCluster ? [hash, request] : [hash, request, this.statusKey('queued'), this.statusKey('running')];
+    // Buffers: the request is bytes; the hash's fields are turned back into text below.
+    const taken = (await this.runBuffer(scripts.TAKE_JOB, keys, args)) as [number, Buffer[], Buffer | null] | null;
+    if (!taken) return null;
+    const [started, flat, bytes] = taken;
+    const job = jobFromHash(hashOf(flat.map((field) => field.toString())));
+    if (started === 1 && this.client.isCluster) {
+      const member = indexMember(job.createdAt, id);
+      await this.relist(member, this.statusKeys(job.owner, 'running'), this.statusKeys(job.owner, 'queued'));
+    }
+    return { job, request: Buffer.isBuffer(bytes) ? bytes : null, started: started === 1 };
+  }
+
   async renewLeases(ids: string[], leaseUntil: string): Promise<string[]> {
     if (ids.length === 0) return [];
     const args = [JSON.stringify(leaseUntil), leaseMs(leaseUntil)];
@@ -656,7 +672,15 @@ export class RedisStore implements Store {
       if (this.feed === feed) this.feed = undefined;
       throw err;
     }
-    return async () => feed.remove(listener);
+    return async () => {
+      feed.remove(listener);
+      // The last watcher gone (background.close() unwatches): the connection goes too, so that the
+      // app's own client or pool can be closed without closing the store first.
+      if (feed.idle && this.feed === feed) {
+        this.feed = undefined;
+        feed.close();
+      }
+    };
   }
 
   /** Closes the connection watchChanges opened, if any; never quits the client it was given. */

@@ -48,6 +48,13 @@ export interface IdempotencyRecord {
 
 export type IdempotencyClaimResult = { won: true } | { won: false; record: IdempotencyRecord };
 
+/** What `takeJob` resolves: the job, its request, and whether this call started it. */
+export interface TakenJob {
+  job: Job;
+  request: Buffer | null;
+  started: boolean;
+}
+
 /** What `watchChanges` calls: with the id of a job that changed, or `null` when changes may have been missed. */
 export type ChangeListener = (id: string | null) => void;
 
@@ -171,6 +178,16 @@ export interface JobStore {
   restartJob?(id: string, restart: { startedAt: string; leaseUntil: string; ifLeaseExpiredBy: string }): Promise<Job | null>;
 
   /**
+   * Optional (queue mode uses it when present). A worker's take in one step, instead of getJob,
+   * readRequest and startJob: atomically, a `queued` job is started (as startJob does: `running`,
+   * `startedAt`, `leaseUntil`) and resolved as it is after the start, with its request and
+   * `started: true`; a `running` job is resolved as it is, with its request and `started: false`
+   * (the worker then applies its crash rule). Resolves `null` when the job is unknown or final.
+   * `request` is null when the job was created without one.
+   */
+  takeJob?(id: string, start: { startedAt: string; leaseUntil: string }): Promise<TakenJob | null>;
+
+  /**
    * Optional. Tells `listener` of changes to jobs made by any process sharing the store, by the
    * backend's own notification (Redis pub/sub, PostgreSQL LISTEN/NOTIFY), so watchers (`/events`,
    * `wait`) wake at once instead of polling. A change is any write a watcher shows: updateProgress,
@@ -247,7 +264,7 @@ export const JOB_METHODS = [
  * The job methods a store may leave out, each on its own (the guard's come as a set, below): a
  * wrapper forwards one only when the store it wraps has it.
  */
-export const OPTIONAL_JOB_METHODS = ['readRequest', 'restartJob'] as const satisfies ReadonlyArray<keyof JobStore>;
+export const OPTIONAL_JOB_METHODS = ['readRequest', 'restartJob', 'takeJob'] as const satisfies ReadonlyArray<keyof JobStore>;
 
 /** The guard's methods, in the order the errors name them. */
 export const IDEMPOTENCY_METHODS = ['claimIdempotencyKey', 'renewIdempotencyKey', 'completeIdempotencyKey', 'releaseIdempotencyKey'] as const;

@@ -402,6 +402,66 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
 
     // Queue mode restarts a job whose worker died, when it is safe to run again. Runs only on a
     // store with restartJob.
+    describe('takeJob (queue mode)', () => {
+      type Take = NonNullable<Store['takeJob']>;
+      /** takeJob of the store under test, or a skip when the store has none. */
+      const taker = (t: TestContext): Take | null => {
+        if (typeof store.takeJob === 'function') return store.takeJob.bind(store);
+        t.skip('the store has no takeJob');
+        return null;
+      };
+      const start = () => ({ startedAt: new Date().toISOString(), leaseUntil: inMs(30_000) });
+
+      it('starts a queued job and gives it back as started, with its request byte for byte', async (t) => {
+        const take = taker(t);
+        if (!take) return;
+        const request = Buffer.concat([Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(4096)]);
+        const j = job({ status: 'queued', startedAt: null, leaseUntil: null });
+        await store.createJob(j, request);
+        const at = start();
+        const taken = await take(j.id, at);
+        assert.ok(taken);
+        assert.equal(taken.started, true);
+        assert.deepEqual(taken.job, { ...j, status: 'running', startedAt: at.startedAt, leaseUntil: at.leaseUntil });
+        assert.ok(taken.request?.equals(request), 'the request, byte for byte');
+        assert.deepEqual(await store.getJob(j.id), taken.job, 'the start is stored');
+        assert.deepEqual((await store.listJobs({ owner: j.owner, statuses: ['running'], limit: 100 })).jobs.map((x) => x.id).includes(j.id), true);
+      });
+
+      it('gives a running job back as it is, not started again; null for a final or unknown job', async (t) => {
+        const take = taker(t);
+        if (!take) return;
+        const j = job({ startedAt: new Date(Date.now() - 60_000).toISOString(), leaseUntil: new Date(Date.now() - 1000).toISOString() });
+        await store.createJob(j, Buffer.from('GET / HTTP/1.1'));
+        const taken = await take(j.id, start());
+        assert.equal(taken?.started, false);
+        assert.deepEqual(taken?.job, j, 'unchanged: the worker applies its crash rule');
+        assert.equal(taken?.request?.toString(), 'GET / HTTP/1.1');
+        await store.finishJob(j.id, finish('cancelled'));
+        assert.equal(await take(j.id, start()), null);
+        assert.equal(await take(randomUUID(), start()), null);
+      });
+
+      it('gives a job created without a request back with request null', async (t) => {
+        const take = taker(t);
+        if (!take) return;
+        const j = job({ status: 'queued', startedAt: null, leaseUntil: null });
+        await store.createJob(j);
+        const taken = await take(j.id, start());
+        assert.equal(taken?.started, true);
+        assert.equal(taken?.request, null);
+      });
+
+      it('starts a queued job once, of two racing takes', async (t) => {
+        const take = taker(t);
+        if (!take) return;
+        const j = job({ status: 'queued', startedAt: null, leaseUntil: null });
+        await store.createJob(j, Buffer.from('x'));
+        const both = await Promise.all([take(j.id, start()), take(j.id, start())]);
+        assert.equal(both.filter((taken) => taken?.started).length, 1, JSON.stringify(both.map((taken) => taken && taken.started)));
+      });
+    });
+
     describe('restarts (queue mode)', () => {
       type Restart = Parameters<NonNullable<Store['restartJob']>>[1];
       /** restartJob of the store under test, or a skip when the store has none. */
