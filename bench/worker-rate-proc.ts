@@ -88,11 +88,16 @@ if (role === 'bullmq') {
   client.on('error', () => {});
   counter?.tag(client, 'store', Object.values(scripts));
   const store = new RedisStore({ client, prefix: `bgrs-bench-${NS}:` });
-  // The first call of a take is getJob; the end of a job in the store is finishJob.
+  // The first call of a take is takeJob (getJob on a store without it); the end of a job in the store is finishJob.
   const getJob = store.getJob.bind(store);
   store.getJob = (id) => {
     take();
     return getJob(id);
+  };
+  const takeJob = store.takeJob.bind(store);
+  store.takeJob = (id, start) => {
+    take();
+    return takeJob(id, start);
   };
   const finishJob = store.finishJob.bind(store);
   store.finishJob = async (id, finish) => {
