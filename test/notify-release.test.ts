@@ -10,6 +10,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { Store } from '../src/index.js';
 import { bgrs } from '../src/index.js';
+import { newJob } from '../src/model/job.js';
 import { PostgresStore } from '../src/stores/postgres.js';
 import { RedisStore } from '../src/stores/redis.js';
 import { detached, listen, sleep, waitForJob } from './helpers.js';
@@ -71,6 +72,50 @@ describe('RedisStore: the subscriber connection goes with the last watcher', { s
       await admin.quit();
     }
   });
+});
+
+describe('RedisStore: notifications with the client options BullMQ users and the README suggest', { skip: !redisOk && 'Redis is not reachable' }, () => {
+  for (const [label, options] of [
+    // Its own connection queues the subscribe: a client without an offline queue refused it at once.
+    ['enableOfflineQueue: false', { enableOfflineQueue: false }],
+    // The scripts publish on prefixed keys: the pattern must carry the client's keyPrefix too.
+    ['a keyPrefix', { keyPrefix: `kp-${randomUUID()}:` }],
+    ['maxRetriesPerRequest: null', { maxRetriesPerRequest: null }],
+  ] as const) {
+    it(`hears another store's writes with ${label}`, async () => {
+      const prefix = `bgrs-release-${randomUUID()}:`;
+      const [a, b] = [new Redis(REDIS_URL, options), new Redis(REDIS_URL, options)];
+      await Promise.all([a, b].map((client) => new Promise((resolve) => client.once('ready', resolve))));
+      const [watched, writer] = [new RedisStore({ client: a, prefix }), new RedisStore({ client: b, prefix })];
+      const heard: Array<string | null> = [];
+      try {
+        const unwatch = await within(
+          'watchChanges',
+          3000,
+          watched.watchChanges((id) => heard.push(id)),
+        );
+        const job = newJob({
+          id: randomUUID(),
+          method: 'GET',
+          url: '/x',
+          owner: null,
+          status: 'running',
+          leaseUntil: new Date(Date.now() + 60_000).toISOString(),
+        });
+        await writer.createJob(job);
+        await writer.updateProgress(job.id, { progress: 50 });
+        for (let i = 0; i < 100 && !heard.includes(job.id); i++) await sleep(20);
+        assert.ok(heard.includes(job.id), `heard ${JSON.stringify(heard)}`);
+        await unwatch();
+      } finally {
+        await Promise.all([watched.close(), writer.close()]);
+        const keyPrefix = (options as { keyPrefix?: string }).keyPrefix ?? '';
+        const admin = new Redis(REDIS_URL);
+        await dropRedisPrefix(admin, keyPrefix + prefix);
+        await Promise.all([a.quit(), b.quit(), admin.quit()]);
+      }
+    });
+  }
 });
 
 const postgresOk = await serviceAvailable('PostgreSQL', POSTGRES_URL);

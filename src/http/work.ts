@@ -109,8 +109,18 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
       await fail(id, 'request_unreadable', (err as Error).message);
       return 'done';
     }
-    // Not started yet and closing: back to the queue, untouched. (A job this take started runs: close() ends it by its rule.)
-    if (closing && !started) return 'requeue';
+    if (closing) {
+      // Not started yet: back to the queue, untouched.
+      if (!started) return 'requeue';
+      // Started by a take that was under way when close() began (close() has its list of running
+      // jobs already): its rule applies here, before its handler runs.
+      if (request.rerun && store.restartJob) {
+        await store.renewLeases([id], new Date(Date.now() - 1).toISOString()).catch(() => undefined);
+        return 'requeue';
+      }
+      await fail(id, SHUTDOWN.type, SHUTDOWN.message);
+      return 'done';
+    }
     if (!started) {
       // Running, its lease lapsed: the worker that ran it died. Run it again only when that is
       // safe; else readJob records it `failed: interrupted`, and its handler never runs a second time.
@@ -151,16 +161,17 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
   /**
    * The end of a job that executes an Idempotency-Key (claimed by the web that accepted it): the
    * key is completed when the handler answered (a retry replays it, or gets 410), freed when it
-   * ended without an answer. Not known how it ended (the store is away): the key is left to the
-   * next claim, which reads the job before anything runs again.
+   * ended without an answer. Not known how an unanswered job ended (the store is away): the key is
+   * left to the next claim, which reads the job before anything runs again.
    */
   function keyEnd(idempotency: { key: string; ttl: number }, id: string): ((job: Job | null, answered: boolean) => Promise<void>) | undefined {
     if (missingIdempotencyMethods(store).length > 0) return undefined;
     const keys = store as Store & IdempotencyStore;
     return async (job, answered) => {
-      if (job === null) return;
+      // The handler answered: the key is done even when the end could not be recorded (a retry
+      // then gets the job's answer or 410, never a second run), as the guard does in-process.
       if (answered) await keys.completeIdempotencyKey(idempotency.key, id, Date.now() + idempotency.ttl);
-      else await keys.releaseIdempotencyKey(idempotency.key, id);
+      else if (job !== null) await keys.releaseIdempotencyKey(idempotency.key, id);
     };
   }
 

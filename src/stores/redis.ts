@@ -663,7 +663,7 @@ export class RedisStore implements Store {
    */
   async watchChanges(listener: ChangeListener): Promise<() => Promise<void>> {
     if (this.closed) throw new Error('RedisStore: closed');
-    const feed = (this.feed ??= new RedisChangeFeed(this.client.duplicate(), this.prefix, (err) => debug('redis change feed: %s', err.message)));
+    const feed = (this.feed ??= new RedisChangeFeed(this.subscriber(), this.channelPrefix(), (err) => debug('redis change feed: %s', err.message)));
     feed.add(listener);
     try {
       await feed.ready;
@@ -681,6 +681,24 @@ export class RedisStore implements Store {
         feed.close();
       }
     };
+  }
+
+  /**
+   * The connection of the change feed: a duplicate of the user's client that queues its subscribe
+   * while it connects (a client made with `enableOfflineQueue: false` would refuse it at once) and
+   * gives up on it after a few reconnects (with `maxRetriesPerRequest: null`, as BullMQ users set,
+   * it would wait forever, and its reconnects would keep the process alive): the feed then closes
+   * and the watchers poll until a later subscribe works.
+   */
+  private subscriber(): Redis | Cluster {
+    if (this.client.isCluster) return this.client.duplicate();
+    return (this.client as Redis).duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: 2 });
+  }
+
+  /** What the scripts' PUBLISH channels start with: ioredis puts the client's own keyPrefix before every key, channels too. */
+  private channelPrefix(): string {
+    const { keyPrefix } = this.client.options as { keyPrefix?: string };
+    return `${keyPrefix ?? ''}${this.prefix}`;
   }
 
   /** Closes the connection watchChanges opened, if any; never quits the client it was given. */
