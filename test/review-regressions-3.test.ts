@@ -271,7 +271,10 @@ describe('queue mode, keyed detach: the worker could not record the end, but the
 
   // Promise (as without a queue, where the guard completes the key whenever the handler answered):
   // one key, one execution, even when the job's end could not be recorded.
-  it('a retry with the key does not run the handler again', async () => { // recorded interrupted; kept as a guard of the promise. // re-attached. The suspected path (keyEnd returns on job === null before `answered`) needs the job later // Not reproduced in review: within 5 s the job was still `running` (its lease still renewed), so the retry
+  // Not reproduced in review: within 5 s the job was still `running` (its lease still renewed), so
+  // the retry re-attached. The suspected path (keyEnd returned on job === null before `answered`)
+  // needs the job later recorded interrupted; kept as a guard of the promise.
+  it('a retry with the key does not run the handler again', async () => {
     const key = `k-${randomUUID()}`;
     // The end's store writes fail for longer than JobEnd retries them (one lease), once they begin.
     faulty.fail('finishJob', { forMs: 1800, commit: false, fromFirstCall: true });
