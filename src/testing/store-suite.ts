@@ -458,7 +458,7 @@ export function storeConformanceSuite(name: string, options: StoreSuiteOptions):
         const j = job({ status: 'queued', startedAt: null, leaseUntil: null });
         await store.createJob(j, Buffer.from('x'));
         const both = await Promise.all([take(j.id, start()), take(j.id, start())]);
-        assert.equal(both.filter((taken) => taken?.started).length, 1, JSON.stringify(both.map((taken) => taken && taken.started)));
+        assert.equal(both.filter((taken) => taken?.started).length, 1, JSON.stringify(both.map((taken) => taken?.started)));
       });
     });
 
