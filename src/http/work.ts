@@ -12,7 +12,7 @@ import { JobAbortError } from '../model/errors.js';
 import type { Job, JobError } from '../model/job.js';
 import { isFinal, leaseExpired } from '../model/job.js';
 import { decodeRequest, type StoredRequest } from '../replay/stored.js';
-import type { IdempotencyStore, Store } from '../stores/store.js';
+import type { IdempotencyStore, Store, TakenJob } from '../stores/store.js';
 import { missingIdempotencyMethods } from '../stores/store.js';
 import { intoApp } from './dispatch.js';
 import { resolveOwner } from './owner.js';
@@ -72,10 +72,23 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
    */
   async function read(id: string, lease: { startedAt: string; leaseUntil: string }): Promise<{ job: Job; bytes: Buffer | null; started: boolean } | null> {
     if (store.takeJob) {
-      const taken = await store.takeJob(id, lease);
+      // A take of this job whose call failed here may have started it all the same (its reply was
+      // lost): this one sends the same start, so that it can tell that start for its own.
+      const remembered = lostTakes.get(id);
+      const lost = remembered && Date.now() - remembered.at < config.lease ? remembered : undefined;
+      const start = lost?.lease ?? lease;
+      let taken: TakenJob | null;
+      try {
+        taken = await store.takeJob(id, start);
+      } catch (err) {
+        rememberLost(id, start);
+        throw err;
+      }
+      lostTakes.delete(id);
       if (!taken) return null;
-      if (!taken.started && !leaseExpired(taken.job)) throw new Error(`job ${id} is running elsewhere`);
-      return { job: taken.job, bytes: taken.request, started: taken.started };
+      const ours = !taken.started && lost !== undefined && taken.job.status === 'running' && taken.job.startedAt === start.startedAt;
+      if (!taken.started && !ours && !leaseExpired(taken.job)) throw new Error(`job ${id} is running elsewhere`);
+      return { job: taken.job, bytes: taken.request, started: taken.started || ours };
     }
     const job = await store.getJob(id);
     // Cancelled while it waited, ended by a crash rule, expired or deleted: nothing to run.
@@ -88,6 +101,18 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
     // Cancelled (or taken by another worker) between the read and now.
     if (!(await store.startJob(id, lease))) return null;
     return { job: { ...job, status: 'running', ...lease }, bytes, started: true };
+  }
+
+  /**
+   * Takes whose takeJob call failed here, by job: the queue retries such a take (BullMQ, with
+   * backoff), most often in this process. Kept for one lease at most: past that, a start the lost
+   * call made has lapsed anyway, and the crash rule is right.
+   */
+  const lostTakes = new Map<string, { lease: { startedAt: string; leaseUntil: string }; at: number }>();
+  function rememberLost(id: string, lease: { startedAt: string; leaseUntil: string }): void {
+    const now = Date.now();
+    for (const [other, { at }] of lostTakes) if (now - at > config.lease) lostTakes.delete(other);
+    lostTakes.set(id, { lease, at: now });
   }
 
   const take: TakeJob = async (id) => {
