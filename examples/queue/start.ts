@@ -1,5 +1,5 @@
 // `npm run example:queue`: starts the queue-mode example as two processes, a web and a worker, on the Redis
-// at REDIS_URL (default 127.0.0.1:6379). Ctrl-C stops both. Kill the worker and start it again: queued jobs wait.
+// at REDIS_URL (default 127.0.0.1:6379), or on PostgreSQL alone when DATABASE_URL is set. Ctrl-C stops both. Kill the worker and start it again: queued jobs wait.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
