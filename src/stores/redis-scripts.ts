@@ -87,6 +87,24 @@ end
 return 1`,
 );
 
+/**
+ * Lua shared by startJob and takeJob: starts the queued job read into `job` (HMGET status,
+ * createdAt, owner, id of KEYS[1]) with ARGV[1] startedAt, ARGV[2] leaseUntil, ARGV[3] leaseMs, and
+ * when `indexed` holds (outside a Cluster) moves its entry from the `queued` index keys to the
+ * `running` ones, its owner's included.
+ */
+function startQueued(queued: string, running: string, indexed: string): string {
+  return `redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
+redis.call('PUBLISH', KEYS[1], 'start')
+if ${indexed} then
+  local member = cjson.decode(job[2]) .. ' ' .. cjson.decode(job[4])
+  redis.call('ZADD', ${running}, 0, member)
+  redis.call('ZADD', ${running} .. ':' .. job[3], 0, member)
+  redis.call('ZREM', ${queued}, member)
+  redis.call('ZREM', ${queued} .. ':' .. job[3], member)
+end`;
+}
+
 export const START_JOB = script(
   'startJob',
   `--[[
@@ -99,15 +117,7 @@ export const START_JOB = script(
 ]]
 local job = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'owner', 'id')
 if job[1] ~= '"queued"' then return false end
-redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
-redis.call('PUBLISH', KEYS[1], 'start')
-if #KEYS == 3 then
-  local member = cjson.decode(job[2]) .. ' ' .. cjson.decode(job[4])
-  redis.call('ZADD', KEYS[3], 0, member)
-  redis.call('ZADD', KEYS[3] .. ':' .. job[3], 0, member)
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('ZREM', KEYS[2] .. ':' .. job[3], member)
-end
+${startQueued('KEYS[2]', 'KEYS[3]', '#KEYS == 3')}
 return {job[2], job[3]}`,
 );
 
@@ -125,15 +135,7 @@ local job = redis.call('HMGET', KEYS[1], 'status', 'createdAt', 'owner', 'id')
 if job[1] ~= '"queued"' and job[1] ~= '"running"' then return false end
 local started = 0
 if job[1] == '"queued"' then
-  redis.call('HSET', KEYS[1], 'status', '"running"', 'startedAt', ARGV[1], 'leaseUntil', ARGV[2], 'leaseMs', ARGV[3])
-  redis.call('PUBLISH', KEYS[1], 'start')
-  if #KEYS == 4 then
-    local member = cjson.decode(job[2]) .. ' ' .. cjson.decode(job[4])
-    redis.call('ZADD', KEYS[4], 0, member)
-    redis.call('ZADD', KEYS[4] .. ':' .. job[3], 0, member)
-    redis.call('ZREM', KEYS[3], member)
-    redis.call('ZREM', KEYS[3] .. ':' .. job[3], member)
-  end
+  ${startQueued('KEYS[3]', 'KEYS[4]', '#KEYS == 4')}
   started = 1
 end
 return {started, redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}`,
