@@ -1,5 +1,5 @@
 // PostgresStore's change notifications: the coalesced NOTIFY after its writes, and the feed (one pooled connection per store that LISTENs, and comes back after an error).
-import type { ChangeListener } from './store.js';
+import { ChangeFeed } from './change-feed.js';
 
 /** A `pg` notification, as the feed reads it. */
 interface Notification {
@@ -91,8 +91,7 @@ function idsOf(payload: string): string[] {
  * destroyed (never handed back to the pool with a LISTEN on it) and another is taken, after a
  * backoff; once it LISTENs, the listeners get `null`, since what was notified in between is lost.
  */
-export class PostgresChangeFeed {
-  readonly #listeners = new Set<ChangeListener>();
+export class PostgresChangeFeed extends ChangeFeed {
   readonly #pool: ListenPool;
   readonly #channel: string;
   readonly #listen: string;
@@ -105,25 +104,13 @@ export class PostgresChangeFeed {
   readonly ready: Promise<void>;
 
   constructor(pool: ListenPool, channel: string, listen: string, onError: (err: Error) => void) {
+    super();
     this.#pool = pool;
     this.#channel = channel;
     this.#listen = listen;
     this.#onError = onError;
     this.ready = this.#connect();
     this.ready.catch(() => this.close());
-  }
-
-  add(listener: ChangeListener): void {
-    this.#listeners.add(listener);
-  }
-
-  remove(listener: ChangeListener): void {
-    this.#listeners.delete(listener);
-  }
-
-  /** Whether no listener is left: the store then closes the feed, so its connection never outlives its watchers. */
-  get idle(): boolean {
-    return this.#listeners.size === 0;
   }
 
   async #connect(): Promise<void> {
@@ -143,7 +130,7 @@ export class PostgresChangeFeed {
     };
     const heard = (message: Notification): void => {
       if (message.channel !== this.#channel || message.payload === undefined) return;
-      for (const id of idsOf(message.payload)) for (const listener of [...this.#listeners]) listener(id);
+      for (const id of idsOf(message.payload)) this.tell(id);
     };
     client.on('notification', heard);
     client.on('error', lost);
@@ -167,7 +154,7 @@ export class PostgresChangeFeed {
         () => {
           this.#delay = RECONNECT_MS;
           if (this.#closed) return;
-          for (const listener of [...this.#listeners]) listener(null);
+          this.tell(null);
         },
         (err: unknown) => {
           this.#onError(err as Error);
@@ -184,7 +171,7 @@ export class PostgresChangeFeed {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#retry);
-    this.#listeners.clear();
+    this.forgetListeners();
     const client = this.#client;
     this.#client = undefined;
     client?.release(true);

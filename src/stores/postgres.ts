@@ -4,6 +4,7 @@ import type { Pool } from 'pg';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
+import { FeedHolder } from './change-feed.js';
 import { ChangeNotifier, PostgresChangeFeed } from './postgres-changes.js';
 import type { Statements } from './postgres-sql.js';
 import { RESULT_PAGE_ROWS, SWEEP_BATCH, statements, TABLE_PATTERN } from './postgres-sql.js';
@@ -157,7 +158,10 @@ export class PostgresStore implements Store {
   private sweeping: Promise<number> | undefined;
   private readonly table: string;
   /** The LISTEN connection of watchChanges, opened by its first call. */
-  private feed: PostgresChangeFeed | undefined;
+  /** The LISTEN feed of watchChanges, open while anyone watches. */
+  private readonly feed = new FeedHolder(
+    () => new PostgresChangeFeed(this.pool, `${this.table}_changes`, this.sql.listen, (err) => debug('postgres change feed: %s', err.message)),
+  );
   /** Announces the changes of this store's writes to every process's feed. */
   private readonly changes: ChangeNotifier;
   private closed = false;
@@ -470,37 +474,17 @@ export class PostgresStore implements Store {
   /**
    * Changes to jobs in these tables, from any process: after each write that changes a job, the
    * store NOTIFYs its id (coalesced, see ChangeNotifier), and one client of the pool per store
-   * (taken by the first call, for as long as the store is open) LISTENs.
+   * (taken by the first call, given back with the last unwatch or close()) LISTENs.
    */
   async watchChanges(listener: ChangeListener): Promise<() => Promise<void>> {
     if (this.closed) throw new Error('PostgresStore: closed');
-    const feed = (this.feed ??= new PostgresChangeFeed(this.pool, `${this.table}_changes`, this.sql.listen, (err) =>
-      debug('postgres change feed: %s', err.message),
-    ));
-    feed.add(listener);
-    try {
-      await feed.ready;
-    } catch (err) {
-      // The feed closed itself: the next call opens a new one.
-      if (this.feed === feed) this.feed = undefined;
-      throw err;
-    }
-    return async () => {
-      feed.remove(listener);
-      // The last watcher gone (background.close() unwatches): the connection goes too, so that the
-      // app's own client or pool can be closed without closing the store first.
-      if (feed.idle && this.feed === feed) {
-        this.feed = undefined;
-        feed.close();
-      }
-    };
+    return this.feed.watch(listener);
   }
 
   /** Stops the sweep timer and gives back the LISTEN client, if any. The pool stays open: it belongs to the caller. */
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
-    this.feed?.close();
-    this.feed = undefined;
+    this.feed.close();
   }
 }

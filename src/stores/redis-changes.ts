@@ -1,5 +1,5 @@
 // RedisStore's change feed: one pub/sub connection per store (a duplicate of the user's client) that hears every job change under the prefix.
-import type { ChangeListener } from './store.js';
+import { ChangeFeed } from './change-feed.js';
 
 /**
  * What the feed uses of its connection: an ioredis client (`Redis` or `Cluster`), described by
@@ -29,23 +29,22 @@ function escapeGlob(text: string): string {
  * did already; its reply proves the subscription is live on this connection) and then tells the
  * listeners `null`, so every watcher reads its job again.
  */
-export class RedisChangeFeed {
-  readonly #listeners = new Set<ChangeListener>();
+export class RedisChangeFeed extends ChangeFeed {
   readonly #subscriber: SubscriberConnection;
   readonly #pattern: string;
-  /** Resolves once the first subscription is live; rejects when it failed (the feed is then closed). */
   readonly ready: Promise<void>;
   #lost = false;
   #closed = false;
 
   /** `subscriber`: a connection of its own (`client.duplicate()`): one in subscriber mode takes no other commands. */
   constructor(subscriber: SubscriberConnection, prefix: string, onError: (err: Error) => void) {
+    super();
     this.#subscriber = subscriber;
     this.#pattern = `${escapeGlob(prefix)}job:{*}`;
     const start = prefix.length + 'job:{'.length;
     this.#subscriber.on('pmessage', (_pattern: string, channel: string) => {
       const id = channel.slice(start, -1);
-      for (const listener of [...this.#listeners]) listener(id);
+      this.tell(id);
     });
     // Without a listener, ioredis prints every connection error of this connection.
     this.#subscriber.on('error', onError);
@@ -57,7 +56,7 @@ export class RedisChangeFeed {
       this.#lost = false;
       this.#subscriber.psubscribe(this.#pattern).then(
         () => {
-          for (const listener of [...this.#listeners]) listener(null);
+          this.tell(null);
         },
         (err: unknown) => onError(err as Error),
       );
@@ -66,24 +65,11 @@ export class RedisChangeFeed {
     this.ready.catch(() => this.close());
   }
 
-  add(listener: ChangeListener): void {
-    this.#listeners.add(listener);
-  }
-
-  remove(listener: ChangeListener): void {
-    this.#listeners.delete(listener);
-  }
-
-  /** Whether no listener is left: the store then closes the feed, so its connection never outlives its watchers. */
-  get idle(): boolean {
-    return this.#listeners.size === 0;
-  }
-
   /** Closes the connection this feed opened (never the client it was duplicated from). */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#listeners.clear();
+    this.forgetListeners();
     this.#subscriber.disconnect();
   }
 }

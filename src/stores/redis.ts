@@ -41,6 +41,7 @@ import type { Cluster, Redis } from 'ioredis';
 import type { Job, JobFinish, JobFinished, JobPage, JobProgressUpdate, JobQuery, JobStatus, LogLevel, LogLine } from '../model/job.js';
 import { isFinal } from '../model/job.js';
 import { checkKnown } from '../util/known-options.js';
+import { FeedHolder } from './change-feed.js';
 import { RedisChangeFeed } from './redis-changes.js';
 import type { Script } from './redis-scripts.js';
 import * as scripts from './redis-scripts.js';
@@ -198,8 +199,10 @@ export class RedisStore implements Store {
   /** Set once the `version` key says every job is in its status's indexes: it never goes back. */
   private statusIndexed = false;
   private freshChecked: Promise<void> | undefined;
-  /** The pub/sub connection of watchChanges, opened by its first call. */
-  private feed: RedisChangeFeed | undefined;
+  /** The pub/sub feed of watchChanges, open while anyone watches. */
+  private readonly feed = new FeedHolder(
+    () => new RedisChangeFeed(this.subscriber(), this.channelPrefix(), (err) => debug('redis change feed: %s', err.message)),
+  );
   private closed = false;
 
   constructor(options: RedisStoreOptions) {
@@ -659,28 +662,11 @@ export class RedisStore implements Store {
 
   /**
    * Changes under this prefix, from any process: the scripts that change a job PUBLISH on its hash
-   * key, and one connection per store (`client.duplicate()`, opened by the first call) hears them.
+   * key, and one connection per store (`client.duplicate()`, opened by the first call, closed with the last unwatch or close()) hears them.
    */
   async watchChanges(listener: ChangeListener): Promise<() => Promise<void>> {
     if (this.closed) throw new Error('RedisStore: closed');
-    const feed = (this.feed ??= new RedisChangeFeed(this.subscriber(), this.channelPrefix(), (err) => debug('redis change feed: %s', err.message)));
-    feed.add(listener);
-    try {
-      await feed.ready;
-    } catch (err) {
-      // The feed closed itself: the next call opens a new one.
-      if (this.feed === feed) this.feed = undefined;
-      throw err;
-    }
-    return async () => {
-      feed.remove(listener);
-      // The last watcher gone (background.close() unwatches): the connection goes too, so that the
-      // app's own client or pool can be closed without closing the store first.
-      if (feed.idle && this.feed === feed) {
-        this.feed = undefined;
-        feed.close();
-      }
-    };
+    return this.feed.watch(listener);
   }
 
   /**
@@ -704,7 +690,6 @@ export class RedisStore implements Store {
   /** Closes the connection watchChanges opened, if any; never quits the client it was given. */
   async close(): Promise<void> {
     this.closed = true;
-    this.feed?.close();
-    this.feed = undefined;
+    this.feed.close();
   }
 }
