@@ -107,3 +107,14 @@ function pickAuth(init: RequestInit): Record<string, string> {
 export function detached(path: string): string {
   return `${path + (path.includes('?') ? '&' : '?')}bgrs=yes`;
 }
+
+/** Polls `fn` every 20 ms until it gives a value (not undefined); fails after `ms`, naming `what`. */
+export async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await fn();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`${what}: still waiting after ${ms} ms`);
+    await sleep(20);
+  }
+}

@@ -11,7 +11,7 @@ import { recordKey } from '../src/http/idempotency-key.js';
 import { type BgrsMiddleware, bgrs, MemoryStore, type Store } from '../src/index.js';
 import { newJob } from '../src/model/job.js';
 import { encodeRequest } from '../src/replay/stored.js';
-import { detached, type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
+import { detached, type ExpressModule, forEachExpress, type JobDoc, listen, type Running, sleep, until, waitForJob } from './helpers.js';
 import { POSTGRES_URL, REDIS_URL } from './services.js';
 import { dropRedisPrefix, type StoreKind, storeKinds } from './stores.js';
 
@@ -67,16 +67,6 @@ function buildApp(express: ExpressModule, background: BgrsMiddleware, state: App
   app.get('/slow', background.detachable({ timeout: 300 }, block));
   app.post('/keyed', background.idempotency(), block);
   return app;
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await fn();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: still waiting after ${ms} ms`);
-    await sleep(20);
-  }
 }
 
 async function jobOf(base: string, location: string): Promise<JobDoc> {

@@ -10,22 +10,12 @@ import { type BgrsMiddleware, bgrs, type Store } from '../src/index.js';
 import { endingNow, newJob } from '../src/model/job.js';
 import { RedisStore } from '../src/stores/redis.js';
 import { withFaults } from '../src/testing/faults.js';
-import { detached, type JobDoc, listen, type Running, sleep, waitForJob } from './helpers.js';
+import { detached, type JobDoc, listen, type Running, sleep, until, waitForJob } from './helpers.js';
 import { REDIS_URL } from './services.js';
 import { dropRedisPrefix } from './stores.js';
 
 const { hostname, port } = new URL(REDIS_URL);
 const connection = { host: hostname, port: Number(port) };
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await fn();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: still waiting after ${ms} ms`);
-    await sleep(20);
-  }
-}
 
 /** Resolves with `true` if `promise` settles within `ms`, else `false` (it keeps running). */
 async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
