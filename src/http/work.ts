@@ -40,6 +40,9 @@ export interface BgrsWorker {
 /** An Express app (or any `(req, res)` handler) the worker replays jobs through. */
 export type ReplayTarget = (req: IncomingMessage, res: ServerResponse) => void;
 
+/** The start a take records: when, and the lease it begins with. */
+type Start = { startedAt: string; leaseUntil: string };
+
 const SHUTDOWN: JobError = { type: 'shutdown', message: 'the worker shut down before the job finished' };
 
 export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions = {}): BgrsWorker {
@@ -70,13 +73,13 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
    * job is unknown or final, or another worker started it in between). Throws while another
    * worker's lease on it runs.
    */
-  async function read(id: string, lease: { startedAt: string; leaseUntil: string }): Promise<{ job: Job; bytes: Buffer | null; started: boolean } | null> {
+  async function read(id: string, lease: Start): Promise<{ job: Job; bytes: Buffer | null; started: boolean } | null> {
     if (store.takeJob) {
       // A take of this job whose call failed here may have started it all the same (its reply was
       // lost): this one sends the same start, so that it can tell that start for its own.
       const remembered = lostTakes.get(id);
-      const lost = remembered && Date.now() - remembered.at < config.lease ? remembered : undefined;
-      const start = lost?.lease ?? lease;
+      const lost = remembered && !lapsed(remembered) ? remembered : undefined;
+      const start = lost ?? lease;
       let taken: TakenJob | null;
       try {
         taken = await store.takeJob(id, start);
@@ -105,14 +108,14 @@ export function startWorker(rt: Runtime, app: ReplayTarget, options: WorkOptions
 
   /**
    * Takes whose takeJob call failed here, by job: the queue retries such a take (BullMQ, with
-   * backoff), most often in this process. Kept for one lease at most: past that, a start the lost
-   * call made has lapsed anyway, and the crash rule is right.
+   * backoff), most often in this process. Kept while the start they sent is younger than a lease.
    */
-  const lostTakes = new Map<string, { lease: { startedAt: string; leaseUntil: string }; at: number }>();
-  function rememberLost(id: string, lease: { startedAt: string; leaseUntil: string }): void {
-    const now = Date.now();
-    for (const [other, { at }] of lostTakes) if (now - at > config.lease) lostTakes.delete(other);
-    lostTakes.set(id, { lease, at: now });
+  const lostTakes = new Map<string, Start>();
+  /** Whether a start made by a lost take is a lease old: by now it has lapsed, and the crash rule is right. */
+  const lapsed = (start: Start): boolean => Date.now() - Date.parse(start.startedAt) >= config.lease;
+  function rememberLost(id: string, start: Start): void {
+    for (const [other, old] of lostTakes) if (lapsed(old)) lostTakes.delete(other);
+    lostTakes.set(id, start);
   }
 
   const take: TakeJob = async (id) => {
